@@ -1,0 +1,35 @@
+# Two commands on a fresh machine with python3 (3.11+) and make: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Serve the app with gunicorn on $PORT (default 5000); embedded Redis when REDIS_URL is unset.
+run: $(STAMP)
+	$(BIN)/gunicorn --config python:ivr.gunicorn_config "ivr:create_app()"
+
+## The whole suite with coverage (fails under 85 %), after a lint.
+test: $(STAMP)
+	$(BIN)/ruff check ivr tests bench
+	$(BIN)/pytest --cov=ivr --cov-report=term --cov-fail-under=85
+
+lint: $(STAMP)
+	$(BIN)/ruff check ivr tests bench
+	$(BIN)/ruff format --check ivr tests bench
+
+## Our webhooks and API against a bare Flask app serving static TwiML, same gunicorn settings.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,152 @@
+"""The app factory: settings, store, core services and the blueprints, built per call.
+
+Nothing is created at import time, so every test builds its own app (Flask's tutorial pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from ivr import phone, store
+from ivr.config import Secrets, Settings, load_settings, resolve_secrets
+from ivr.prompts import PromptCatalogs
+from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
+from ivr.tokens import ApiTokens
+from ivr.verification.codes import CodeSecrets
+from ivr.verification.limits import SendLimiter
+from ivr.verification.service import CodePolicy, SendLimits, VerificationService
+from ivr.verification.store import VerificationStore
+
+MAX_REQUEST_BYTES = 64 * 1024
+# Where calls and SMS appear to come from when no Twilio account (and so no number) is set.
+SIMULATED_CALLER_ID = "+15005550006"
+
+
+@dataclass
+class Services:
+    """What the blueprints use, built once per app."""
+
+    settings: Settings
+    secrets: Secrets
+    redis: redis.Redis
+    redis_backend: str  # "embedded" or "redis"
+    prompts: PromptCatalogs
+    carrier: Carrier
+    code_secrets: CodeSecrets
+    verifications: VerificationService
+    api_tokens: ApiTokens
+
+
+def services() -> Services:
+    """The current app's services (inside a request or app context)."""
+    return current_app.extensions["ivr"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. `config` overrides environment variables (keys as variable names)."""
+    overrides = dict(config or {})
+    instance_path = overrides.pop("INSTANCE_PATH", None) or os.environ.get("INSTANCE_PATH")
+    instance_path = str(Path(instance_path).resolve()) if instance_path else None
+    app = Flask(__name__, instance_path=instance_path)
+    settings = load_settings(overrides)
+    _configure_logging(settings.log_level)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES,
+        MAX_FORM_PARTS=200,
+        JSON_SORT_KEYS=False,
+    )
+    instance = Path(app.instance_path)
+    app_secrets = resolve_secrets(settings, instance)
+    app.config["SECRET_KEY"] = app_secrets.secret_key
+
+    if settings.redis_url:
+        redis_url, backend = settings.redis_url, "redis"
+    else:
+        redis_url, backend = store.EmbeddedRedis(instance / "redis").ensure_running(), "embedded"
+    client = store.connect(redis_url)
+
+    from ivr.web.webhooks import CallbackUrls  # the web edge owns its own paths
+
+    base_url = settings.public_base_url or f"http://localhost:{settings.port}"
+    prompts = PromptCatalogs(
+        settings.voice_prompts_dir, settings.default_locale, f"{base_url}/prompts/audio"
+    )
+    code_secrets = CodeSecrets(app_secrets.secret_key)
+    carrier = _carrier(settings, client, code_secrets)
+    verifications = VerificationService(
+        store=VerificationStore(client),
+        limiter=SendLimiter(client),
+        carrier=carrier,
+        code_secrets=code_secrets,
+        prompts=prompts,
+        number_policy=phone.NumberPolicy(settings.allowed_countries),
+        urls=CallbackUrls(base_url),
+        caller_id=settings.twilio_caller_id or SIMULATED_CALLER_ID,
+        app_name=settings.app_name,
+        code_policy=CodePolicy(
+            length=settings.otp_length,
+            ttl_seconds=settings.otp_ttl_seconds,
+            max_attempts=settings.otp_max_attempts,
+            failure_budget=settings.check_failure_limit_per_number,
+            retention_seconds=settings.verification_retention_seconds,
+        ),
+        send_limits=SendLimits(
+            per_number=settings.send_limit_per_number,
+            per_prefix=settings.send_limit_per_prefix,
+            per_client=settings.send_limit_per_token,
+        ),
+        sms_origin_domain=settings.sms_origin_domain,
+    )
+    app.extensions["ivr"] = Services(
+        settings=settings,
+        secrets=app_secrets,
+        redis=client,
+        redis_backend=backend,
+        prompts=prompts,
+        carrier=carrier,
+        code_secrets=code_secrets,
+        verifications=verifications,
+        api_tokens=ApiTokens(client, app_secrets.secret_key, app_secrets.api_token),
+    )
+
+    if settings.trust_proxy_hops:
+        hops = settings.trust_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+
+    from ivr.web import api, errors, public, webhooks
+
+    app.register_blueprint(public.blueprint)
+    app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(api.blueprint)
+    errors.init_app(app)
+    return app
+
+
+def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets) -> Carrier:
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        return TwilioCarrier(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_api_base_url,
+            timeout=settings.twilio_http_timeout,
+        )
+    return SimulatedCarrier(client, code_secrets)
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ivr").setLevel(level)
+    # twilio-python logs every request line at INFO; keep it quiet whatever the root level.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)

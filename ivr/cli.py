@@ -1,0 +1,174 @@
+"""The `ivr` command: serve the app, check the configuration, manage API tokens."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+
+from ivr.config import ConfigError, Settings, load_settings
+
+_SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token"}
+
+
+@click.group()
+def main() -> None:
+    """Voice-OTP and IVR authentication service."""
+
+
+@main.command()
+@click.option("--port", type=int, help="Port to bind (default $PORT or 5000).")
+@click.option("--workers", type=int, help="gunicorn workers (default $WEB_CONCURRENCY or 2).")
+def serve(port: int | None, workers: int | None) -> None:
+    """Serve the app with gunicorn (embedded Redis when REDIS_URL is unset)."""
+    if port:
+        os.environ["PORT"] = str(port)
+    if workers:
+        os.environ["WEB_CONCURRENCY"] = str(workers)
+    _fail_on_bad_config()
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
+            "ivr:create_app()"]
+    os.execv(sys.executable, argv)  # noqa: S606 - gunicorn replaces this process
+
+
+def _fail_on_bad_config() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _shown(name: str, value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if name in _SECRET_FIELDS:
+        return "(set, hidden)"
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
+    return str(value)
+
+
+def production_gaps(settings: Settings) -> list[str]:
+    """What a production deployment still lacks, one sentence each."""
+    gaps = []
+    if not settings.uses_twilio:
+        gaps.append("No Twilio account (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_CALLER_ID): "
+                    "calls and SMS go to the simulated carrier.")
+    if not settings.public_base_url:
+        gaps.append("PUBLIC_BASE_URL is unset: Twilio cannot reach the webhooks.")
+    elif not settings.public_base_url.startswith("https://"):
+        gaps.append("PUBLIC_BASE_URL is not https: webhooks would travel in clear text.")
+    if settings.secret_key is None:
+        gaps.append("SECRET_KEY is unset: a development key in the instance folder is used; "
+                    "hosts would not share it.")
+    if settings.redis_url is None:
+        gaps.append("REDIS_URL is unset: the embedded Redis serves one host only.")
+    if settings.ivr_api_token is None:
+        gaps.append("IVR_API_TOKEN is unset: a development token in the instance folder is "
+                    "accepted (or issue tokens with 'ivr tokens create').")
+    if "*" in settings.allowed_countries:
+        gaps.append("ALLOWED_COUNTRIES is '*': codes may go to any country (toll-fraud risk).")
+    if settings.otp_ttl_seconds < 60:
+        gaps.append(f"OTP_TTL_SECONDS is {settings.otp_ttl_seconds}: codes expire before most "
+                    "people can type them.")
+    return gaps
+
+
+@main.command("check-config")
+@click.option("--production", is_flag=True, help="Exit 1 if production needs anything more.")
+def check_config(production: bool) -> None:
+    """Print the effective configuration (secrets hidden) and what production still needs."""
+    settings = _fail_on_bad_config()
+    click.echo("Effective configuration:")
+    for name in Settings.model_fields:
+        click.echo(f"  {name.upper():<32} {_shown(name, getattr(settings, name))}")
+    carrier = "twilio" if settings.uses_twilio else "simulated"
+    click.echo(f"\nCarrier: {carrier}; Redis: {'REDIS_URL' if settings.redis_url else 'embedded'}")
+    gaps = production_gaps(settings)
+    if gaps:
+        click.echo("\nMissing for production:")
+        for gap in gaps:
+            click.echo(f"  - {gap}")
+    else:
+        click.echo("\nReady for production.")
+    if production and gaps:
+        sys.exit(1)
+
+
+def _app() -> Flask:
+    from ivr import create_app
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens, stored only as keyed hashes."""
+
+
+@tokens.command("create")
+@click.argument("name")
+def tokens_create(name: str) -> None:
+    """Issue a token for NAME; it is printed once."""
+    app = _app()
+    try:
+        token = app.extensions["ivr"].api_tokens.issue(name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """Names and creation times of issued tokens (never the tokens)."""
+    from ivr.verification.models import iso_time
+
+    for token in _app().extensions["ivr"].api_tokens.list():
+        click.echo(f"{token.name}\t{iso_time(token.created_at * 1000)}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+def tokens_revoke(name: str) -> None:
+    """Revoke the token issued for NAME."""
+    if not _app().extensions["ivr"].api_tokens.revoke(name):
+        raise click.ClickException(f"no token named {name!r}")
+    click.echo(f"revoked {name}")
+
+
+@main.group()
+def prompts() -> None:
+    """The voice prompt catalogs."""
+
+
+@prompts.command("check")
+def prompts_check() -> None:
+    """List, per locale, prompt keys missing or whose placeholders differ from the default."""
+    from ivr.prompts import CatalogError, PromptCatalogs
+
+    settings = _fail_on_bad_config()
+    try:
+        catalogs = PromptCatalogs(Path(settings.voice_prompts_dir), settings.default_locale)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    problems = 0
+    for locale, keys in catalogs.missing_keys().items():
+        problems += len(keys)
+        click.echo(f"{locale}: missing {', '.join(keys)} (the default locale is used)")
+    for locale, keys in catalogs.placeholder_mismatches().items():
+        problems += len(keys)
+        click.echo(f"{locale}: placeholders differ from {settings.default_locale} in "
+                   f"{', '.join(keys)}")
+    click.echo(f"{len(catalogs.locales)} locales: {', '.join(catalogs.locales)}; "
+               f"{problems} problem(s)")
+    if problems:
+        sys.exit(1)

@@ -1,0 +1,261 @@
+"""Every setting, read from the environment and validated once at start.
+
+Why pydantic-settings: it reads the environment, coerces types and reports *every* bad value at
+once with the variable's name, which is what an operator wants from a failed start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import phonenumbers
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PROMPTS_DIR = PACKAGE_DIR.parent / "voice_prompts"
+
+# Countries voice and SMS may reach unless ALLOWED_COUNTRIES says otherwise: North America,
+# Western Europe, Australia and New Zealand — markets with low toll-fraud exposure. Deployments
+# elsewhere list their own; "*" allows every country (check-config warns).
+DEFAULT_ALLOWED_COUNTRIES = (
+    "US,CA,GB,IE,FR,DE,ES,PT,IT,NL,BE,LU,AT,CH,SE,NO,DK,FI,AU,NZ"
+)
+
+_RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """The configuration cannot serve: one line per problem, each naming its variable."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A limit such as "5/10m": at most `limit` events per sliding window of `window_seconds`."""
+
+    limit: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = _RATE_PATTERN.match(text)
+        if not match:
+            raise ValueError(f"expected a rate like '5/10m' or '100/1h', got {text!r}")
+        count, amount, unit = match.groups()
+        window = int(amount or 1) * _UNIT_SECONDS[unit]
+        if int(count) < 1 or window < 1:
+            raise ValueError(f"a rate needs a positive count and window, got {text!r}")
+        return cls(int(count), window)
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window_seconds}s"
+
+
+def _validate_e164(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{name} must be an E.164 number like +14155550100 ({exc})") from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError(f"{name} is not a possible phone number: {value!r}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class Settings(BaseSettings):
+    """The environment, typed. Field names are the variables' names in lower case."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="forbid", validate_default=True, env_ignore_empty=True
+    )
+
+    twilio_account_sid: str | None = Field(None, pattern=r"^AC[0-9a-fA-F]{32}$")
+    twilio_auth_token: SecretStr | None = None
+    twilio_caller_id: str | None = None
+    twilio_api_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    twilio_http_timeout: float = Field(10.0, gt=0, le=60)
+    public_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    trust_proxy_hops: int = Field(0, ge=0, le=5)
+
+    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://\S*$")
+    secret_key: SecretStr | None = Field(None, min_length=32)
+    ivr_api_token: SecretStr | None = Field(None, min_length=16)
+
+    otp_length: int = Field(6, ge=6, le=10)
+    otp_ttl_seconds: int = Field(600, ge=1, le=3600)
+    otp_max_attempts: int = Field(5, ge=1, le=20)
+    allowed_countries: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(DEFAULT_ALLOWED_COUNTRIES.split(","))
+    )
+    send_limit_per_number: Annotated[Rate, NoDecode] = Field(Rate(5, 600))
+    send_limit_per_prefix: Annotated[Rate, NoDecode] = Field(Rate(30, 600))
+    send_limit_per_token: Annotated[Rate, NoDecode] = Field(Rate(500, 3600))
+    check_failure_limit_per_number: Annotated[Rate, NoDecode] = Field(Rate(10, 3600))
+    verification_retention_seconds: int = Field(86400, ge=60, le=30 * 86400)
+
+    app_name: str = Field("IVR", min_length=1, max_length=40)
+    default_locale: str = "en-US"
+    voice_prompts_dir: Path = DEFAULT_PROMPTS_DIR
+    sms_origin_domain: str | None = Field(None, pattern=r"^[a-z0-9.-]+\.[a-z]{2,}$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    port: int = Field(5000, ge=1, le=65535)
+    web_concurrency: int = Field(2, ge=1, le=64)
+
+    @field_validator("twilio_caller_id")
+    @classmethod
+    def _caller_id_is_e164(cls, value: str | None) -> str | None:
+        return _validate_e164(value, "TWILIO_CALLER_ID")
+
+    @field_validator("public_base_url", "twilio_api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("allowed_countries", mode="before")
+    @classmethod
+    def _parse_countries(cls, value: Any) -> frozenset[str]:
+        if isinstance(value, str):
+            value = [part.strip().upper() for part in value.split(",") if part.strip()]
+        codes = frozenset(value)
+        if codes == {"*"}:
+            return codes
+        unknown = sorted(c for c in codes if c not in phonenumbers.SUPPORTED_REGIONS)
+        if unknown or not codes:
+            raise ValueError(
+                f"expected ISO 3166 country codes separated by commas (or '*'), "
+                f"unknown: {', '.join(unknown) or '(empty)'}"
+            )
+        return codes
+
+    @field_validator(
+        "send_limit_per_number",
+        "send_limit_per_prefix",
+        "send_limit_per_token",
+        "check_failure_limit_per_number",
+        mode="before",
+    )
+    @classmethod
+    def _parse_rate(cls, value: Any) -> Rate:
+        return value if isinstance(value, Rate) else Rate.parse(str(value))
+
+    @field_validator("default_locale")
+    @classmethod
+    def _locale_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z]{2,3}(-[A-Z]{2})?", value):
+            raise ValueError(f"expected a locale like en-US, got {value!r}")
+        return value
+
+    @field_validator("voice_prompts_dir")
+    @classmethod
+    def _prompts_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"no such folder: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _twilio_is_all_or_nothing(self) -> Settings:
+        has_sid, has_token = bool(self.twilio_account_sid), bool(self.twilio_auth_token)
+        if has_sid != has_token:
+            raise ValueError(
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN go together: set both for Twilio, "
+                "or neither for the simulated carrier"
+            )
+        if has_sid and not self.twilio_caller_id:
+            raise ValueError("TWILIO_CALLER_ID is required when a Twilio account is configured")
+        if has_sid and not self.public_base_url:
+            raise ValueError(
+                "PUBLIC_BASE_URL is required when a Twilio account is configured: Twilio must "
+                "reach our webhooks, and signatures are checked against that URL"
+            )
+        return self
+
+    @property
+    def uses_twilio(self) -> bool:
+        """True when a real Twilio account carries calls; otherwise the simulated carrier does."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from the environment plus `overrides` (keys as variable names).
+
+    Raises ConfigError listing every bad value, each with its variable name.
+    """
+    kwargs = {key.lower(): value for key, value in (overrides or {}).items()}
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    """One line per problem: VARIABLE: what is wrong (the value, when it helps)."""
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return f"{location.upper()}: not a known setting"
+    if not location:
+        return message
+    value = error.get("input")
+    shown = "" if value is None or "token" in location or "key" in location else f" (got {value!r})"
+    return f"{location.upper()}: {message}{shown}"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The secrets the app runs with, after development defaults were filled in."""
+
+    secret_key: bytes
+    webhook_auth_token: str
+    api_token: str
+    generated: tuple[str, ...]  # names of the secrets generated into the instance folder
+
+
+def resolve_secrets(settings: Settings, instance_path: Path) -> Secrets:
+    """Fill in development secrets kept in the instance folder, created once (mode 0600).
+
+    Why: a fresh clone must run with no setup, yet restarts must keep the same keys, or every
+    pending code and issued dev token would stop working.
+    """
+    generated: list[str] = []
+
+    def kept(name: str, value: SecretStr | None) -> str:
+        if value is not None:
+            return value.get_secret_value()
+        generated.append(name)
+        return _instance_secret(instance_path / name)
+
+    secret_key = kept("secret_key", settings.secret_key)
+    api_token = kept("api_token", settings.ivr_api_token)
+    # With a real account the auth token signs webhooks; the simulated carrier signs with a
+    # development token of its own, so signature checks never switch off.
+    webhook_token = kept("webhook_auth_token", settings.twilio_auth_token)
+    return Secrets(secret_key.encode(), webhook_token, api_token, tuple(generated))
+
+
+def _instance_secret(path: Path) -> str:
+    """Read the secret at `path`, creating it first if absent; safe when workers race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        draft.write_text(secrets.token_urlsafe(32), encoding="ascii")
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)  # atomic: the first writer wins, nobody reads a half file
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text(encoding="ascii").strip()

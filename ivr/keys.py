@@ -1,0 +1,52 @@
+"""Every Redis key name, built in one place (rq's keys.py pattern).
+
+Keys carry a hash tag `{…}` so that every key one Lua script touches lands in one Redis Cluster
+slot. Per-number state is tagged with the number's routing tag (see `CodeSecrets.routing_tag`),
+which is also embedded in the verification sid, so a script reached by sid or by number finds all
+of that number's keys in one slot. Send limits share the `{limits}` tag: one script checks the
+number, prefix and token windows together.
+"""
+
+from __future__ import annotations
+
+NAMESPACE = "ivr"
+
+
+def number_prefix(tag: str) -> str:
+    """The common start of every key in a number's slot; scripts derive keys from it."""
+    return f"{NAMESPACE}:{{{tag}}}:"
+
+
+def verification(tag: str, sid: str) -> str:
+    """Hash: one verification's public state (status, number, send attempts…)."""
+    return f"{number_prefix(tag)}verification:{sid}"
+
+
+def code(tag: str, sid: str) -> str:
+    """Hash: the code's HMAC and its sealed copy; expires with the verification."""
+    return f"{number_prefix(tag)}code:{sid}"
+
+
+def pending(tag: str, e164: str) -> str:
+    """String: sid of the number's pending verification; expires with it."""
+    return f"{number_prefix(tag)}pending:{e164}"
+
+
+def check_failures(tag: str, e164: str) -> str:
+    """Sorted set: times of wrong codes for a number, the failure budget across verifications."""
+    return f"{number_prefix(tag)}check-failures:{e164}"
+
+
+def send_window(scope: str, value: str) -> str:
+    """Sorted set: times of sends for one scope (number, prefix, token)."""
+    return f"{NAMESPACE}:{{limits}}:sends:{scope}:{value}"
+
+
+def api_tokens() -> str:
+    """Hash: HMAC of each CLI-issued API token → its JSON record."""
+    return f"{NAMESPACE}:{{api-tokens}}:tokens"
+
+
+def simulator_outbox() -> str:
+    """List: what the simulated carrier sent, newest first, bodies sealed."""
+    return f"{NAMESPACE}:{{simulator}}:outbox"

@@ -1,0 +1,121 @@
+"""Phone numbers: parse, normalise to E.164, and refuse what we must not call or text.
+
+Toll fraud (IRSF, "SMS pumping") makes a verification service pay for calls to premium and
+shared-cost ranges, so every number is classified by phonenumbers before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+# Kinds of number that cost us money or never reach a person; each refused with its own reason.
+REFUSED_TYPES: dict[int, str] = {
+    PhoneNumberType.PREMIUM_RATE: "premium-rate numbers are refused (toll-fraud risk)",
+    PhoneNumberType.SHARED_COST: "shared-cost numbers are refused (toll-fraud risk)",
+    PhoneNumberType.UAN: "universal access numbers are refused (they do not reach one person)",
+    PhoneNumberType.PAGER: "pager numbers are refused (they cannot answer a call)",
+    PhoneNumberType.VOICEMAIL: "voicemail-only numbers are refused (nobody can press a key)",
+    PhoneNumberType.PERSONAL_NUMBER: "personal (follow-me) numbers are refused (costly, "
+    "and they forward to unknown phones)",
+}
+
+# Suffix length that the per-prefix send limit strips: numbers that differ only in their last
+# four digits are one range to a fraudster pumping sequential numbers.
+PREFIX_STRIPPED_DIGITS = 4
+
+
+class NumberRefused(ValueError):
+    """A number we will not use, with a machine-readable reason and a sentence for people."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PhoneNumber:
+    """A valid number in E.164 with what the policy needs to know about it."""
+
+    e164: str
+    country: str  # ISO 3166-1 alpha-2, e.g. "US"
+    number_type: int
+
+    @property
+    def prefix(self) -> str:
+        """The number without its last digits: the unit of the per-prefix send limit."""
+        return self.e164[:-PREFIX_STRIPPED_DIGITS]
+
+    @property
+    def last_digits(self) -> str:
+        """The last two digits, the most we ever say aloud about a number on file."""
+        return self.e164[-2:]
+
+    @property
+    def is_fixed_line(self) -> bool:
+        return self.number_type == PhoneNumberType.FIXED_LINE
+
+
+def parse(raw: object, country_hint: object = None) -> PhoneNumber:
+    """Parse a caller-supplied number; national formats need an ISO `country_hint`.
+
+    Raises NumberRefused("invalid_number", …) for anything that is not a valid number.
+    """
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
+        raise NumberRefused("invalid_number", "a phone number must be a non-empty string")
+    hint = None
+    if country_hint is not None:
+        if not isinstance(country_hint, str) or country_hint.upper() not in (
+            phonenumbers.SUPPORTED_REGIONS
+        ):
+            raise NumberRefused("invalid_country", "country must be an ISO 3166 code like 'US'")
+        hint = country_hint.upper()
+    try:
+        number = phonenumbers.parse(raw, hint)
+    except phonenumbers.NumberParseException:
+        detail = "not a phone number"
+        if hint is None and not raw.strip().startswith("+"):
+            detail += " (use E.164 like +14155550100, or give 'country' for a national number)"
+        raise NumberRefused("invalid_number", detail) from None
+    if not phonenumbers.is_valid_number(number):
+        raise NumberRefused("invalid_number", "not a valid phone number")
+    return PhoneNumber(
+        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        country=phonenumbers.region_code_for_number(number) or "ZZ",
+        number_type=phonenumbers.number_type(number),
+    )
+
+
+def parse_caller_id(raw: object) -> PhoneNumber | None:
+    """Parse a caller ID Twilio gave us (`From`); None when it is withheld or not a number."""
+    try:
+        return parse(raw)
+    except NumberRefused:
+        return None
+
+
+@dataclass(frozen=True)
+class NumberPolicy:
+    """Which numbers we send codes to: allowed countries, no costly or unreachable types."""
+
+    allowed_countries: Collection[str]
+
+    def check(self, number: PhoneNumber, channel: str) -> PhoneNumber:
+        """Return `number` if we may send to it on `channel`, else raise NumberRefused."""
+        if "*" not in self.allowed_countries and number.country not in self.allowed_countries:
+            raise NumberRefused(
+                "country_not_allowed",
+                f"numbers in {number.country} are not enabled (ALLOWED_COUNTRIES)",
+            )
+        refused = REFUSED_TYPES.get(number.number_type)
+        if refused:
+            raise NumberRefused("number_type_refused", refused)
+        if channel == "sms" and number.is_fixed_line:
+            raise NumberRefused(
+                "channel_unsupported", "this is a landline, which cannot receive SMS: use 'call'"
+            )
+        return number

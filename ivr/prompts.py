@@ -1,0 +1,205 @@
+"""Everything a caller hears, from the `voice_prompts/<locale>.yaml` catalogs.
+
+A catalog names its Twilio voice and language and maps prompt keys to text. A recorded file at
+`voice_prompts/audio/<locale>/<key>.<mp3|wav>` is played instead of the text. A key missing in a
+locale falls back to the default locale, spoken with that locale's voice, so a caller never hears
+English words read by a Spanish voice.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+from twilio.twiml import TwiML
+
+AUDIO_SUFFIXES = (".mp3", ".wav")
+# Pause between digits when reading a code: long enough to write each one down, short enough
+# that six digits end well within eight seconds of the key press.
+DIGIT_PAUSE = "350ms"
+_LOCALE_PATTERN = re.compile(r"^([a-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")
+
+# Language most callers in a country expect, for picking a locale from the number when the
+# request names none. Countries not listed get the default locale.
+COUNTRY_LANGUAGES = {
+    "US": "en", "CA": "en", "GB": "en", "IE": "en", "AU": "en", "NZ": "en", "ZA": "en",
+    "IN": "en", "SG": "en", "PH": "en", "NG": "en", "KE": "en",
+    "ES": "es", "MX": "es", "AR": "es", "CO": "es", "CL": "es", "PE": "es", "VE": "es",
+    "EC": "es", "GT": "es", "CU": "es", "BO": "es", "DO": "es", "HN": "es", "PY": "es",
+    "SV": "es", "NI": "es", "CR": "es", "PA": "es", "UY": "es", "PR": "es",
+    "FR": "fr", "BE": "fr", "LU": "fr", "MC": "fr", "SN": "fr", "CI": "fr",
+    "DE": "de", "AT": "de", "CH": "de", "LI": "de",
+    "PT": "pt", "BR": "pt", "AO": "pt", "MZ": "pt",
+    "IT": "it", "NL": "nl",
+}
+
+
+class UnknownLocale(ValueError):
+    """No catalog speaks the requested locale or its language."""
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used, with the file named."""
+
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+@dataclass
+class LocaleCatalog:
+    """One locale's voice, language and prompts."""
+
+    locale: str
+    voice: str
+    language: str
+    name: str
+    prompts: dict[str, str]
+    audio: dict[str, str] = field(default_factory=dict)  # prompt key -> file name
+
+    @property
+    def speaks_ssml(self) -> bool:
+        """Polly and Google voices read SSML breaks; Twilio's basic voices do not."""
+        return self.voice.startswith(("Polly.", "Google."))
+
+
+class PromptCatalogs:
+    """All catalogs in a folder, loaded once; renders prompts into TwiML."""
+
+    def __init__(self, directory: Path, default_locale: str, audio_base_url: str = ""):
+        self.directory = Path(directory)
+        self.default_locale = default_locale
+        self.audio_base_url = audio_base_url.rstrip("/")
+        self.catalogs = {c.locale: c for c in self._load_all()}
+        if default_locale not in self.catalogs:
+            raise CatalogError(f"no catalog for the default locale {default_locale} in {directory}")
+
+    def _load_all(self) -> list[LocaleCatalog]:
+        catalogs = []
+        for path in sorted(self.directory.glob("*.yaml")):
+            catalogs.append(self._load(path))
+        return catalogs
+
+    def _load(self, path: Path) -> LocaleCatalog:
+        try:
+            data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CatalogError(f"{path}: not readable YAML ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict):
+            raise CatalogError(f"{path}: expected keys locale, voice, language and prompts")
+        locale = data.get("locale") or path.stem
+        if locale != path.stem:
+            raise CatalogError(f"{path}: locale {locale!r} does not match the file name")
+        prompts = {str(k): str(v).strip() for k, v in data["prompts"].items() if v is not None}
+        audio_dir = self.directory / "audio" / locale
+        audio = {}
+        if audio_dir.is_dir():
+            for file in sorted(audio_dir.iterdir()):
+                if file.suffix in AUDIO_SUFFIXES:
+                    audio[file.stem] = file.name
+        return LocaleCatalog(
+            locale=locale,
+            voice=str(data.get("voice") or "Polly.Joanna-Neural"),
+            language=str(data.get("language") or locale),
+            name=str(data.get("name") or locale),
+            prompts=prompts,
+            audio=audio,
+        )
+
+    @property
+    def locales(self) -> list[str]:
+        return sorted(self.catalogs)
+
+    def resolve_locale(self, requested: object = None, country: str | None = None) -> str:
+        """The catalog locale to use: the requested one (or its language), else the country's
+        language, else the default. Raises UnknownLocale for a request nobody speaks."""
+        if requested is not None:
+            if not isinstance(requested, str):
+                raise UnknownLocale("locale must be a string like 'en-US'")
+            found = self._match(requested)
+            if found is None:
+                raise UnknownLocale(
+                    f"no prompts for locale {requested!r}; available: {', '.join(self.locales)}"
+                )
+            return found
+        language = COUNTRY_LANGUAGES.get(country or "")
+        if language:
+            return self._match(f"{language}-{country}") or self.default_locale
+        return self.default_locale
+
+    def _match(self, requested: str) -> str | None:
+        match = _LOCALE_PATTERN.match(requested.strip())
+        if not match:
+            return None
+        language, region = match.group(1).lower(), (match.group(2) or "").upper()
+        exact = f"{language}-{region}" if region else None
+        if exact in self.catalogs:
+            return exact
+        same_language = sorted(loc for loc in self.catalogs if loc.split("-")[0] == language)
+        if not same_language:
+            return None
+        default_language = self.default_locale.split("-")[0]
+        return self.default_locale if language == default_language else same_language[0]
+
+    def catalog(self, locale: str) -> LocaleCatalog:
+        return self.catalogs.get(locale) or self.catalogs[self.default_locale]
+
+    def text(self, locale: str, key: str, **values: object) -> str:
+        """A prompt's text in `locale` (or the default locale), with values filled in."""
+        _, text = self._lookup(locale, key)
+        return text.format(**values)
+
+    def _lookup(self, locale: str, key: str) -> tuple[LocaleCatalog, str]:
+        catalog = self.catalog(locale)
+        if key in catalog.prompts:
+            return catalog, catalog.prompts[key]
+        fallback = self.catalogs[self.default_locale]
+        if key in fallback.prompts:
+            return fallback, fallback.prompts[key]
+        raise KeyError(f"prompt {key!r} is in no catalog")
+
+    def speak(self, target: TwiML, locale: str, key: str, **values: object) -> None:
+        """Append a prompt to a VoiceResponse or Gather: its recording, else TTS."""
+        catalog, text = self._lookup(locale, key)
+        audio_file = catalog.audio.get(key)
+        if audio_file and self.audio_base_url:
+            target.play(f"{self.audio_base_url}/{quote(catalog.locale)}/{quote(audio_file)}")
+            return
+        target.say(text.format(**values), voice=catalog.voice, language=catalog.language)
+
+    def speak_digits(self, target: TwiML, locale: str, intro_key: str, digits: str) -> None:
+        """Read `digits` one by one with clear pauses, after the prompt `intro_key`."""
+        catalog, intro = self._lookup(locale, intro_key)
+        say = target.say(intro, voice=catalog.voice, language=catalog.language)
+        for digit in digits:
+            if catalog.speaks_ssml:
+                say.break_(time=DIGIT_PAUSE)
+                say.say_as(digit, interpret_as="digits")
+            else:
+                say.append(f", {digit}")
+        if not catalog.speaks_ssml:
+            say.append(".")
+
+    def missing_keys(self) -> dict[str, list[str]]:
+        """Per locale, the keys the default locale has and it lacks."""
+        reference = set(self.catalogs[self.default_locale].prompts)
+        return {
+            locale: sorted(reference - set(catalog.prompts))
+            for locale, catalog in self.catalogs.items()
+            if reference - set(catalog.prompts)
+        }
+
+    def placeholder_mismatches(self) -> dict[str, list[str]]:
+        """Per locale, keys whose {placeholders} differ from the default locale's text."""
+        reference = self.catalogs[self.default_locale].prompts
+        found: dict[str, list[str]] = {}
+        for locale, catalog in self.catalogs.items():
+            for key, text in catalog.prompts.items():
+                if key in reference and _placeholders(text) != _placeholders(reference[key]):
+                    found.setdefault(locale, []).append(key)
+        return found

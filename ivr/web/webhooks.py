@@ -1,0 +1,195 @@
+"""Twilio's webhooks: every route here checks X-Twilio-Signature first, with no way to turn it off.
+
+The verification call: answer -> "press any key" (nothing of the code is said before a key
+press, so a voicemail box never hears it) -> the code digit by digit, twice -> "press 1 to hear
+it again" -> goodbye.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Blueprint, Response, abort, request
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Gather, VoiceResponse
+
+from ivr import phone
+from ivr.app import services
+from ivr.verification.models import Status
+from ivr.web.errors import polite_goodbye, twiml
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("webhooks", __name__)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+_TWILIO_SID = re.compile(r"^(CA|SM|MM)[0-9a-f]{32}$")
+_KEY_TIMEOUT_SECONDS = 6
+_MAX_DIGITS_FIELD = 32  # Digits longer than any key sequence a caller can type here
+
+
+class CallbackUrls:
+    """Absolute URLs of these webhooks, as given to Twilio (the core asks for them by sid)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+
+    def call_answer(self, sid: str) -> str:
+        return f"{self.base_url}/voice/code/{sid}"
+
+    def call_reveal(self, sid: str, *, repeat: bool = False) -> str:
+        return f"{self.base_url}/voice/code/{sid}/reveal" + ("?repeat=1" if repeat else "")
+
+    def call_status(self, sid: str) -> str:
+        return f"{self.base_url}/voice/status/{sid}"
+
+    def sms_status(self, sid: str) -> str:
+        return f"{self.base_url}/sms/status/{sid}"
+
+
+def signed_url() -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL + path + query when set (a proxy in front changes
+    what Flask sees), else the request URL (behind ProxyFix when TRUST_PROXY_HOPS is set)."""
+    base = services().settings.public_base_url
+    if not base:
+        return request.url
+    query = request.query_string.decode("utf-8", "replace")
+    return base + request.path + (f"?{query}" if query else "")
+
+
+@blueprint.before_request
+def require_twilio_signature() -> None:
+    """403 unless the request carries a valid signature for its URL and parameters."""
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    params = request.form if request.method == "POST" else {}
+    validator = RequestValidator(services().secrets.webhook_auth_token)
+    if not signature or not validator.validate(signed_url(), params, signature):
+        log.warning("webhook %s refused: missing or invalid signature", request.path)
+        abort(403, description="invalid or missing X-Twilio-Signature")
+
+
+def _field(name: str, limit: int = 64) -> str:
+    """A form field as Twilio sends it; over-long values are treated as absent."""
+    value = request.form.get(name, "")
+    return value if len(value) <= limit else ""
+
+
+def _urls() -> CallbackUrls:
+    verifications = services().verifications
+    assert isinstance(verifications.urls, CallbackUrls)
+    return verifications.urls
+
+
+# -- the inbound number ------------------------------------------------------------------------
+
+
+@blueprint.post("/voice/incoming")
+def incoming() -> Response:
+    """A call to our number: a greeting in the caller's language (the flow engine comes later)."""
+    ivr = services()
+    caller = phone.parse_caller_id(_field("From"))
+    locale = ivr.prompts.resolve_locale(None, caller.country if caller else None)
+    response = VoiceResponse()
+    ivr.prompts.speak(response, locale, "incoming.welcome", app_name=ivr.settings.app_name)
+    response.hangup()
+    return twiml(response)
+
+
+# -- the verification call -----------------------------------------------------------------------
+
+
+def _unavailable(locale: str) -> Response:
+    response = VoiceResponse()
+    services().prompts.speak(response, locale, "otp.call.unavailable")
+    response.hangup()
+    return twiml(response)
+
+
+def _press_a_key(sid: str, locale: str, prompt: str, *, repeat: bool) -> Gather:
+    """A one-key Gather whose prompt the caller may interrupt; any key counts, # and * too."""
+    gather = Gather(
+        input="dtmf",
+        num_digits=1,
+        finish_on_key="",
+        timeout=_KEY_TIMEOUT_SECONDS,
+        action=_urls().call_reveal(sid, repeat=repeat),
+        method="POST",
+        action_on_empty_result=False,
+    )
+    ivr = services()
+    ivr.prompts.speak(gather, locale, prompt, app_name=ivr.settings.app_name)
+    return gather
+
+
+@blueprint.post("/voice/code/<sid>")
+def code_call_answered(sid: str) -> Response:
+    """The callee answered: ask for a key press before anything of the code is said."""
+    ivr = services()
+    context = ivr.verifications.call_context(sid)
+    if context is None or context[0] is not Status.PENDING:
+        return _unavailable(context[1] if context else ivr.prompts.default_locale)
+    locale = context[1]
+    response = VoiceResponse()
+    # Said twice: a person who missed the first words gets a second chance to press a key.
+    response.append(_press_a_key(sid, locale, "otp.call.greeting", repeat=False))
+    response.append(_press_a_key(sid, locale, "otp.call.greeting", repeat=False))
+    ivr.prompts.speak(response, locale, "otp.call.no_input")
+    response.hangup()
+    return twiml(response)
+
+
+@blueprint.post("/voice/code/<sid>/reveal")
+def code_call_key_pressed(sid: str) -> Response:
+    """A key was pressed: read the code digit by digit, twice, then offer to repeat it."""
+    ivr = services()
+    digits = _field("Digits", _MAX_DIGITS_FIELD)
+    repeat = request.args.get("repeat") == "1"
+    context = ivr.verifications.call_context(sid)
+    locale = context[1] if context else ivr.prompts.default_locale
+    if not digits or (repeat and digits != "1"):
+        response = VoiceResponse()
+        ivr.prompts.speak(response, locale, "otp.call.goodbye")
+        response.hangup()
+        return twiml(response)
+    call_sid = _field("CallSid")
+    if not _TWILIO_SID.match(call_sid):
+        return polite_goodbye()
+    reveal = ivr.verifications.reveal(sid, call_sid)
+    if reveal.outcome == "stranger":
+        log.warning("verification %s: code asked for by a call we did not place", sid)
+    if reveal.outcome != "ok" or reveal.code is None:
+        return _unavailable(locale)
+    locale = reveal.locale or locale
+    response = VoiceResponse()
+    ivr.prompts.speak_digits(response, locale, "otp.call.code_intro", reveal.code)
+    response.pause(length=1)
+    ivr.prompts.speak_digits(response, locale, "otp.call.code_again", reveal.code)
+    response.append(_press_a_key(sid, locale, "otp.call.repeat_offer", repeat=True))
+    ivr.prompts.speak(response, locale, "otp.call.goodbye")
+    response.hangup()
+    return twiml(response)
+
+
+# -- delivery status -----------------------------------------------------------------------------
+
+
+def _record_delivery(sid: str, sid_field: str, status_field: str) -> Response:
+    provider_sid = _field(sid_field)
+    if _TWILIO_SID.match(provider_sid):
+        services().verifications.record_delivery(
+            sid, provider_sid, _field(status_field), _field("ErrorCode")
+        )
+    return Response(status=204)
+
+
+@blueprint.post("/voice/status/<sid>")
+def call_status(sid: str) -> Response:
+    """Twilio's call progress (initiated, ringing, in-progress, completed, busy…)."""
+    return _record_delivery(sid, "CallSid", "CallStatus")
+
+
+@blueprint.post("/sms/status/<sid>")
+def sms_status(sid: str) -> Response:
+    """Twilio's message progress (queued, sent, delivered, undelivered…)."""
+    return _record_delivery(sid, "MessageSid", "MessageStatus")
