@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,18 @@ _CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for `url` that decodes replies to str and fails fast when Redis is away."""
+    """A client for `url` that decodes replies to str and fails fast when Redis is away.
+
+    One quick retry covers a pooled connection that a Redis restart dropped; more would keep a
+    caller waiting in silence while Redis is down.
+    """
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=_CONNECT_TIMEOUT_SECONDS,
         socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
     )
 
 
@@ -61,7 +68,7 @@ class EmbeddedRedis:
         """True when a server answers on our socket."""
         if not self.socket_path.exists():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        client = self._direct_client(timeout=1)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -77,14 +84,15 @@ class EmbeddedRedis:
                 self._start()
         return self.url
 
-    def stop(self) -> None:
-        """Stop the server if this process started it and no other client still uses it."""
+    def stop(self, *, force: bool = False) -> None:
+        """Stop the server if this process started it and (unless `force`) no other client
+        still uses it."""
         if self._owner_pid != os.getpid() or self._process is None:
             return
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=5)
+        client = self._direct_client(timeout=5)
         try:
             clients = client.client_list()
-            if len(clients) > 1:  # our own connection is one of them
+            if len(clients) > 1 and not force:  # our own connection is one of them
                 log.info("embedded redis left running: %d other clients", len(clients) - 1)
                 return
             client.shutdown(save=True)
@@ -100,6 +108,15 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self._process.kill()
         self._process = None
+
+    def _direct_client(self, timeout: float) -> redis.Redis:
+        """A client that does not retry: probing a dead socket, or SHUTDOWN closing ours, must
+        answer at once rather than after redis-py's backoff."""
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -309,10 +309,11 @@ class VerificationService:
         """Cancel a pending verification; NotPending if it had already ended."""
         if not is_sid(sid):
             raise NotFound()
-        status = self.store.cancel(str(sid))
-        if status is None:
+        result = self.store.cancel(str(sid))
+        if result is None:
             raise NotFound()
-        if status is not Status.CANCELED:
+        canceled, status = result
+        if not canceled:
             raise NotPending(str(sid), status)
         log.info("verification %s: canceled", sid)
         return self._require(str(sid))

@@ -184,20 +184,21 @@ return {'wrong', sid, 'pending', attempts}
 
 # Cancel a pending verification.
 # KEYS[1] verification hash   ARGV[1] slot key prefix
-# Returns the status after the call ("canceled", or the final status it already had), or false.
+# Returns {1, "canceled"} when this call canceled it, {0, status} when it had already ended
+# (or just expired), or false for an unknown verification.
 CANCEL = (
     _LUA_NOW
     + _LUA_FINISH
     + """
 local v = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'expires_at')
 if not v[1] then return false end
-if v[3] ~= 'pending' then return v[3] end
+if v[3] ~= 'pending' then return {0, v[3]} end
 if now >= tonumber(v[4]) then
   finish(ARGV[1], KEYS[1], v[1], v[2], 'expired', now_s)
-  return 'expired'
+  return {0, 'expired'}
 end
 finish(ARGV[1], KEYS[1], v[1], v[2], 'canceled', now_s)
-return 'canceled'
+return {1, 'canceled'}
 """
 )
 
@@ -350,11 +351,11 @@ class VerificationStore:
             retry_after_ms=int(detail) if outcome == "throttled" else 0,
         )
 
-    def cancel(self, sid: str) -> Status | None:
-        """Cancel if pending; the status after, or None for an unknown sid."""
+    def cancel(self, sid: str) -> tuple[bool, Status] | None:
+        """Cancel if pending: (whether this call canceled it, status after); None if unknown."""
         tag = routing_tag_of(sid)
-        status = self._cancel(keys=[keys.verification(tag, sid)], args=[keys.number_prefix(tag)])
-        return Status(status) if status else None
+        reply = self._cancel(keys=[keys.verification(tag, sid)], args=[keys.number_prefix(tag)])
+        return (bool(reply[0]), Status(reply[1])) if reply else None
 
     def reveal(self, sid: str, call_sid: str, max_reveals: int) -> RevealResult:
         """The sealed code for a call we placed for this verification, if it may hear it."""

@@ -1,0 +1,263 @@
+"""One benchmark run: two gunicorn servers, state made through the API, alternating rounds.
+
+Our app runs with the simulated carrier (no Twilio account), on Redis DB 14 at 127.0.0.1:6379
+when that answers, else on the embedded Redis. Send and check limits are relaxed so that the
+benchmark measures the code paths rather than the rate limiter's refusals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import loadgen, report
+from bench.servers import HOST, GunicornServer, ServerFailed
+from bench.workload import ENDPOINTS, REVEALS_PER_CALL, Endpoint, State, Target, prepare_state
+from ivr.config import Settings
+from ivr.store import EmbeddedRedis
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "results" / "latest.json"
+
+SERVER_REDIS_URL = "redis://127.0.0.1:6379/14"  # a DB of its own: flushed before and after
+API_TOKEN = "bench-api-token-0123456789abcdef"
+SECRET_KEY = "bench-secret-key-0123456789abcdef0123456789"
+RELAXED_LIMIT = "100000/1h"
+OTP_MAX_ATTEMPTS = "20"
+WARMUP_SECONDS = 0.3
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per endpoint, server, round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--call-numbers", type=int, default=800,
+                        help="numbers called for the call webhooks (each call hears its code "
+                             f"{REVEALS_PER_CALL} times before the cap)")
+    parser.add_argument("--sends-per-number", type=int, default=2,
+                        help="calls per verification (re-sends), each with its own CallSid")
+    parser.add_argument("--check-numbers", type=int, default=400,
+                        help="verifications worn out by the check endpoint")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    return parser.parse_args(argv)
+
+
+def _server_redis() -> redis.Redis | None:
+    """DB 14 of the local Redis server, emptied, or None when no server answers."""
+    client = redis.Redis.from_url(SERVER_REDIS_URL, socket_connect_timeout=0.5, socket_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError:
+        client.close()
+        return None
+    return client
+
+
+def _clean_environment() -> dict[str, str]:
+    """This process's environment without any of the app's settings (a developer's TWILIO_*
+    must not turn the benchmark into real calls)."""
+    ours = {name.upper() for name in Settings.model_fields} | {"INSTANCE_PATH", "GUNICORN_THREADS"}
+    return {key: value for key, value in os.environ.items() if key.upper() not in ours}
+
+
+def _concurrency() -> dict[str, str]:
+    """Workers and threads, the same for both servers (the caller's choice, else the config's
+    defaults)."""
+    return {
+        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"),
+        "GUNICORN_THREADS": os.environ.get("GUNICORN_THREADS", "4"),
+    }
+
+
+@contextlib.contextmanager
+def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornServer, ...]]:
+    """Both servers, started and ready; stopped (with anything they started) on the way out."""
+    base_env = _clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
+    instance = workdir / "instance"
+    ours = GunicornServer("ours", "ivr:create_app()", base_env, workdir / "ours.log")
+    ours.env |= {
+        "INSTANCE_PATH": str(instance),
+        "PUBLIC_BASE_URL": ours.base_url,
+        "IVR_API_TOKEN": API_TOKEN,
+        "SECRET_KEY": SECRET_KEY,
+        "SEND_LIMIT_PER_NUMBER": RELAXED_LIMIT,
+        "SEND_LIMIT_PER_PREFIX": RELAXED_LIMIT,
+        "SEND_LIMIT_PER_TOKEN": RELAXED_LIMIT,
+        "CHECK_FAILURE_LIMIT_PER_NUMBER": RELAXED_LIMIT,
+        "OTP_MAX_ATTEMPTS": OTP_MAX_ATTEMPTS,
+    } | ({"REDIS_URL": redis_url} if redis_url else {})
+    # The shared gunicorn config starts an embedded Redis when REDIS_URL is unset; the baseline
+    # uses no store, so a placeholder keeps it from starting one.
+    baseline = GunicornServer("baseline", "bench.baseline_app:create_app()",
+                              base_env | {"REDIS_URL": "redis://unused.invalid/0"},
+                              workdir / "baseline.log")
+    servers = (baseline, ours)
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        if not redis_url:
+            _stop_embedded_redis(instance / "redis")
+
+
+def _stop_embedded_redis(directory: Path) -> None:
+    """Shut down an embedded Redis our server left behind (its master normally stops it)."""
+    embedded = EmbeddedRedis(directory)
+    if not embedded.is_running():
+        return
+    client = redis.Redis(unix_socket_path=str(embedded.socket_path), socket_timeout=5)
+    with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops the connection: success
+        client.shutdown(nosave=True)
+    client.close()
+
+
+def _measure(server: GunicornServer, feed: loadgen.RequestFeed, endpoint: Endpoint,
+             seconds: float, connections: int) -> loadgen.Sample:
+    return loadgen.measure(HOST, server.port, feed, seconds=seconds, connections=connections,
+                           marker=endpoint.marker)
+
+
+def _run_rounds(baseline: GunicornServer, ours: GunicornServer, targets: dict[str, Target],
+                state: State, args: argparse.Namespace) -> dict[str, dict[str, list[Any]]]:
+    """Warm up, then per round and endpoint the baseline and ours back to back, taking turns
+    at going first. Returns samples by endpoint name and server name."""
+    servers = {"baseline": baseline, "ours": ours}
+    feeds = {(e.name, name): e.feed(targets[name], state)
+             for e in ENDPOINTS for name in servers if e.compare or name == "ours"}
+    samples: dict[str, dict[str, list[Any]]] = {e.name: {"baseline": [], "ours": []}
+                                                for e in ENDPOINTS}
+    for endpoint in ENDPOINTS:  # workers import lazily and fill caches on first use
+        for name, server in servers.items():
+            if (endpoint.name, name) in feeds:
+                _measure(server, feeds[endpoint.name, name], endpoint, WARMUP_SECONDS,
+                         args.connections)
+    for round_index in range(args.rounds):
+        order = ["baseline", "ours"] if round_index % 2 == 0 else ["ours", "baseline"]
+        for endpoint in ENDPOINTS:
+            for name in order:
+                if (endpoint.name, name) not in feeds:
+                    continue
+                sample = _measure(servers[name], feeds[endpoint.name, name], endpoint,
+                                  args.seconds, args.connections)
+                samples[endpoint.name][name].append(sample)
+                print(f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<26} "
+                      f"{name:<8} {sample.rps:8.1f} rps", flush=True)
+    return samples
+
+
+def _rows(samples: dict[str, dict[str, list[Any]]]) -> list[report.Row]:
+    rows = []
+    for endpoint in ENDPOINTS:
+        by_server = samples[endpoint.name]
+        if endpoint.compare:
+            ours = report.summarize(by_server["ours"], endpoint.ok_status)
+            base = report.summarize(by_server["baseline"], 200)
+            rows.append(report.Row(endpoint.name, base, ours, report.compare(ours, base)))
+        else:
+            rows.append(report.Row(endpoint.name, None,
+                                   report.summarize_check(by_server["ours"]), None))
+    return rows
+
+
+def _notes(rows: Sequence[report.Row], state: State) -> list[str]:
+    notes = []
+    for row in rows:
+        if row.endpoint.endswith("/reveal"):
+            heard = row.ours["marked"]
+            notes.append(
+                f"reveal: {heard} of {row.ours['requests']} answers read the code; the rest "
+                f"were past the cap of {REVEALS_PER_CALL} per call ('no longer available'), "
+                f"spread over {len(state.calls)} calls"
+            )
+        if row.endpoint.endswith("/check"):
+            notes.append(
+                f"check: 200 while a verification takes wrong codes (up to {OTP_MAX_ATTEMPTS} "
+                f"each, {len(state.check_sids)} verifications), 409 once it is used up"
+            )
+    if any(row.endpoint.startswith("/voice/status") for row in rows):
+        notes.append("status: our app answers 204 (no TwiML), so 204 counts as success there")
+    return notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 whatever the verdicts, 1 only when a server failed to start."""
+    args = _parse_args(argv)
+    started = time.monotonic()
+    store = _server_redis()
+    redis_url = SERVER_REDIS_URL if store else None
+    print(f"bench: redis {'server ' + SERVER_REDIS_URL if store else 'embedded'}, "
+          f"{args.rounds} rounds x {args.seconds:g} s, {args.connections} connections", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp, \
+                _servers(Path(tmp), redis_url) as (baseline, ours):
+            webhook_token = (Path(tmp) / "instance" / "webhook_auth_token").read_text().strip()
+            targets = {
+                server.name: Target(HOST, server.port, webhook_token, API_TOKEN)
+                for server in (baseline, ours)
+            }
+            print("bench: creating verifications through the API…", flush=True)
+            state = prepare_state(
+                targets["ours"], call_numbers=args.call_numbers,
+                sends_per_number=args.sends_per_number, check_numbers=args.check_numbers,
+                connections=args.connections,
+            )
+            samples = _run_rounds(baseline, ours, targets, state, args)
+    except ServerFailed as exc:
+        print(f"bench: a server failed to start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if store is not None:
+            store.flushdb()
+            store.close()
+
+    rows = _rows(samples)
+    notes = _notes(rows, state)
+    print()
+    print(report.render_table(rows, args.connections))
+    for note in notes:
+        print(f"  {note}")
+    document = {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_seconds": round(time.monotonic() - started, 1),
+        "config": {
+            "rounds": args.rounds,
+            "seconds_per_run": args.seconds,
+            "connections": args.connections,
+            "redis": "server" if store else "embedded",
+            **{key.lower(): int(value) for key, value in _concurrency().items()},
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "call_verifications": len({call.sid for call in state.calls}),
+            "calls": len(state.calls),
+            "check_verifications": len(state.check_sids),
+        },
+        "targets": {"min_ratio": report.MIN_RATIO, "max_p99_ms": report.MAX_P99_MS,
+                    "errors": 0},
+        "endpoints": [
+            {"endpoint": row.endpoint, "baseline": row.baseline, "ours": row.ours,
+             **(row.comparison or {})}
+            for row in rows
+        ],
+        "notes": notes,
+    }
+    report.write_json(args.output, document)
+    print(f"\nbench: {document['duration_seconds']} s; results in {args.output}")
+    return 0

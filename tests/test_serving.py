@@ -1,0 +1,108 @@
+"""The embedded Redis and gunicorn as `make run` starts them: one server shared by all workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import redis
+
+from ivr.store import EmbeddedRedis
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_process_reuses_the_running_embedded_server(tmp_path):
+    first = EmbeddedRedis(tmp_path)
+    url = first.ensure_running()
+    try:
+        second = EmbeddedRedis(tmp_path)
+        assert second.ensure_running() == url
+        client = redis.Redis.from_url(url)
+        client.set("shared", "yes")
+        assert redis.Redis(unix_socket_path=str(second.socket_path)).get("shared") == b"yes"
+        second.stop()  # not its owner: a no-op
+        assert first.is_running()
+    finally:
+        first.stop(force=True)
+    assert not first.is_running()
+    assert (tmp_path / "ivr.rdb").exists(), "data is saved on shutdown"
+
+
+def test_the_owner_leaves_the_server_running_while_others_use_it(tmp_path):
+    embedded = EmbeddedRedis(tmp_path)
+    other = redis.Redis.from_url(embedded.ensure_running())
+    other.ping()
+    embedded.stop()
+    assert embedded.is_running()
+    other.close()
+    embedded.stop(force=True)
+
+
+def test_long_instance_paths_fall_back_to_a_short_socket_path(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    embedded = EmbeddedRedis(deep)
+    assert len(str(embedded.socket_path)) < 100
+    try:
+        assert redis.Redis.from_url(embedded.ensure_running()).ping()
+    finally:
+        embedded.stop(force=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None):
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+        return response.status, json.loads(response.read())
+
+
+def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID",
+                                                           "TWILIO_AUTH_TOKEN")}
+    env |= {"PORT": str(port), "WEB_CONCURRENCY": "2", "INSTANCE_PATH": str(tmp_path)}
+    server = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
+         "ivr:create_app()"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                status, health = _get(f"{base}/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("gunicorn did not start")
+        assert status == 200
+        assert health["store"]["backend"] == "embedded"
+        assert health["carrier"] == "simulated"
+        token = (tmp_path / "api_token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        sids = set()
+        for _ in range(4):  # spread over both workers: each sees the others' writes
+            status, body = _get(f"{base}/v1/verifications", headers,
+                                json.dumps({"to": "+14155550123", "channel": "sms"}).encode())
+            assert status == 201
+            sids.add(body["sid"])
+        assert len(sids) == 1, "every worker found the same pending verification"
+        assert EmbeddedRedis(tmp_path / "redis").is_running()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0].decode()
+    assert "embedded redis stopped" in output, output
+    assert not EmbeddedRedis(tmp_path / "redis").is_running()

@@ -1,0 +1,152 @@
+"""Every webhook checks Twilio's signature, and no input makes a caller hear an error."""
+
+from __future__ import annotations
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE_URL, spoken, twilio_post, twiml
+
+SID = "VE" + "0" * 32
+CALL_SID = "CA" + "a" * 32
+WEBHOOKS = [
+    "/voice/incoming",
+    f"/voice/code/{SID}",
+    f"/voice/code/{SID}/reveal",
+    f"/voice/code/{SID}/reveal?repeat=1",
+    f"/voice/status/{SID}",
+    f"/sms/status/{SID}",
+]
+PARAMS = {"CallSid": CALL_SID, "AccountSid": ACCOUNT_SID, "From": "+14155550123",
+          "To": "+14155550100", "Digits": "5", "CallStatus": "ringing"}
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+def test_unsigned_requests_are_403(client, path):
+    response = client.post(path, data=PARAMS)
+    assert response.status_code == 403
+    assert b"<Say>" not in response.data
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+def test_requests_signed_with_another_token_are_403(client, path):
+    assert twilio_post(client, path, PARAMS, token="someone-elses-token").status_code == 403
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+def test_tampered_parameters_break_the_signature(client, path):
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_BASE_URL + path, PARAMS)
+    tampered = PARAMS | {"From": "+14155559999"}
+    response = client.post(path, data=tampered, base_url=PUBLIC_BASE_URL,
+                           headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+
+
+def test_signature_is_checked_against_public_base_url_not_the_internal_host(client):
+    """Behind a proxy Flask sees http://10.0.0.5:8000; Twilio signed the public https URL."""
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(
+        PUBLIC_BASE_URL + "/voice/incoming", PARAMS)
+    response = client.post("/voice/incoming", data=PARAMS, base_url="http://10.0.0.5:8000",
+                           headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 200
+    internal = RequestValidator(AUTH_TOKEN).compute_signature(
+        "http://10.0.0.5:8000/voice/incoming", PARAMS)
+    response = client.post("/voice/incoming", data=PARAMS, base_url="http://10.0.0.5:8000",
+                           headers={"X-Twilio-Signature": internal})
+    assert response.status_code == 403
+
+
+def test_without_public_base_url_forwarded_headers_count_only_through_proxyfix(make_app):
+    app = make_app(public_base_url=None, twilio_account_sid=None, twilio_auth_token=None,
+                   twilio_caller_id=None, trust_proxy_hops=1)
+    token = app.extensions["ivr"].secrets.webhook_auth_token
+    signature = RequestValidator(token).compute_signature(
+        "https://public.example/voice/incoming", PARAMS)
+    headers = {"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "public.example"}
+    client = app.test_client()
+    assert client.post("/voice/incoming", data=PARAMS, headers=headers).status_code == 200
+    plain = make_app(public_base_url=None, twilio_account_sid=None, twilio_auth_token=None,
+                     twilio_caller_id=None).test_client()
+    assert plain.post("/voice/incoming", data=PARAMS, headers=headers).status_code == 403
+
+
+def test_simulated_mode_still_checks_signatures(simulated_app):
+    client = simulated_app.test_client()
+    assert client.post("/voice/incoming", data=PARAMS).status_code == 403
+    assert twilio_post(client, "/voice/incoming", PARAMS).status_code == 403  # real token
+    token = simulated_app.extensions["ivr"].secrets.webhook_auth_token
+    assert token != AUTH_TOKEN
+    assert twilio_post(client, "/voice/incoming", PARAMS, token=token).status_code == 200
+
+
+def test_incoming_call_hears_a_greeting_in_the_callers_language(client):
+    root = twiml(twilio_post(client, "/voice/incoming", PARAMS | {"From": "+34612345678"}))
+    assert root.find("Say").get("language") == "es-ES"
+    assert "Acme" in spoken(root)
+    assert root[-1].tag == "Hangup"
+    withheld = twiml(twilio_post(client, "/voice/incoming", PARAMS | {"From": "anonymous"}))
+    assert withheld.find("Say").get("language") == "en-US"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"CallSid": ""},
+        {"Digits": "x" * 10_000, "CallSid": "CA" + "z" * 32},
+        {"Digits": "<Say>hi</Say>", "CallSid": "'; DROP TABLE"},
+        {"Digits": "5"},
+        {"Digits": "\x00\x01", "CallSid": CALL_SID, "From": "\u202e+1"},
+        {"From": "x" * 50_000},
+        {"CallStatus": "exploded", "CallSid": CALL_SID, "MessageStatus": "\ud800"[:0]},
+    ],
+)
+@pytest.mark.parametrize("path", WEBHOOKS)
+def test_garbage_input_gets_polite_twiml_or_a_quiet_204(client, path, params):
+    response = twilio_post(client, path, params)
+    assert response.status_code in (200, 204), response.get_data(as_text=True)
+    if response.status_code == 200:
+        root = twiml(response)
+        assert root[-1].tag == "Hangup"
+        assert "error" not in spoken(root).lower() or "Sorry" in spoken(root)
+
+
+def test_unknown_verification_on_the_call_is_told_politely(client):
+    root = twiml(twilio_post(client, f"/voice/code/{SID}", PARAMS))
+    assert "no longer available" in spoken(root)
+    assert root[-1].tag == "Hangup"
+
+
+def test_unknown_webhook_paths_are_plain_404(client):
+    response = twilio_post(client, "/voice/nothing", PARAMS)
+    assert response.status_code == 404
+    assert response.mimetype == "text/plain"
+
+
+def test_huge_webhook_bodies_are_413(client):
+    response = client.post("/voice/incoming", data={"From": "1" * 200_000},
+                           headers={"X-Twilio-Signature": "x"})
+    assert response.status_code == 413
+
+
+def test_when_redis_is_down_callers_hear_an_apology_and_the_api_says_503(make_app):
+    app = make_app(redis_url="redis://127.0.0.1:1/0")
+    client = app.test_client()
+    root = twiml(twilio_post(client, f"/voice/code/{SID}", PARAMS))
+    assert "Sorry" in spoken(root) and root[-1].tag == "Hangup"
+    response = client.post("/v1/verifications", json={"to": "+14155550123", "channel": "sms"},
+                           headers={"Authorization": "Bearer test-api-token-0123456789"})
+    assert response.status_code == 503
+    assert response.get_json()["type"] == "urn:ivr:problem:store_unavailable"
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["store"]["status"] == "unavailable"
+
+
+def test_healthz_reports_the_store_and_carrier(client):
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    body = health.get_json()
+    assert body["status"] == "ok" and body["carrier"] == "twilio"
+    assert body["store"]["status"] == "ok"
