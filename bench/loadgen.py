@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -70,6 +70,7 @@ class Sample:
     statuses: Counter[int] = field(default_factory=Counter)
     connection_errors: int = 0
     marked: int = 0  # responses whose body contains the run's marker
+    spread: list[int] = field(default_factory=list)  # connections per server worker, if known
 
     @property
     def requests(self) -> int:
@@ -114,16 +115,19 @@ class _Connection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.local_port = 0
 
     async def open(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), _CONNECT_TIMEOUT
         )
+        self.local_port = self._writer.get_extra_info("sockname")[1]
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
         if self._writer is None:
             await self.open()
-        assert self._reader is not None and self._writer is not None
+        assert self._reader is not None
+        assert self._writer is not None
         try:
             self._writer.write(request)
             status, body, keep_alive = await asyncio.wait_for(
@@ -147,12 +151,44 @@ NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunErro
                   TimeoutError, ProtocolError, ValueError)
 
 
+# Who serves each connection: server worker id -> our local ports on it (every worker listed,
+# [] when it serves none); {} when the server cannot tell.
+ConnectionOwners = Callable[[Sequence[int]], dict[int, list[int]]]
+_MAX_REOPENS = 64
+
+
+async def _open_evenly(pool: list[_Connection], feed: RequestFeed,
+                       owners: ConnectionOwners | None) -> list[int]:
+    """Open the pool one connection at a time (a burst of connects tends to land on one
+    worker), then reopen connections of the busiest worker until the workers hold equal
+    shares. Returns the connections per worker, [] when unknown."""
+    for connection in pool:
+        with contextlib.suppress(*NETWORK_ERRORS):
+            await connection.exchange(feed.next())  # answered, so accepted by some worker
+    if owners is None:
+        return []
+    counts: dict[int, int] = {}
+    for _ in range(_MAX_REOPENS):
+        spread = owners([connection.local_port for connection in pool])
+        if not spread:
+            return []
+        counts = {worker: len(ports) for worker, ports in spread.items()}
+        busiest = max(counts, key=counts.__getitem__)
+        if counts[busiest] - min(counts.values()) <= 1 or not spread[busiest]:
+            break
+        moved = next(c for c in pool if c.local_port == spread[busiest][0])
+        moved.close()
+        with contextlib.suppress(*NETWORK_ERRORS):
+            await moved.exchange(feed.next())  # reconnects; lands on a worker at random
+    return sorted(counts.values(), reverse=True)
+
+
 async def _measure(host: str, port: int, feed: RequestFeed, seconds: float, connections: int,
-                   marker: bytes | None) -> Sample:
+                   marker: bytes | None, owners: ConnectionOwners | None) -> Sample:
     sample = Sample()
     pool = [_Connection(host, port) for _ in range(connections)]
-    # Connect first, so the clock measures requests rather than TCP handshakes.
-    await asyncio.gather(*(connection.open() for connection in pool))
+    # Connect first, so the clock measures requests rather than TCP handshakes or accepts.
+    sample.spread = await _open_evenly(pool, feed, owners)
     clock = time.perf_counter
     started = clock()
     deadline = started + seconds
@@ -183,9 +219,10 @@ async def _measure(host: str, port: int, feed: RequestFeed, seconds: float, conn
 
 
 def measure(host: str, port: int, feed: RequestFeed, *, seconds: float, connections: int,
-            marker: bytes | None = None) -> Sample:
-    """Send `feed`'s requests for `seconds` over `connections` keep-alive connections."""
-    return asyncio.run(_measure(host, port, feed, seconds, connections, marker))
+            marker: bytes | None = None, owners: ConnectionOwners | None = None) -> Sample:
+    """Send `feed`'s requests for `seconds` over `connections` keep-alive connections, spread
+    evenly over the server's workers when `owners` can tell who holds which."""
+    return asyncio.run(_measure(host, port, feed, seconds, connections, marker, owners))
 
 
 async def _fetch_all(host: str, port: int, requests: Sequence[bytes],

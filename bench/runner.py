@@ -109,7 +109,7 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
         for server in servers:
             server.start()
         for server in servers:
-            server.wait_ready()
+            server.wait_ready(int(base_env["WEB_CONCURRENCY"]))
         yield servers
     finally:
         for server in servers:
@@ -132,7 +132,7 @@ def _stop_embedded_redis(directory: Path) -> None:
 def _measure(server: GunicornServer, feed: loadgen.RequestFeed, endpoint: Endpoint,
              seconds: float, connections: int) -> loadgen.Sample:
     return loadgen.measure(HOST, server.port, feed, seconds=seconds, connections=connections,
-                           marker=endpoint.marker)
+                           marker=endpoint.marker, owners=server.connections_by_worker)
 
 
 def _run_rounds(baseline: GunicornServer, ours: GunicornServer, targets: dict[str, Target],

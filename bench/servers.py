@@ -13,10 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.loadgen import NETWORK_ERRORS, wait_until_answering
+from bench.loadgen import NETWORK_ERRORS, RequestFeed, measure, wait_until_answering
 
 HOST = "127.0.0.1"
 GUNICORN_CONFIG = "python:ivr.gunicorn_config"
@@ -67,8 +67,9 @@ class GunicornServer:
                 env=self.env, start_new_session=True,
             )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until a worker answers HTTP; ServerFailed if the master exits or time runs out."""
+    def wait_ready(self, workers: int, timeout: float = 30.0) -> None:
+        """Block until each of `workers` workers answers HTTP (as far as /proc can tell; else
+        until one does). ServerFailed if the master exits or time runs out."""
         assert self._process is not None, "start() first"
         deadline = time.monotonic() + timeout
         while True:
@@ -77,11 +78,17 @@ class GunicornServer:
                                    f"\n{self.log_tail()}")
             try:
                 wait_until_answering(HOST, self.port, _PROBE, timeout=0.5)
-                return
+                spread = measure(HOST, self.port, RequestFeed([_PROBE]), seconds=0,
+                                 connections=2 * workers, owners=self.connections_by_worker)
+                if not spread.spread or (len(spread.spread) >= workers and min(spread.spread)):
+                    return
+                problem = f"{len(spread.spread)} of {workers} workers up"
             except NETWORK_ERRORS as exc:
-                if time.monotonic() > deadline:
-                    raise ServerFailed(f"{self.name} did not answer in {timeout:.0f} s ({exc})"
-                                       f"\n{self.log_tail()}") from None
+                problem = str(exc) or type(exc).__name__
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"{self.name} not ready in {timeout:.0f} s ({problem})"
+                                   f"\n{self.log_tail()}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), then SIGKILL to whatever is left of its process group."""
@@ -91,15 +98,37 @@ class GunicornServer:
         group = process.pid  # start_new_session: the master leads its own group
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
         # Workers outliving their master, or a master that ignored SIGTERM.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+
+    def connections_by_worker(self, client_ports: Sequence[int]) -> dict[int, list[int]]:
+        """Which worker holds each of our connections: worker pid -> our local ports, every
+        worker listed (with [] when it holds none); {} where /proc cannot tell (not Linux).
+
+        Why: gunicorn's workers race to accept, and a burst of connects often lands 12-16 of
+        16 on one worker, halving throughput at random; the load generator uses this to spread
+        its connections evenly, as steady traffic from many clients would.
+        """
+        if self._process is None:
+            return {}
+        try:
+            workers = _workers_of(self._process.pid)
+            server_ends = _server_socket_inodes(self.port, set(client_ports))
+            spread: dict[int, list[int]] = {pid: [] for pid in workers}
+            for pid in workers:
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(fd)
+                        if target.startswith("socket:[") and int(target[8:-1]) in server_ends:
+                            spread[pid].append(server_ends[int(target[8:-1])])
+        except (OSError, ValueError):
+            return {}
+        return spread
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -107,3 +136,36 @@ class GunicornServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _workers_of(master: int) -> list[int]:
+    """The pids of a gunicorn master's workers: its children running the same command
+    (which leaves out an embedded redis-server the master may have started)."""
+    command = Path(f"/proc/{master}/cmdline").read_bytes()
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == master and (entry / "cmdline").read_bytes() == command:
+                workers.append(int(entry.name))
+    return workers
+
+
+def _server_socket_inodes(server_port: int, client_ports: set[int]) -> dict[int, int]:
+    """Socket inode of the server end of each established loopback connection from one of
+    `client_ports` -> that client port."""
+    ends = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if state != "01":  # ESTABLISHED
+            continue
+        if int(local.rsplit(":", 1)[1], 16) != server_port:
+            continue
+        client_port = int(remote.rsplit(":", 1)[1], 16)
+        if client_port in client_ports:
+            ends[inode] = client_port
+    return ends

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from flask import Flask
 
-from ivr.config import ConfigError, Settings, load_settings
+from ivr.config import ConfigError, Settings, load_settings, redact_url
 
 _SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token"}
 
@@ -50,6 +50,8 @@ def _shown(name: str, value: Any) -> str:
         return "(set, hidden)"
     if isinstance(value, frozenset):
         return ",".join(sorted(value))
+    if name.endswith("_url"):
+        return redact_url(str(value))
     return str(value)
 
 

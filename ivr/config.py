@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -169,15 +170,16 @@ class Settings(BaseSettings):
     def _twilio_is_all_or_nothing(self) -> Settings:
         has_sid, has_token = bool(self.twilio_account_sid), bool(self.twilio_auth_token)
         if has_sid != has_token:
+            missing = "TWILIO_AUTH_TOKEN" if has_sid else "TWILIO_ACCOUNT_SID"
             raise ValueError(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN go together: set both for Twilio, "
-                "or neither for the simulated carrier"
+                f"{missing}: required with the other: set both TWILIO_ACCOUNT_SID and "
+                "TWILIO_AUTH_TOKEN for Twilio, or neither for the simulated carrier"
             )
         if has_sid and not self.twilio_caller_id:
-            raise ValueError("TWILIO_CALLER_ID is required when a Twilio account is configured")
+            raise ValueError("TWILIO_CALLER_ID: required when a Twilio account is configured")
         if has_sid and not self.public_base_url:
             raise ValueError(
-                "PUBLIC_BASE_URL is required when a Twilio account is configured: Twilio must "
+                "PUBLIC_BASE_URL: required when a Twilio account is configured: Twilio must "
                 "reach our webhooks, and signatures are checked against that URL"
             )
         return self
@@ -209,8 +211,22 @@ def _describe(error: Any) -> str:
     if not location:
         return message
     value = error.get("input")
-    shown = "" if value is None or "token" in location or "key" in location else f" (got {value!r})"
-    return f"{location.upper()}: {message}{shown}"
+    if value is None or "got " in message or "token" in location or "key" in location:
+        return f"{location.upper()}: {message}"
+    if location.endswith("_url"):
+        value = redact_url(str(value))
+    return f"{location.upper()}: {message} (got {value!r})"
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to print: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 @dataclass(frozen=True)
@@ -250,8 +266,9 @@ def _instance_secret(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        draft.write_text(secrets.token_urlsafe(32), encoding="ascii")
-        draft.chmod(0o600)
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(32))
         try:
             os.link(draft, path)  # atomic: the first writer wins, nobody reads a half file
         except FileExistsError:

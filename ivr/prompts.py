@@ -22,7 +22,7 @@ AUDIO_SUFFIXES = (".mp3", ".wav")
 # Pause between digits when reading a code: long enough to write each one down, short enough
 # that six digits end well within eight seconds of the key press.
 DIGIT_PAUSE = "350ms"
-_LOCALE_PATTERN = re.compile(r"^([a-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")
+_LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags ignore case
 
 # Language most callers in a country expect, for picking a locale from the number when the
 # request names none. Countries not listed get the default locale.
@@ -175,15 +175,14 @@ class PromptCatalogs:
     def speak_digits(self, target: TwiML, locale: str, intro_key: str, digits: str) -> None:
         """Read `digits` one by one with clear pauses, after the prompt `intro_key`."""
         catalog, intro = self._lookup(locale, intro_key)
+        if not catalog.speaks_ssml:  # basic voices: commas are the only pause they know
+            text = f"{intro} " + ", ".join(digits) + "."
+            target.say(text, voice=catalog.voice, language=catalog.language)
+            return
         say = target.say(intro, voice=catalog.voice, language=catalog.language)
         for digit in digits:
-            if catalog.speaks_ssml:
-                say.break_(time=DIGIT_PAUSE)
-                say.say_as(digit, interpret_as="digits")
-            else:
-                say.append(f", {digit}")
-        if not catalog.speaks_ssml:
-            say.append(".")
+            say.break_(time=DIGIT_PAUSE)
+            say.say_as(digit, interpret_as="digits")
 
     def missing_keys(self) -> dict[str, list[str]]:
         """Per locale, the keys the default locale has and it lacks."""

@@ -174,7 +174,7 @@ def test_a_code_expires_after_its_ttl(make_app, twilio_api):
 def test_check_needs_a_code_and_a_target(api):
     assert_problem(api.post("/v1/verifications/check", {"to": TO}), 400, "missing_field", "code")
     assert_problem(api.check("123456"), 400, "missing_field", "to")
-    for code in ("12a456", "12", "1" * 11, 123456, ["1"], "１２３４５６"):
+    for code in ("12a456", "12", "1" * 11, 123456, ["1"], "\uff11\uff12\uff13\uff14\uff15\uff16"):
         assert_problem(api.check(code, to=TO), 400, "invalid_code", "code")
     assert_problem(api.check("123456", sid="VE123"), 400, "invalid_sid", "sid")
     assert_problem(api.check("123456", to="not a number"), 400, "invalid_number", "to")

@@ -195,10 +195,6 @@ def test_a_rejected_secret_from_the_environment_is_not_echoed(monkeypatch):
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config._describe echoes a rejected REDIS_URL verbatim, password included",
-    strict=True,
-)
 def test_a_rejected_redis_url_does_not_echo_its_password():
     problems = problems_for({"REDIS_URL": "http://:hunter2-redis-pass@redis.internal:6379/0"})
     assert problems[0].startswith("REDIS_URL: ")

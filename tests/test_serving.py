@@ -64,7 +64,7 @@ def _free_port() -> int:
 
 def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None):
     request = urllib.request.Request(url, data=data, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, json.loads(response.read())
 
 
@@ -73,7 +73,7 @@ def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID",
                                                            "TWILIO_AUTH_TOKEN")}
     env |= {"PORT": str(port), "WEB_CONCURRENCY": "2", "INSTANCE_PATH": str(tmp_path)}
-    server = subprocess.Popen(  # noqa: S603
+    server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
          "ivr:create_app()"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

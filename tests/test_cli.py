@@ -1,0 +1,329 @@
+"""The `ivr` command: check-config, API tokens and the prompt catalog check."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ivr.cli import main
+from ivr.config import DEFAULT_PROMPTS_DIR, Settings
+from tests.conftest import (
+    ACCOUNT_SID,
+    API_TOKEN,
+    AUTH_TOKEN,
+    CALLER_ID,
+    PUBLIC_BASE_URL,
+    SECRET_KEY,
+)
+
+UNKNOWN_SID = "VE" + "0" * 32
+PRODUCTION_ENV = {
+    "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+    "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+    "TWILIO_CALLER_ID": CALLER_ID,
+    "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+    "SECRET_KEY": SECRET_KEY,
+    "REDIS_URL": "redis://redis.internal:6379/0",
+    "IVR_API_TOKEN": API_TOKEN,
+}
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def set_env(monkeypatch, values):
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+# check-config
+
+
+def test_check_config_prints_every_variable():
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Effective configuration:")
+    for name in Settings.model_fields:
+        assert f"  {name.upper()} " in result.stdout, name
+
+
+def test_check_config_prints_effective_values():
+    result = run("check-config")
+    assert "OTP_LENGTH" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "OTP_LENGTH" in line)
+    assert line.split() == ["OTP_LENGTH", "6"]
+    countries = next(line for line in result.stdout.splitlines() if "ALLOWED_COUNTRIES" in line)
+    assert "GB" in countries
+    assert "US" in countries
+
+
+def test_check_config_hides_secret_values(monkeypatch):
+    set_env(monkeypatch, PRODUCTION_ENV)
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    for secret in (AUTH_TOKEN, SECRET_KEY, API_TOKEN):
+        assert secret not in result.output
+    for name in ("TWILIO_AUTH_TOKEN", "SECRET_KEY", "IVR_API_TOKEN"):
+        line = next(line for line in result.stdout.splitlines() if f" {name} " in line)
+        assert line.endswith("(set, hidden)"), line
+
+
+def test_check_config_hides_the_redis_password(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2-redis-pass@redis.internal:6379/0")
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert "redis.internal" in result.output
+    assert "hunter2-redis-pass" not in result.output
+
+
+def test_check_config_lists_production_gaps_of_a_fresh_clone():
+    result = run("check-config")
+    assert result.exit_code == 0
+    assert "Carrier: simulated; Redis: embedded" in result.stdout
+    assert "Missing for production:" in result.stdout
+    assert "simulated carrier" in result.stdout
+    assert "PUBLIC_BASE_URL is unset" in result.stdout
+    assert "SECRET_KEY is unset" in result.stdout
+    assert "REDIS_URL is unset: the embedded Redis" in result.stdout
+    assert "IVR_API_TOKEN is unset" in result.stdout
+    assert "Ready for production." not in result.stdout
+
+
+def test_check_config_for_production_exits_1_with_gaps():
+    result = run("check-config", "--production")
+    assert result.exit_code == 1
+    assert "Missing for production:" in result.stdout
+
+
+def test_check_config_for_production_exits_0_when_everything_is_set(monkeypatch):
+    set_env(monkeypatch, PRODUCTION_ENV)
+    result = run("check-config", "--production")
+    assert result.exit_code == 0, result.output
+    assert "Carrier: twilio; Redis: REDIS_URL" in result.stdout
+    assert "Ready for production." in result.stdout
+    assert "Missing for production:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "gap"),
+    [
+        ("PUBLIC_BASE_URL", "http://ivr.example.test", "PUBLIC_BASE_URL is not https"),
+        ("ALLOWED_COUNTRIES", "*", "ALLOWED_COUNTRIES is '*'"),
+        ("OTP_TTL_SECONDS", "30", "OTP_TTL_SECONDS is 30"),
+    ],
+)
+def test_check_config_for_production_flags_risky_values(monkeypatch, name, value, gap):
+    set_env(monkeypatch, {**PRODUCTION_ENV, name: value})
+    result = run("check-config", "--production")
+    assert result.exit_code == 1, result.output
+    assert gap in result.stdout
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "REDIS_URL", "IVR_API_TOKEN"])
+def test_check_config_for_production_needs_each_shared_setting(monkeypatch, missing):
+    set_env(monkeypatch, {k: v for k, v in PRODUCTION_ENV.items() if k != missing})
+    result = run("check-config", "--production")
+    assert result.exit_code == 1
+    assert f"{missing} is unset" in result.stdout
+
+
+def test_check_config_exits_2_on_a_bad_value(monkeypatch):
+    monkeypatch.setenv("OTP_LENGTH", "3")
+    result = run("check-config")
+    assert result.exit_code == 2
+    assert "OTP_LENGTH" in result.stderr
+    assert "Effective configuration" not in result.stdout
+
+
+def test_check_config_reports_every_bad_value(monkeypatch):
+    monkeypatch.setenv("OTP_LENGTH", "3")
+    monkeypatch.setenv("SEND_LIMIT_PER_NUMBER", "5 per minute")
+    result = run("check-config", "--production")
+    assert result.exit_code == 2
+    assert "OTP_LENGTH" in result.stderr
+    assert "SEND_LIMIT_PER_NUMBER" in result.stderr
+
+
+def test_check_config_does_not_echo_a_rejected_secret(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "hunter2-too-short")
+    result = run("check-config")
+    assert result.exit_code == 2
+    assert "SECRET_KEY" in result.stderr
+    assert "hunter2" not in result.output
+
+
+# tokens
+
+
+@pytest.fixture
+def shared_state(monkeypatch, redis_url, redis_client, tmp_path):
+    """The CLI and make_app() share Redis, the instance folder and SECRET_KEY."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
+    monkeypatch.setenv("SECRET_KEY", SECRET_KEY)
+    return redis_client
+
+
+def create_token(name):
+    result = run("tokens", "create", name)
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert "\n" not in token
+    return token
+
+
+def status_with(client, token):
+    headers = {"Authorization": f"Bearer {token}"}
+    return client.get(f"/v1/verifications/{UNKNOWN_SID}", headers=headers).status_code
+
+
+def test_tokens_create_prints_a_new_token_once(shared_state):
+    token = create_token("billing")
+    assert token.startswith("ivr_")
+    assert len(token) > 30
+    assert create_token("support") != token
+
+
+def test_tokens_are_stored_only_as_hashes(shared_state):
+    token = create_token("billing")
+    stored = []
+    for key in shared_state.scan_iter("*"):
+        assert shared_state.type(key) == "hash", key
+        stored += [key, *shared_state.hgetall(key).keys(), *shared_state.hgetall(key).values()]
+    assert stored
+    assert not [text for text in stored if token.removeprefix("ivr_") in text]
+
+
+def test_tokens_list_shows_names_but_never_tokens(shared_state):
+    billing = create_token("billing")
+    support = create_token("support")
+    result = run("tokens", "list")
+    assert result.exit_code == 0, result.output
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert names == ["billing", "support"]
+    assert billing not in result.output
+    assert support not in result.output
+    assert "ivr_" not in result.output
+
+
+def test_tokens_list_is_empty_before_any_token(shared_state):
+    result = run("tokens", "list")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+
+
+def test_an_issued_token_authenticates_against_the_api(shared_state, make_app):
+    token = create_token("billing")
+    client = make_app().test_client()
+    assert status_with(client, token) == 404  # authenticated: the sid is simply unknown
+    assert status_with(client, token + "x") == 401
+    assert status_with(client, "ivr_not-a-token") == 401
+
+
+def test_a_revoked_token_stops_working(shared_state, make_app):
+    token = create_token("billing")
+    kept = create_token("support")
+    client = make_app().test_client()
+    assert status_with(client, token) == 404
+    result = run("tokens", "revoke", "billing")
+    assert result.exit_code == 0, result.output
+    assert "revoked billing" in result.stdout
+    assert status_with(client, token) == 401
+    assert status_with(client, kept) == 404
+    assert "billing" not in run("tokens", "list").stdout
+
+
+def test_revoking_an_unknown_name_fails(shared_state):
+    result = run("tokens", "revoke", "nobody")
+    assert result.exit_code == 1
+    assert "nobody" in result.output
+
+
+def test_a_name_can_be_issued_again_after_revoking(shared_state, make_app):
+    old = create_token("billing")
+    assert run("tokens", "revoke", "billing").exit_code == 0
+    new = create_token("billing")
+    client = make_app().test_client()
+    assert status_with(client, old) == 401
+    assert status_with(client, new) == 404
+
+
+def test_a_duplicate_name_is_refused(shared_state, make_app):
+    token = create_token("billing")
+    result = run("tokens", "create", "billing")
+    assert result.exit_code == 1
+    assert "exists" in result.output
+    assert "ivr_" not in result.output
+    assert status_with(make_app().test_client(), token) == 404
+
+
+@pytest.mark.parametrize("name", ["Billing", "two words", "", "-lead", "x" * 41, "env", "a/b"])
+def test_an_invalid_name_is_refused(shared_state, name):
+    result = run("tokens", "create", "--", name)
+    assert result.exit_code == 1, result.output
+    assert "ivr_" not in result.output
+    assert run("tokens", "list").stdout == ""
+
+
+def test_tokens_exit_2_on_a_bad_configuration(shared_state, monkeypatch):
+    monkeypatch.setenv("OTP_LENGTH", "3")
+    result = run("tokens", "create", "billing")
+    assert result.exit_code == 2
+    assert "OTP_LENGTH" in result.stderr
+
+
+# prompts check
+
+
+@pytest.fixture
+def prompts_dir(monkeypatch, tmp_path):
+    """A copy of the shipped catalogs, used through VOICE_PROMPTS_DIR."""
+    folder = tmp_path / "voice_prompts"
+    folder.mkdir()
+    for catalog in DEFAULT_PROMPTS_DIR.glob("*.yaml"):
+        shutil.copy(catalog, folder)
+    monkeypatch.setenv("VOICE_PROMPTS_DIR", str(folder))
+    return folder
+
+
+def rewrite(path, old, new):
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def test_prompts_check_passes_on_the_shipped_catalogs():
+    result = run("prompts", "check")
+    assert result.exit_code == 0, result.output
+    locales = sorted(path.stem for path in DEFAULT_PROMPTS_DIR.glob("*.yaml"))
+    assert f"{len(locales)} locales: {', '.join(locales)}; 0 problem(s)" in result.stdout
+
+
+def test_prompts_check_passes_on_an_unchanged_copy(prompts_dir):
+    assert run("prompts", "check").exit_code == 0
+
+
+def test_prompts_check_lists_a_missing_key(prompts_dir):
+    rewrite(prompts_dir / "es-ES.yaml", "  otp.call.goodbye: Gracias. Adiós.\n", "")
+    result = run("prompts", "check")
+    assert result.exit_code == 1
+    assert "es-ES: missing otp.call.goodbye" in result.stdout
+    assert "1 problem(s)" in result.stdout
+
+
+def test_prompts_check_lists_a_placeholder_mismatch(prompts_dir):
+    rewrite(prompts_dir / "de-DE.yaml", "{app_name}", "{app}")
+    result = run("prompts", "check")
+    assert result.exit_code == 1
+    assert "de-DE: placeholders differ from en-US in" in result.stdout
+    assert "otp.call.greeting" in result.stdout
+
+
+def test_prompts_check_names_a_broken_catalog(prompts_dir):
+    (prompts_dir / "fr-FR.yaml").write_text("locale: fr-FR\nprompts: [\n", encoding="utf-8")
+    result = run("prompts", "check")
+    assert result.exit_code == 1
+    assert "fr-FR.yaml" in result.output
