@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 
 from ivr.store import EmbeddedRedis
@@ -68,14 +69,19 @@ def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = N
         return response.status, json.loads(response.read())
 
 
-def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path):
+GUNICORN = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
+            "ivr:create_app()"]
+IVR_SERVE = [str(Path(sys.executable).parent / "ivr"), "serve"]
+
+
+@pytest.mark.parametrize("command", [GUNICORN, IVR_SERVE], ids=["procfile", "ivr-serve"])
+def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path, command):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID",
                                                            "TWILIO_AUTH_TOKEN")}
     env |= {"PORT": str(port), "WEB_CONCURRENCY": "2", "INSTANCE_PATH": str(tmp_path)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
-         "ivr:create_app()"],
+    server = subprocess.Popen(  # noqa: S603
+        command,
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"

@@ -53,6 +53,8 @@ def test_calls_api_request_holds_only_an_opaque_id(api, twilio_api):
     assert urlsplit(url).query == ""
     assert call.value("StatusCallback") == f"{PUBLIC_BASE_URL}/voice/status/{verification['sid']}"
     assert call.value("Method") == "POST"
+    assert call.form["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
+    assert call.value("Timeout") == "30"
     assert verification["status"] == "pending"
     assert verification["send_attempts"][0]["provider_sid"].startswith("CA")
 
