@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
-TWIML = (
-    '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hello</Say><Hangup/></Response>'
-)
+TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hello</Say><Hangup/></Response>'
 
 
 def create_app() -> Flask:

@@ -35,8 +35,9 @@ def encode_post(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def encode_form_post(host: str, port: int, path: str, form: dict[str, str],
-                     headers: dict[str, str]) -> bytes:
+def encode_form_post(
+    host: str, port: int, path: str, form: dict[str, str], headers: dict[str, str]
+) -> bytes:
     """A form-encoded POST, as Twilio sends its webhooks."""
     body = urlencode(form).encode("ascii")
     return encode_post(host, port, path, body, "application/x-www-form-urlencoded", headers)
@@ -147,8 +148,14 @@ class _Connection:
 
 
 # What a request may fail with short of a bug in this client.
-NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                  TimeoutError, ProtocolError, ValueError)
+NETWORK_ERRORS = (
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    TimeoutError,
+    ProtocolError,
+    ValueError,
+)
 
 
 # Who serves each connection: server worker id -> our local ports on it (every worker listed,
@@ -157,8 +164,9 @@ ConnectionOwners = Callable[[Sequence[int]], dict[int, list[int]]]
 _MAX_REOPENS = 64
 
 
-async def _open_evenly(pool: list[_Connection], feed: RequestFeed,
-                       owners: ConnectionOwners | None) -> list[int]:
+async def _open_evenly(
+    pool: list[_Connection], feed: RequestFeed, owners: ConnectionOwners | None
+) -> list[int]:
     """Open the pool one connection at a time (a burst of connects tends to land on one
     worker), then reopen connections of the busiest worker until the workers hold equal
     shares. Returns the connections per worker, [] when unknown."""
@@ -183,8 +191,15 @@ async def _open_evenly(pool: list[_Connection], feed: RequestFeed,
     return sorted(counts.values(), reverse=True)
 
 
-async def _measure(host: str, port: int, feed: RequestFeed, seconds: float, connections: int,
-                   marker: bytes | None, owners: ConnectionOwners | None) -> Sample:
+async def _measure(
+    host: str,
+    port: int,
+    feed: RequestFeed,
+    seconds: float,
+    connections: int,
+    marker: bytes | None,
+    owners: ConnectionOwners | None,
+) -> Sample:
     sample = Sample()
     pool = [_Connection(host, port) for _ in range(connections)]
     # Connect first, so the clock measures requests rather than TCP handshakes or accepts.
@@ -218,15 +233,24 @@ async def _measure(host: str, port: int, feed: RequestFeed, seconds: float, conn
     return sample
 
 
-def measure(host: str, port: int, feed: RequestFeed, *, seconds: float, connections: int,
-            marker: bytes | None = None, owners: ConnectionOwners | None = None) -> Sample:
+def measure(
+    host: str,
+    port: int,
+    feed: RequestFeed,
+    *,
+    seconds: float,
+    connections: int,
+    marker: bytes | None = None,
+    owners: ConnectionOwners | None = None,
+) -> Sample:
     """Send `feed`'s requests for `seconds` over `connections` keep-alive connections, spread
     evenly over the server's workers when `owners` can tell who holds which."""
     return asyncio.run(_measure(host, port, feed, seconds, connections, marker, owners))
 
 
-async def _fetch_all(host: str, port: int, requests: Sequence[bytes],
-                     connections: int) -> list[Response]:
+async def _fetch_all(
+    host: str, port: int, requests: Sequence[bytes], connections: int
+) -> list[Response]:
     results: list[Response | None] = [None] * len(requests)
     indexes = iter(range(len(requests)))
 
@@ -243,8 +267,9 @@ async def _fetch_all(host: str, port: int, requests: Sequence[bytes],
     return [result for result in results if result is not None]
 
 
-def fetch_all(host: str, port: int, requests: Sequence[bytes], *,
-              connections: int) -> list[Response]:
+def fetch_all(
+    host: str, port: int, requests: Sequence[bytes], *, connections: int
+) -> list[Response]:
     """Send every request once, concurrently; the responses in the requests' order."""
     return asyncio.run(_fetch_all(host, port, requests, connections))
 

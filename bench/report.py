@@ -48,6 +48,7 @@ def summarize(samples: Sequence[Sample], ok_status: int) -> dict[str, Any]:
         "connection_errors": connection_errors,
         "errors": connection_errors + unexpected,
         "marked": sum(sample.marked for sample in samples),
+        "connections_per_worker": [sample.spread for sample in samples],
     }
 
 
@@ -88,9 +89,11 @@ def _cell(value: float | None, width: int, digits: int = 1) -> str:
 
 def render_table(rows: Sequence[Row], connections: int) -> str:
     """The compact text table printed at the end of a run."""
-    header = (f"{'POST endpoint':<28}{'rps base':>10}{'rps ours':>10}{'ratio':>7}"
-              f"{'p50 base':>10}{'p50 ours':>10}{'p99 base':>10}{'p99 ours':>10}"
-              f"{'err base':>9}{'err ours':>9}  result")
+    header = (
+        f"{'POST endpoint':<28}{'rps base':>10}{'rps ours':>10}{'ratio':>7}"
+        f"{'p50 base':>10}{'p50 ours':>10}{'p99 base':>10}{'p99 ours':>10}"
+        f"{'err base':>9}{'err ours':>9}  result"
+    )
     lines = [
         f"targets: ours/baseline rps >= {MIN_RATIO}, ours p99 < {MAX_P99_MS:.0f} ms at "
         f"{connections} connections, 0 errors (latencies in ms)",

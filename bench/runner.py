@@ -23,7 +23,15 @@ import redis
 
 from bench import loadgen, report
 from bench.servers import HOST, GunicornServer, ServerFailed
-from bench.workload import ENDPOINTS, REVEALS_PER_CALL, Endpoint, State, Target, prepare_state
+from bench.workload import (
+    ENDPOINTS,
+    REVEALS_PER_CALL,
+    Endpoint,
+    SetupError,
+    State,
+    Target,
+    prepare_state,
+)
 from ivr.config import Settings
 from ivr.store import EmbeddedRedis
 
@@ -44,13 +52,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="per endpoint, server, round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--call-numbers", type=int, default=800,
-                        help="numbers called for the call webhooks (each call hears its code "
-                             f"{REVEALS_PER_CALL} times before the cap)")
-    parser.add_argument("--sends-per-number", type=int, default=2,
-                        help="calls per verification (re-sends), each with its own CallSid")
-    parser.add_argument("--check-numbers", type=int, default=400,
-                        help="verifications worn out by the check endpoint")
+    # Pools sized for ~1500 rps over 3 x 3 s, so that nearly every reveal reads the code and
+    # nearly every check meets a pending verification; the notes say how many did.
+    parser.add_argument(
+        "--call-numbers",
+        type=int,
+        default=1200,
+        help="numbers called for the call webhooks (each call hears its code "
+        f"{REVEALS_PER_CALL} times before the cap)",
+    )
+    parser.add_argument(
+        "--sends-per-number",
+        type=int,
+        default=3,
+        help="calls per verification (re-sends), each with its own CallSid",
+    )
+    parser.add_argument(
+        "--check-numbers",
+        type=int,
+        default=1000,
+        help="verifications worn out by the check endpoint",
+    )
+    parser.add_argument(
+        "--redis",
+        choices=("auto", "embedded"),
+        default="auto",
+        help=f"auto: {SERVER_REDIS_URL} when it answers, else embedded",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     return parser.parse_args(argv)
 
@@ -101,9 +129,12 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
     } | ({"REDIS_URL": redis_url} if redis_url else {})
     # The shared gunicorn config starts an embedded Redis when REDIS_URL is unset; the baseline
     # uses no store, so a placeholder keeps it from starting one.
-    baseline = GunicornServer("baseline", "bench.baseline_app:create_app()",
-                              base_env | {"REDIS_URL": "redis://unused.invalid/0"},
-                              workdir / "baseline.log")
+    baseline = GunicornServer(
+        "baseline",
+        "bench.baseline_app:create_app()",
+        base_env | {"REDIS_URL": "redis://unused.invalid/0"},
+        workdir / "baseline.log",
+    )
     servers = (baseline, ours)
     try:
         for server in servers:
@@ -129,41 +160,72 @@ def _stop_embedded_redis(directory: Path) -> None:
     client.close()
 
 
-def _measure(server: GunicornServer, feed: loadgen.RequestFeed, endpoint: Endpoint,
-             seconds: float, connections: int) -> loadgen.Sample:
-    return loadgen.measure(HOST, server.port, feed, seconds=seconds, connections=connections,
-                           marker=endpoint.marker, owners=server.connections_by_worker)
+def _measure(
+    server: GunicornServer,
+    feed: loadgen.RequestFeed,
+    endpoint: Endpoint,
+    seconds: float,
+    connections: int,
+) -> loadgen.Sample:
+    return loadgen.measure(
+        HOST,
+        server.port,
+        feed,
+        seconds=seconds,
+        connections=connections,
+        marker=endpoint.marker,
+        owners=server.connections_by_worker,
+    )
 
 
-def _run_rounds(baseline: GunicornServer, ours: GunicornServer, targets: dict[str, Target],
-                state: State, args: argparse.Namespace) -> dict[str, dict[str, list[Any]]]:
+def _run_rounds(
+    baseline: GunicornServer,
+    ours: GunicornServer,
+    targets: dict[str, Target],
+    state: State,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, list[loadgen.Sample]]]:
     """Warm up, then per round and endpoint the baseline and ours back to back, taking turns
     at going first. Returns samples by endpoint name and server name."""
     servers = {"baseline": baseline, "ours": ours}
-    feeds = {(e.name, name): e.feed(targets[name], state)
-             for e in ENDPOINTS for name in servers if e.compare or name == "ours"}
-    samples: dict[str, dict[str, list[Any]]] = {e.name: {"baseline": [], "ours": []}
-                                                for e in ENDPOINTS}
+    feeds = {
+        (e.name, name): e.feed(targets[name], state)
+        for e in ENDPOINTS
+        for name in servers
+        if e.compare or name == "ours"
+    }
+    samples: dict[str, dict[str, list[loadgen.Sample]]] = {
+        e.name: {"baseline": [], "ours": []} for e in ENDPOINTS
+    }
     for endpoint in ENDPOINTS:  # workers import lazily and fill caches on first use
         for name, server in servers.items():
             if (endpoint.name, name) in feeds:
-                _measure(server, feeds[endpoint.name, name], endpoint, WARMUP_SECONDS,
-                         args.connections)
+                _measure(
+                    server, feeds[endpoint.name, name], endpoint, WARMUP_SECONDS, args.connections
+                )
     for round_index in range(args.rounds):
         order = ["baseline", "ours"] if round_index % 2 == 0 else ["ours", "baseline"]
         for endpoint in ENDPOINTS:
             for name in order:
                 if (endpoint.name, name) not in feeds:
                     continue
-                sample = _measure(servers[name], feeds[endpoint.name, name], endpoint,
-                                  args.seconds, args.connections)
+                sample = _measure(
+                    servers[name],
+                    feeds[endpoint.name, name],
+                    endpoint,
+                    args.seconds,
+                    args.connections,
+                )
                 samples[endpoint.name][name].append(sample)
-                print(f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<26} "
-                      f"{name:<8} {sample.rps:8.1f} rps", flush=True)
+                print(
+                    f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<26} "
+                    f"{name:<8} {sample.rps:8.1f} rps",
+                    flush=True,
+                )
     return samples
 
 
-def _rows(samples: dict[str, dict[str, list[Any]]]) -> list[report.Row]:
+def _rows(samples: dict[str, dict[str, list[loadgen.Sample]]]) -> list[report.Row]:
     rows = []
     for endpoint in ENDPOINTS:
         by_server = samples[endpoint.name]
@@ -172,8 +234,9 @@ def _rows(samples: dict[str, dict[str, list[Any]]]) -> list[report.Row]:
             base = report.summarize(by_server["baseline"], 200)
             rows.append(report.Row(endpoint.name, base, ours, report.compare(ours, base)))
         else:
-            rows.append(report.Row(endpoint.name, None,
-                                   report.summarize_check(by_server["ours"]), None))
+            rows.append(
+                report.Row(endpoint.name, None, report.summarize_check(by_server["ours"]), None)
+            )
     return rows
 
 
@@ -181,11 +244,16 @@ def _notes(rows: Sequence[report.Row], state: State) -> list[str]:
     notes = []
     for row in rows:
         if row.endpoint.endswith("/reveal"):
-            heard = row.ours["marked"]
+            heard, answered = row.ours["marked"], row.ours["requests"]
             notes.append(
-                f"reveal: {heard} of {row.ours['requests']} answers read the code; the rest "
-                f"were past the cap of {REVEALS_PER_CALL} per call ('no longer available'), "
-                f"spread over {len(state.calls)} calls"
+                f"reveal: {heard} of {answered} answers read the code, spread over "
+                f"{len(state.calls)} calls"
+                + (
+                    f"; {answered - heard} came past the cap of {REVEALS_PER_CALL} per call "
+                    "('no longer available')"
+                    if heard < answered
+                    else ""
+                )
             )
         if row.endpoint.endswith("/check"):
             notes.append(
@@ -197,31 +265,87 @@ def _notes(rows: Sequence[report.Row], state: State) -> list[str]:
     return notes
 
 
+def _document(
+    args: argparse.Namespace,
+    rows: Sequence[report.Row],
+    notes: list[str],
+    state: State,
+    *,
+    redis: str,
+) -> dict[str, Any]:
+    """The JSON written to bench/results: settings, every number, the verdicts and notes."""
+    return {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "rounds": args.rounds,
+            "seconds_per_run": args.seconds,
+            "connections": args.connections,
+            "redis": redis,
+            **{key.lower(): int(value) for key, value in _concurrency().items()},
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "call_verifications": len({call.sid for call in state.calls}),
+            "calls": len(state.calls),
+            "check_verifications": len(state.check_sids),
+        },
+        "targets": {"min_ratio": report.MIN_RATIO, "max_p99_ms": report.MAX_P99_MS, "errors": 0},
+        "endpoints": [
+            {
+                "endpoint": row.endpoint,
+                "baseline": row.baseline,
+                "ours": row.ours,
+                **(row.comparison or {}),
+            }
+            for row in rows
+        ],
+        "notes": notes,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 whatever the verdicts, 1 only when a server failed to start."""
+    """Run the benchmark; 0 whatever the verdicts, 1 only when a server failed to start (or our
+    app refused to create the benchmark's state)."""
     args = _parse_args(argv)
     started = time.monotonic()
-    store = _server_redis()
+    store = _server_redis() if args.redis == "auto" else None
     redis_url = SERVER_REDIS_URL if store else None
-    print(f"bench: redis {'server ' + SERVER_REDIS_URL if store else 'embedded'}, "
-          f"{args.rounds} rounds x {args.seconds:g} s, {args.connections} connections", flush=True)
+    print(
+        f"bench: redis {'server ' + SERVER_REDIS_URL if store else 'embedded'}, "
+        f"{args.rounds} rounds x {args.seconds:g} s, {args.connections} connections",
+        flush=True,
+    )
     try:
-        with tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp, \
-                _servers(Path(tmp), redis_url) as (baseline, ours):
+        with (
+            tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp,
+            _servers(Path(tmp), redis_url) as (baseline, ours),
+        ):
+            # Without a Twilio account the app signs and checks webhooks with a development token
+            # it generated into its instance folder at start.
             webhook_token = (Path(tmp) / "instance" / "webhook_auth_token").read_text().strip()
             targets = {
                 server.name: Target(HOST, server.port, webhook_token, API_TOKEN)
                 for server in (baseline, ours)
             }
-            print("bench: creating verifications through the API…", flush=True)
+            prepared = time.monotonic()
             state = prepare_state(
-                targets["ours"], call_numbers=args.call_numbers,
-                sends_per_number=args.sends_per_number, check_numbers=args.check_numbers,
+                targets["ours"],
+                call_numbers=args.call_numbers,
+                sends_per_number=args.sends_per_number,
+                check_numbers=args.check_numbers,
                 connections=args.connections,
+            )
+            print(
+                f"bench: {len(state.calls)} calls for {args.call_numbers} verifications and "
+                f"{len(state.check_sids)} verifications to check, made through the API in "
+                f"{time.monotonic() - prepared:.1f} s",
+                flush=True,
             )
             samples = _run_rounds(baseline, ours, targets, state, args)
     except ServerFailed as exc:
         print(f"bench: a server failed to start: {exc}", file=sys.stderr)
+        return 1
+    except SetupError as exc:
+        print(f"bench: our app refused the benchmark's state: {exc}", file=sys.stderr)
         return 1
     finally:
         if store is not None:
@@ -234,30 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.render_table(rows, args.connections))
     for note in notes:
         print(f"  {note}")
-    document = {
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_seconds": round(time.monotonic() - started, 1),
-        "config": {
-            "rounds": args.rounds,
-            "seconds_per_run": args.seconds,
-            "connections": args.connections,
-            "redis": "server" if store else "embedded",
-            **{key.lower(): int(value) for key, value in _concurrency().items()},
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "call_verifications": len({call.sid for call in state.calls}),
-            "calls": len(state.calls),
-            "check_verifications": len(state.check_sids),
-        },
-        "targets": {"min_ratio": report.MIN_RATIO, "max_p99_ms": report.MAX_P99_MS,
-                    "errors": 0},
-        "endpoints": [
-            {"endpoint": row.endpoint, "baseline": row.baseline, "ours": row.ours,
-             **(row.comparison or {})}
-            for row in rows
-        ],
-        "notes": notes,
-    }
+    document = _document(args, rows, notes, state, redis="server" if store else "embedded")
+    document["duration_seconds"] = round(time.monotonic() - started, 1)
     report.write_json(args.output, document)
     print(f"\nbench: {document['duration_seconds']} s; results in {args.output}")
     return 0

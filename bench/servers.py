@@ -38,13 +38,12 @@ def free_port() -> int:
 class GunicornServer:
     """One gunicorn master serving `app` on a free loopback port."""
 
-    def __init__(self, name: str, app: str, env: Mapping[str, str], log_path: Path,
-                 port: int | None = None):
+    def __init__(self, name: str, app: str, env: Mapping[str, str], log_path: Path):
         self.name = name
         self.app = app
         self.env = dict(env)
         self.log_path = log_path
-        self.port = port or free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,17 +53,26 @@ class GunicornServer:
     def start(self) -> None:
         """Launch the master; returns at once (see `wait_ready`)."""
         command = [
-            sys.executable, "-m", "gunicorn",
-            "--config", GUNICORN_CONFIG,
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            GUNICORN_CONFIG,
             # Flags win over the config file: loopback only, and no access log for either server.
-            "--bind", f"{HOST}:{self.port}",
-            "--access-logfile", os.devnull,
+            "--bind",
+            f"{HOST}:{self.port}",
+            "--access-logfile",
+            os.devnull,
             self.app,
         ]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
             )
 
     def wait_ready(self, workers: int, timeout: float = 30.0) -> None:
@@ -74,20 +82,30 @@ class GunicornServer:
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
-                raise ServerFailed(f"{self.name} exited ({self._process.returncode})"
-                                   f"\n{self.log_tail()}")
+                raise ServerFailed(
+                    f"{self.name} exited ({self._process.returncode})\n{self.log_tail()}"
+                )
             try:
                 wait_until_answering(HOST, self.port, _PROBE, timeout=0.5)
-                spread = measure(HOST, self.port, RequestFeed([_PROBE]), seconds=0,
-                                 connections=2 * workers, owners=self.connections_by_worker)
-                if not spread.spread or (len(spread.spread) >= workers and min(spread.spread)):
+                # Zero seconds: only open (and spread) connections, to see who accepts them.
+                probe = measure(
+                    HOST,
+                    self.port,
+                    RequestFeed([_PROBE]),
+                    seconds=0,
+                    connections=2 * workers,
+                    owners=self.connections_by_worker,
+                )
+                if not probe.spread or (len(probe.spread) >= workers and min(probe.spread)):
                     return
-                problem = f"{len(spread.spread)} of {workers} workers up"
+                serving = sum(1 for count in probe.spread if count)
+                problem = f"{serving} of {workers} workers answering"
             except NETWORK_ERRORS as exc:
                 problem = str(exc) or type(exc).__name__
             if time.monotonic() > deadline:
-                raise ServerFailed(f"{self.name} not ready in {timeout:.0f} s ({problem})"
-                                   f"\n{self.log_tail()}")
+                raise ServerFailed(
+                    f"{self.name} not ready in {timeout:.0f} s ({problem})\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:

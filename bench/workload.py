@@ -18,8 +18,32 @@ from bench.loadgen import RequestFeed, encode_form_post, encode_post, fetch_all
 
 # 555-0100..0199 is the fictional range of every North American area code, valid to
 # phonenumbers; each area code gives 100 distinct numbers.
-AREA_CODES = ("415", "212", "312", "617", "206", "303", "512", "404", "305", "702", "213",
-              "646", "718", "202", "503", "612")
+AREA_CODES = (
+    "415",
+    "212",
+    "312",
+    "617",
+    "206",
+    "303",
+    "512",
+    "404",
+    "305",
+    "702",
+    "213",
+    "646",
+    "718",
+    "202",
+    "503",
+    "612",
+    "713",
+    "214",
+    "602",
+    "619",
+    "801",
+    "916",
+    "407",
+    "614",
+)
 CALLER_ID = "+15005550006"  # the app's simulated caller id
 ACCOUNT_SID = "AC" + "0" * 32
 REVEALS_PER_CALL = 4  # CodePolicy.max_reveals_per_call: later reveals hear "no longer available"
@@ -83,12 +107,13 @@ def _api_get(target: Target, path: str) -> bytes:
 
 def _start_verifications(target: Target, numbers: Sequence[str], connections: int) -> list[str]:
     """POST /v1/verifications (channel call) for each number; the sids, in order."""
-    requests = [_api_post(target, "/v1/verifications", {"to": n, "channel": "call"})
-                for n in numbers]
+    requests = [
+        _api_post(target, "/v1/verifications", {"to": n, "channel": "call"}) for n in numbers
+    ]
     sids = []
-    for number, response in zip(numbers, fetch_all(
-        target.host, target.port, requests, connections=connections
-    ), strict=True):
+    for number, response in zip(
+        numbers, fetch_all(target.host, target.port, requests, connections=connections), strict=True
+    ):
         if response.status != 201:
             raise SetupError(f"start {number}: HTTP {response.status} {response.body[:300]!r}")
         sids.append(json.loads(response.body)["sid"])
@@ -97,8 +122,9 @@ def _start_verifications(target: Target, numbers: Sequence[str], connections: in
 
 def _outbox_calls(target: Target) -> dict[str, str]:
     """verification sid -> CallSid, for the calls in the simulator's outbox (newest 50)."""
-    [response] = fetch_all(target.host, target.port, [_api_get(target, "/v1/simulator/outbox")],
-                           connections=1)
+    [response] = fetch_all(
+        target.host, target.port, [_api_get(target, "/v1/simulator/outbox")], connections=1
+    )
     if response.status != 200:
         raise SetupError(f"outbox: HTTP {response.status} {response.body[:300]!r}")
     calls = {}
@@ -110,8 +136,14 @@ def _outbox_calls(target: Target) -> dict[str, str]:
     return calls
 
 
-def prepare_state(target: Target, *, call_numbers: int, sends_per_number: int,
-                  check_numbers: int, connections: int) -> State:
+def prepare_state(
+    target: Target,
+    *,
+    call_numbers: int,
+    sends_per_number: int,
+    check_numbers: int,
+    connections: int,
+) -> State:
     """Create the verifications the webhooks and the check endpoint will be pointed at.
 
     Each of `call_numbers` numbers gets `sends_per_number` calls (a re-send adds a call to the
@@ -144,25 +176,38 @@ def _signed_form(target: Target, path: str, form: dict[str, str]) -> bytes:
 
 
 def _call_form(call: CodeCall, status: str) -> dict[str, str]:
-    return {"AccountSid": ACCOUNT_SID, "CallSid": call.call_sid, "From": CALLER_ID,
-            "To": call.to, "CallStatus": status, "Direction": "outbound-api"}
+    return {
+        "AccountSid": ACCOUNT_SID,
+        "CallSid": call.call_sid,
+        "From": CALLER_ID,
+        "To": call.to,
+        "CallStatus": status,
+        "Direction": "outbound-api",
+    }
 
 
 def incoming_requests(target: Target) -> list[bytes]:
     """Calls to our number from a spread of callers (one request per caller)."""
     requests = []
     for caller in test_numbers(64):
-        form = {"AccountSid": ACCOUNT_SID, "CallSid": "CA" + secrets.token_hex(16),
-                "From": caller, "To": CALLER_ID, "CallStatus": "ringing",
-                "Direction": "inbound"}
+        form = {
+            "AccountSid": ACCOUNT_SID,
+            "CallSid": "CA" + secrets.token_hex(16),
+            "From": caller,
+            "To": CALLER_ID,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+        }
         requests.append(_signed_form(target, "/voice/incoming", form))
     return requests
 
 
 def answer_requests(target: Target, state: State) -> list[bytes]:
     """Each verification call being answered."""
-    return [_signed_form(target, f"/voice/code/{c.sid}", _call_form(c, "in-progress"))
-            for c in state.calls]
+    return [
+        _signed_form(target, f"/voice/code/{c.sid}", _call_form(c, "in-progress"))
+        for c in state.calls
+    ]
 
 
 def reveal_requests(target: Target, state: State) -> list[bytes]:
@@ -177,14 +222,18 @@ def reveal_requests(target: Target, state: State) -> list[bytes]:
 
 def status_requests(target: Target, state: State) -> list[bytes]:
     """A 'ringing' progress callback for each call."""
-    return [_signed_form(target, f"/voice/status/{c.sid}", _call_form(c, "ringing"))
-            for c in state.calls]
+    return [
+        _signed_form(target, f"/voice/status/{c.sid}", _call_form(c, "ringing"))
+        for c in state.calls
+    ]
 
 
 def check_requests(target: Target, state: State) -> list[bytes]:
     """A wrong code for each check verification, round-robin."""
-    return [_api_post(target, "/v1/verifications/check", {"sid": sid, "code": WRONG_CODE})
-            for sid in state.check_sids]
+    return [
+        _api_post(target, "/v1/verifications/check", {"sid": sid, "code": WRONG_CODE})
+        for sid in state.check_sids
+    ]
 
 
 @dataclass(frozen=True)
