@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Services:
     code_secrets: CodeSecrets
     verifications: VerificationService
     api_tokens: ApiTokens
+    # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
+    rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 def services() -> Services:
@@ -67,7 +69,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     instance = Path(app.instance_path)
     app_secrets = resolve_secrets(settings, instance)
-    app.config["SECRET_KEY"] = app_secrets.secret_key
+    # No app.config["SECRET_KEY"]: we use no cookie sessions, and with a key set Flask builds a
+    # session signer on every request.
 
     if settings.redis_url:
         redis_url, backend = settings.redis_url, "redis"

@@ -98,6 +98,19 @@ def parse_caller_id(raw: object) -> PhoneNumber | None:
         return None
 
 
+def country_of_caller(raw: object) -> str | None:
+    """The country a caller ID belongs to (its calling code's main country), without the cost
+    of validating it: enough to pick a language. None when withheld or not a number."""
+    if not isinstance(raw, str) or not raw.startswith("+") or len(raw) > 20:
+        return None
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        return None
+    region = phonenumbers.region_code_for_country_code(number.country_code)
+    return None if region == "ZZ" else region
+
+
 @dataclass(frozen=True)
 class NumberPolicy:
     """Which numbers we send codes to: allowed countries, no costly or unreachable types."""

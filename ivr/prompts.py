@@ -22,6 +22,7 @@ AUDIO_SUFFIXES = (".mp3", ".wav")
 # Pause between digits when reading a code: long enough to write each one down, short enough
 # that six digits end well within eight seconds of the key press.
 DIGIT_PAUSE = "350ms"
+READING_GAP = "1s"  # silence after each reading, before the next one starts
 _LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags ignore case
 
 # Language most callers in a country expect, for picking a locale from the number when the
@@ -172,17 +173,24 @@ class PromptCatalogs:
             return
         target.say(text.format(**values), voice=catalog.voice, language=catalog.language)
 
-    def speak_digits(self, target: TwiML, locale: str, intro_key: str, digits: str) -> None:
-        """Read `digits` one by one with clear pauses, after the prompt `intro_key`."""
+    def speak_code(
+        self, target: TwiML, locale: str, intro_key: str, digits: str, times: int = 1
+    ) -> None:
+        """Say the prompt `intro_key`, then `digits` one by one with clear pauses; `times` over.
+
+        One <Say loop=…>: single digits need no <say-as>, and the loop repeats the reading
+        without a second copy of it, so the TwiML stays small.
+        """
         catalog, intro = self._lookup(locale, intro_key)
         if not catalog.speaks_ssml:  # basic voices: commas are the only pause they know
             text = f"{intro} " + ", ".join(digits) + "."
-            target.say(text, voice=catalog.voice, language=catalog.language)
+            target.say(text, voice=catalog.voice, language=catalog.language, loop=times)
             return
-        say = target.say(intro, voice=catalog.voice, language=catalog.language)
+        say = target.say(intro, voice=catalog.voice, language=catalog.language, loop=times)
         for digit in digits:
             say.break_(time=DIGIT_PAUSE)
-            say.say_as(digit, interpret_as="digits")
+            say.append(digit)
+        say.break_(time=READING_GAP)
 
     def missing_keys(self) -> dict[str, list[str]]:
         """Per locale, the keys the default locale has and it lacks."""

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from flask import Flask
 from twilio.request_validator import RequestValidator
@@ -108,7 +108,7 @@ class PhoneSimulator:
                 transcript.events.append(Heard("error", f"HTTP {status}: {body[:200]}"))
                 transcript.ended_by = "error"
                 break
-            next_request = self._play(body, base, pending_keys, transcript)
+            next_request = self._play(target, body, base, pending_keys, transcript)
         else:
             if next_request:
                 transcript.ended_by = "loop"
@@ -120,7 +120,8 @@ class PhoneSimulator:
             self.post(callback, {**base, "CallStatus": status})
 
     def _play(
-        self, body: str, base: dict[str, str], keys: list[str], transcript: CallTranscript
+        self, url: str, body: str, base: dict[str, str], keys: list[str],
+        transcript: CallTranscript,
     ) -> tuple[str, dict[str, str]] | None:
         """Follow one TwiML document; the next webhook to request, or None when the call ends."""
         try:
@@ -136,15 +137,16 @@ class PhoneSimulator:
             elif tag == "Gather":
                 for prompt in verb:
                     self._hear(prompt, transcript)
+                action = urljoin(url, verb.get("action", ""))  # Twilio resolves relative URLs
                 if keys:
                     pressed = keys.pop(0)
                     transcript.events.append(Heard("keys", pressed))
-                    return verb.get("action", ""), {**base, "Digits": pressed}
+                    return action, {**base, "Digits": pressed}
                 transcript.events.append(Heard("timeout"))
                 if verb.get("actionOnEmptyResult") == "true":
-                    return verb.get("action", ""), {**base, "Digits": ""}
+                    return action, {**base, "Digits": ""}
             elif tag == "Redirect":
-                return (verb.text or "").strip(), dict(base)
+                return urljoin(url, (verb.text or "").strip()), dict(base)
             elif tag in ("Hangup", "Reject"):
                 transcript.ended_by = tag.lower()
                 if tag == "Reject":
@@ -170,7 +172,9 @@ class PhoneSimulator:
     def _hear(verb: ET.Element, transcript: CallTranscript) -> None:
         if verb.tag == "Say":
             attributes = {k: v for k, v in verb.attrib.items() if k in ("voice", "language")}
-            transcript.events.append(Heard("say", _spoken_text(verb), attributes))
+            loop = verb.get("loop", "1")
+            for _ in range(min(int(loop) if loop.isdigit() else 1, 10) or 10):  # 0 = until
+                transcript.events.append(Heard("say", _spoken_text(verb), attributes))
         elif verb.tag == "Play":
             transcript.events.append(Heard("play", (verb.text or "").strip()))
         elif verb.tag == "Pause":

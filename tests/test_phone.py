@@ -6,6 +6,7 @@ import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberType
 
+from ivr import phone
 from ivr.phone import NumberPolicy, NumberRefused, PhoneNumber, parse, parse_caller_id
 
 US_NUMBER = "+14155550123"
@@ -221,3 +222,13 @@ def test_the_country_is_checked_before_the_number_type():
     number = example_of(PhoneNumberType.PREMIUM_RATE)
     others = {"US"} if number.country != "US" else {"CA"}
     assert refusal(NumberPolicy(others).check, number, "call").reason == "country_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("caller_id", "country"),
+    [("+14155550123", "US"), ("+34612345678", "ES"), ("+447700900123", "GB"),
+     ("anonymous", None), ("", None), ("+", None), (None, None), ("+999123", None),
+     ("4155550123", None), ("+1" + "5" * 40, None)],
+)
+def test_country_of_caller_needs_only_the_calling_code(caller_id, country):
+    assert phone.country_of_caller(caller_id) == country

@@ -10,7 +10,7 @@ import pytest
 from twilio.twiml.voice_response import VoiceResponse
 
 from ivr.config import DEFAULT_PROMPTS_DIR
-from ivr.prompts import DIGIT_PAUSE, CatalogError, PromptCatalogs, UnknownLocale
+from ivr.prompts import DIGIT_PAUSE, READING_GAP, CatalogError, PromptCatalogs, UnknownLocale
 from tests.conftest import PUBLIC_BASE_URL
 
 AUDIO_BASE_URL = "https://ivr.example.test/prompts/audio"
@@ -264,33 +264,26 @@ def test_files_that_are_not_audio_are_not_recordings(prompts_dir):
 # Reading digits
 
 
-def test_a_polly_voice_reads_each_digit_with_a_pause(shipped):
+def test_a_polly_voice_reads_each_digit_after_a_pause_and_loops_the_reading(shipped):
     response = VoiceResponse()
-    shipped.speak_digits(response, "en-US", "otp.call.code_intro", "012345")
+    shipped.speak_code(response, "en-US", "otp.call.code_intro", "012345", times=2)
     (say,) = rendered(response)
-    assert say.attrib == {"voice": "Polly.Joanna-Neural", "language": "en-US"}
+    assert say.attrib == {"voice": "Polly.Joanna-Neural", "language": "en-US", "loop": "2"}
     assert say.text == "Your verification code is"
-    children = list(say)
-    tags = [child.tag for child in children]
-    # A pause between each pair of digits (and optionally one after the intro).
-    assert tags[-11:] == ["say-as", *["break", "say-as"] * 5]
-    assert tags[:-11] in ([], ["break"])
-    breaks = [child for child in children if child.tag == "break"]
-    digits = [child for child in children if child.tag == "say-as"]
-    assert all(pause.attrib == {"time": DIGIT_PAUSE} for pause in breaks)
+    pauses = list(say)
+    assert [child.tag for child in pauses] == ["break"] * 7
+    assert [pause.get("time") for pause in pauses] == [DIGIT_PAUSE] * 6 + [READING_GAP]
     assert DIGIT_PAUSE == "350ms"
-    assert all(digit.attrib == {"interpret-as": "digits"} for digit in digits)
-    assert [digit.text for digit in digits] == list("012345")
-    assert all(not (child.tail or "").strip() for child in children)
+    assert [pause.tail for pause in pauses] == [*"012345", None]
 
 
 def test_a_polly_voice_reads_digits_in_the_catalog_language(shipped):
     response = VoiceResponse()
-    shipped.speak_digits(response, "de-DE", "otp.call.code_intro", "987")
+    shipped.speak_code(response, "de-DE", "otp.call.code_intro", "987")
     (say,) = rendered(response)
-    assert say.attrib == {"voice": "Polly.Vicki-Neural", "language": "de-DE"}
+    assert say.attrib == {"voice": "Polly.Vicki-Neural", "language": "de-DE", "loop": "1"}
     assert say.text == shipped.catalogs["de-DE"].prompts["otp.call.code_intro"]
-    assert [d.text for d in say.iter("say-as")] == ["9", "8", "7"]
+    assert [pause.tail for pause in say.iter("break")] == ["9", "8", "7", None]
 
 
 @pytest.fixture
@@ -306,15 +299,15 @@ def basic_voice_catalogs(prompts_dir):
 
 def test_a_basic_voice_gets_no_ssml(basic_voice_catalogs):
     response = VoiceResponse()
-    basic_voice_catalogs.speak_digits(response, "en-US", "otp.call.code_intro", "012345")
+    basic_voice_catalogs.speak_code(response, "en-US", "otp.call.code_intro", "012345")
     (say,) = rendered(response)
-    assert say.attrib == {"voice": "alice", "language": "en-US"}
+    assert say.attrib == {"voice": "alice", "language": "en-US", "loop": "1"}
     assert list(say) == []
 
 
 def test_a_basic_voice_reads_the_intro_and_comma_separated_digits(basic_voice_catalogs):
     response = VoiceResponse()
-    basic_voice_catalogs.speak_digits(response, "en-US", "otp.call.code_intro", "012345")
+    basic_voice_catalogs.speak_code(response, "en-US", "otp.call.code_intro", "012345")
     (say,) = rendered(response)
     text = "".join(say.itertext())
     assert text.startswith("Your verification code is")

@@ -28,12 +28,12 @@ def call_params(verification, key=None):
 
 
 def code_readings(root: ET.Element) -> list[str]:
-    """The codes read in the document, one string per reading."""
+    """The codes read in the document, one string per reading (a <Say loop="2"> reads twice)."""
     readings = []
     for say in root.iter("Say"):
-        digits = [d.text for d in say.iter("say-as")]
+        digits = "".join((pause.tail or "").strip() for pause in say.iter("break"))
         if digits:
-            readings.append("".join(digits))
+            readings += [digits] * int(say.get("loop", "1"))
     return readings
 
 
@@ -49,7 +49,7 @@ def test_calls_api_request_holds_only_an_opaque_id(api, twilio_api):
     assert call.value("To") == TO
     assert call.value("From") == CALLER_ID
     url = call.value("Url")
-    assert url == f"{PUBLIC_BASE_URL}/voice/code/{verification['sid']}"
+    assert url == f"{PUBLIC_BASE_URL}/voice/code/{verification['sid']}/"
     assert urlsplit(url).query == ""
     assert call.value("StatusCallback") == f"{PUBLIC_BASE_URL}/voice/status/{verification['sid']}"
     assert call.value("Method") == "POST"
@@ -69,7 +69,7 @@ def test_code_is_not_spoken_before_a_key_press(api, twilio_api, client):
     for gather in gathers:
         assert gather.attrib == {
             "input": "dtmf", "numDigits": "1", "finishOnKey": "", "timeout": "6",
-            "action": f"{PUBLIC_BASE_URL}/voice/code/{verification['sid']}/reveal",
+            "action": "reveal",  # relative: Twilio resolves it to …/voice/code/<sid>/reveal
             "method": "POST", "actionOnEmptyResult": "false",
         }
         assert "Acme" in spoken(gather)
@@ -88,10 +88,12 @@ def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
     assert re.fullmatch(r"\d{6}", readings[0])
     first = root.find("Say")
     assert first.get("voice") == "Polly.Joanna-Neural" and first.get("language") == "en-US"
-    assert [b.get("time") for b in first.iter("break")] == ["350ms"] * 6
-    assert [s.get("interpret-as") for s in first.iter("say-as")] == ["digits"] * 6
+    assert first.text == "Your verification code is"
+    pauses = list(first.iter("break"))
+    assert [b.get("time") for b in pauses] == ["350ms"] * 6 + ["1s"]
+    assert [b.tail for b in pauses] == [*readings[0], None], "a pause before every digit"
     repeat = root.find("Gather")
-    assert repeat.get("action").endswith(f"/voice/code/{verification['sid']}/reveal?repeat=1")
+    assert repeat.get("action") == "reveal?repeat=1"
     assert "press 1" in spoken(repeat)
     assert [child.tag for child in root][-2:] == ["Say", "Hangup"]
     # …and that code checks out, once.
@@ -102,12 +104,14 @@ def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
 
 def test_six_digit_code_is_fully_heard_within_eight_seconds_of_the_key_press(
         api, twilio_api, client):
-    """Speech-time budget from the TwiML: intro words at 150 wpm, each digit 0.4 s, the pauses."""
+    """Speech-time budget from the TwiML: intro words at 150 wpm, each digit 0.4 s, the pauses
+    before each digit (the gap after the last one comes once the code was heard)."""
     verification, _ = start_call(api, twilio_api)
     first = press_key(client, verification).find("Say")
     intro_words = len((first.text or "").split())
-    pauses = sum(int(b.get("time").removesuffix("ms")) for b in first.iter("break")) / 1000
-    digits = len(list(first.iter("say-as")))
+    before_digits = [b for b in first.iter("break") if (b.tail or "").strip()]
+    pauses = sum(int(b.get("time").removesuffix("ms")) for b in before_digits) / 1000
+    digits = len(before_digits)
     assert digits == 6
     assert intro_words * 0.4 + digits * 0.4 + pauses <= 8.0
 
@@ -160,7 +164,7 @@ def test_locale_follows_the_request_and_else_the_numbers_country(api, twilio_api
     assert "Su código de verificación es" in spoken(root)
     french, _ = start_call(api, twilio_api, to="+33612345678")
     assert french["locale"] == "fr-FR"
-    answered = twiml(twilio_post(client, f"/voice/code/{french['sid']}", call_params(french)))
+    answered = twiml(twilio_post(client, f"/voice/code/{french['sid']}/", call_params(french)))
     assert answered.find("Gather/Say").get("language") == "fr-FR"
 
 

@@ -11,7 +11,7 @@ SID = "VE" + "0" * 32
 CALL_SID = "CA" + "a" * 32
 WEBHOOKS = [
     "/voice/incoming",
-    f"/voice/code/{SID}",
+    f"/voice/code/{SID}/",
     f"/voice/code/{SID}/reveal",
     f"/voice/code/{SID}/reveal?repeat=1",
     f"/voice/status/{SID}",
@@ -113,7 +113,7 @@ def test_garbage_input_gets_polite_twiml_or_a_quiet_204(client, path, params):
 
 
 def test_unknown_verification_on_the_call_is_told_politely(client):
-    root = twiml(twilio_post(client, f"/voice/code/{SID}", PARAMS))
+    root = twiml(twilio_post(client, f"/voice/code/{SID}/", PARAMS))
     assert "no longer available" in spoken(root)
     assert root[-1].tag == "Hangup"
 
@@ -133,7 +133,7 @@ def test_huge_webhook_bodies_are_413(client):
 def test_when_redis_is_down_callers_hear_an_apology_and_the_api_says_503(make_app):
     app = make_app(redis_url="redis://127.0.0.1:1/0")
     client = app.test_client()
-    root = twiml(twilio_post(client, f"/voice/code/{SID}", PARAMS))
+    root = twiml(twilio_post(client, f"/voice/code/{SID}/", PARAMS))
     assert "Sorry" in spoken(root) and root[-1].tag == "Hangup"
     response = client.post("/v1/verifications", json={"to": "+14155550123", "channel": "sms"},
                            headers={"Authorization": "Bearer test-api-token-0123456789"})
@@ -150,3 +150,21 @@ def test_healthz_reports_the_store_and_carrier(client):
     body = health.get_json()
     assert body["status"] == "ok" and body["carrier"] == "twilio"
     assert body["store"]["status"] == "ok"
+
+
+def test_incoming_prefers_twilios_from_country_over_parsing_the_caller_id(client):
+    root = twiml(twilio_post(client, "/voice/incoming",
+                             PARAMS | {"From": "+14155550123", "FromCountry": "DE"}))
+    assert root.find("Say").get("language") == "de-DE"
+    garbage = twiml(twilio_post(client, "/voice/incoming",
+                                PARAMS | {"From": "+33612345678", "FromCountry": "1!"}))
+    assert garbage.find("Say").get("language") == "fr-FR"
+
+
+def test_static_twiml_is_rendered_once_per_locale_and_app(make_app):
+    english, spanish = (twiml(twilio_post(make_app().test_client(), "/voice/incoming",
+                                          PARAMS | {"FromCountry": country}))
+                        for country in ("US", "ES"))
+    assert spoken(english) != spoken(spanish)
+    renamed = make_app(app_name="Zenith").test_client()
+    assert "Zenith" in spoken(twiml(twilio_post(renamed, "/voice/incoming", PARAMS)))

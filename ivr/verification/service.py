@@ -336,12 +336,12 @@ class VerificationService:
             return Reveal("gone")
         result = self.store.reveal(sid, call_sid, self.code_policy.max_reveals_per_call)
         if result.outcome != "ok" or result.sealed is None:
-            return Reveal(result.outcome)
+            return Reveal(result.outcome, result.locale)
         try:
             code = self.secrets.unseal(sid, result.sealed)
         except SealError:
             log.error("verification %s: sealed code does not open (SECRET_KEY changed?)", sid)
-            return Reveal("gone")
+            return Reveal("gone", result.locale)
         return Reveal("ok", result.locale, code)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:

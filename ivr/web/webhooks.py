@@ -7,8 +7,10 @@ it again" -> goodbye.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
+from collections.abc import Callable
 
 from flask import Blueprint, Response, abort, request
 from twilio.request_validator import RequestValidator
@@ -36,10 +38,9 @@ class CallbackUrls:
         self.base_url = base_url.rstrip("/")
 
     def call_answer(self, sid: str) -> str:
-        return f"{self.base_url}/voice/code/{sid}"
-
-    def call_reveal(self, sid: str, *, repeat: bool = False) -> str:
-        return f"{self.base_url}/voice/code/{sid}/reveal" + ("?repeat=1" if repeat else "")
+        # The trailing slash lets the call's TwiML name the next step relatively ("reveal"),
+        # so the greeting is the same document for every call in a locale (rendered once).
+        return f"{self.base_url}/voice/code/{sid}/"
 
     def call_status(self, sid: str) -> str:
         return f"{self.base_url}/voice/status/{sid}"
@@ -64,7 +65,11 @@ def require_twilio_signature() -> None:
     signature = request.headers.get(SIGNATURE_HEADER, "")
     params = request.form if request.method == "POST" else {}
     validator = RequestValidator(services().secrets.webhook_auth_token)
-    if not signature or not validator.validate(signed_url(), params, signature):
+    url = signed_url()
+    # Fast path: the URL exactly as rebuilt (one HMAC). twilio's validate() then also tries the
+    # URL with and without an explicit port, as Twilio may have signed either.
+    exact = hmac.compare_digest(validator.compute_signature(url, params), signature)
+    if not signature or not (exact or validator.validate(url, params, signature)):
         log.warning("webhook %s refused: missing or invalid signature", request.path)
         abort(403, description="invalid or missing X-Twilio-Signature")
 
@@ -75,10 +80,12 @@ def _field(name: str, limit: int = 64) -> str:
     return value if len(value) <= limit else ""
 
 
-def _urls() -> CallbackUrls:
-    verifications = services().verifications
-    assert isinstance(verifications.urls, CallbackUrls)
-    return verifications.urls
+def caller_country() -> str | None:
+    """The caller's country: Twilio's FromCountry when it sent one, else from the caller ID."""
+    country = _field("FromCountry", 2).upper()
+    if len(country) == 2 and country.isalpha():
+        return country
+    return phone.country_of_caller(_field("From"))
 
 
 # -- the inbound number ------------------------------------------------------------------------
@@ -87,33 +94,46 @@ def _urls() -> CallbackUrls:
 @blueprint.post("/voice/incoming")
 def incoming() -> Response:
     """A call to our number: a greeting in the caller's language (the flow engine comes later)."""
-    ivr = services()
-    caller = phone.parse_caller_id(_field("From"))
-    locale = ivr.prompts.resolve_locale(None, caller.country if caller else None)
-    response = VoiceResponse()
-    ivr.prompts.speak(response, locale, "incoming.welcome", app_name=ivr.settings.app_name)
-    response.hangup()
-    return twiml(response)
+    locale = services().prompts.resolve_locale(None, caller_country())
+    return _say_and_hang_up(locale, "incoming.welcome")
 
 
 # -- the verification call -----------------------------------------------------------------------
 
 
-def _unavailable(locale: str) -> Response:
-    response = VoiceResponse()
-    services().prompts.speak(response, locale, "otp.call.unavailable")
-    response.hangup()
-    return twiml(response)
+def _say_and_hang_up(locale: str, prompt: str) -> Response:
+    def build() -> VoiceResponse:
+        response = VoiceResponse()
+        ivr = services()
+        ivr.prompts.speak(response, locale, prompt, app_name=ivr.settings.app_name)
+        response.hangup()
+        return response
+
+    return _memoized((prompt, locale), build)
 
 
-def _press_a_key(sid: str, locale: str, prompt: str, *, repeat: bool) -> Gather:
+# Gather actions, relative to /voice/code/<sid>/ and /voice/code/<sid>/reveal alike.
+REVEAL_ACTION = "reveal"
+REPEAT_ACTION = "reveal?repeat=1"
+
+
+def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
+    """A TwiML document that depends only on `key` (prompt and locale), rendered once per app."""
+    rendered = services().rendered_twiml
+    text = rendered.get(key)
+    if text is None:
+        text = rendered[key] = str(build())
+    return Response(text, mimetype="text/xml")
+
+
+def _press_a_key(locale: str, prompt: str, action: str) -> Gather:
     """A one-key Gather whose prompt the caller may interrupt; any key counts, # and * too."""
     gather = Gather(
         input="dtmf",
         num_digits=1,
         finish_on_key="",
         timeout=_KEY_TIMEOUT_SECONDS,
-        action=_urls().call_reveal(sid, repeat=repeat),
+        action=action,
         method="POST",
         action_on_empty_result=False,
     )
@@ -122,21 +142,26 @@ def _press_a_key(sid: str, locale: str, prompt: str, *, repeat: bool) -> Gather:
     return gather
 
 
-@blueprint.post("/voice/code/<sid>")
+@blueprint.post("/voice/code/<sid>/")
 def code_call_answered(sid: str) -> Response:
     """The callee answered: ask for a key press before anything of the code is said."""
     ivr = services()
     context = ivr.verifications.call_context(sid)
     if context is None or context[0] is not Status.PENDING:
-        return _unavailable(context[1] if context else ivr.prompts.default_locale)
+        locale = context[1] if context else ivr.prompts.default_locale
+        return _say_and_hang_up(locale, "otp.call.unavailable")
     locale = context[1]
-    response = VoiceResponse()
-    # Said twice: a person who missed the first words gets a second chance to press a key.
-    response.append(_press_a_key(sid, locale, "otp.call.greeting", repeat=False))
-    response.append(_press_a_key(sid, locale, "otp.call.greeting", repeat=False))
-    ivr.prompts.speak(response, locale, "otp.call.no_input")
-    response.hangup()
-    return twiml(response)
+
+    def greeting() -> VoiceResponse:
+        response = VoiceResponse()
+        # Said twice: a person who missed the first words gets a second chance to press a key.
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
+        ivr.prompts.speak(response, locale, "otp.call.no_input")
+        response.hangup()
+        return response
+
+    return _memoized(("otp.call.greeting", locale), greeting)
 
 
 @blueprint.post("/voice/code/<sid>/reveal")
@@ -145,27 +170,22 @@ def code_call_key_pressed(sid: str) -> Response:
     ivr = services()
     digits = _field("Digits", _MAX_DIGITS_FIELD)
     repeat = request.args.get("repeat") == "1"
-    context = ivr.verifications.call_context(sid)
-    locale = context[1] if context else ivr.prompts.default_locale
     if not digits or (repeat and digits != "1"):
-        response = VoiceResponse()
-        ivr.prompts.speak(response, locale, "otp.call.goodbye")
-        response.hangup()
-        return twiml(response)
+        context = ivr.verifications.call_context(sid)
+        locale = context[1] if context else ivr.prompts.default_locale
+        return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
     if not _TWILIO_SID.match(call_sid):
         return polite_goodbye()
     reveal = ivr.verifications.reveal(sid, call_sid)
+    locale = reveal.locale or ivr.prompts.default_locale
     if reveal.outcome == "stranger":
         log.warning("verification %s: code asked for by a call we did not place", sid)
     if reveal.outcome != "ok" or reveal.code is None:
-        return _unavailable(locale)
-    locale = reveal.locale or locale
+        return _say_and_hang_up(locale, "otp.call.unavailable")
     response = VoiceResponse()
-    ivr.prompts.speak_digits(response, locale, "otp.call.code_intro", reveal.code)
-    response.pause(length=1)
-    ivr.prompts.speak_digits(response, locale, "otp.call.code_again", reveal.code)
-    response.append(_press_a_key(sid, locale, "otp.call.repeat_offer", repeat=True))
+    ivr.prompts.speak_code(response, locale, "otp.call.code_intro", reveal.code, times=2)
+    response.append(_press_a_key(locale, "otp.call.repeat_offer", REPEAT_ACTION))
     ivr.prompts.speak(response, locale, "otp.call.goodbye")
     response.hangup()
     return twiml(response)
