@@ -185,3 +185,19 @@ def test_a_failed_call_is_recorded_with_its_error_code(api, twilio_api, client):
         "CallStatus": "failed", "ErrorCode": "32009"})
     attempt = api.get(f"/v1/verifications/{verification['sid']}").get_json()["send_attempts"][0]
     assert (attempt["status"], attempt["error"]) == ("failed", "32009")
+
+
+def test_replayed_webhooks_change_nothing(api, twilio_api, client):
+    """A captured, validly signed request replayed later: status stays, no extra code."""
+    verification, call = start_call(api, twilio_api)
+    completed = call_params(verification) | {"CallStatus": "completed"}
+    twilio_post(client, call.value("StatusCallback"), completed)
+    twilio_post(client, call.value("StatusCallback"), call_params(verification) | {
+        "CallStatus": "ringing"})
+    twilio_post(client, call.value("StatusCallback"), completed)
+    attempts = api.get(f"/v1/verifications/{verification['sid']}").get_json()["send_attempts"]
+    assert [a["status"] for a in attempts] == ["completed"]
+    code = code_readings(press_key(client, verification))[0]
+    api.check(code, to=TO)
+    replayed = press_key(client, verification)
+    assert code_readings(replayed) == [], "no code once the verification is approved"
