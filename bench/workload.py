@@ -184,9 +184,17 @@ def twilio_voice_form(
     """
     place = {"City": "SAN FRANCISCO", "Country": "US", "State": "CA", "Zip": "94105"}
     form = {
-        "AccountSid": ACCOUNT_SID, "ApiVersion": "2010-04-01", "CallSid": call_sid,
-        "CallStatus": status, "Direction": direction, "From": from_, "To": to,
-        "Caller": from_, "Called": to, "CallToken": "", "StirVerstat": "TN-Validation-Passed-A",
+        "AccountSid": ACCOUNT_SID,
+        "ApiVersion": "2010-04-01",
+        "CallSid": call_sid,
+        "CallStatus": status,
+        "Direction": direction,
+        "From": from_,
+        "To": to,
+        "Caller": from_,
+        "Called": to,
+        "CallToken": "",
+        "StirVerstat": "TN-Validation-Passed-A",
     }
     for who in ("From", "To", "Caller", "Called"):
         form |= {f"{who}{field}": value for field, value in place.items()}

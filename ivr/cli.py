@@ -30,8 +30,14 @@ def serve(port: int | None, workers: int | None) -> None:
     if workers:
         os.environ["WEB_CONCURRENCY"] = str(workers)
     _fail_on_bad_config()
-    argv = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
-            "ivr:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:ivr.gunicorn_config",
+        "ivr:create_app()",
+    ]
     os.execv(sys.executable, argv)  # noqa: S606 - gunicorn replaces this process
 
 
@@ -59,25 +65,33 @@ def production_gaps(settings: Settings) -> list[str]:
     """What a production deployment still lacks, one sentence each."""
     gaps = []
     if not settings.uses_twilio:
-        gaps.append("No Twilio account (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_CALLER_ID): "
-                    "calls and SMS go to the simulated carrier.")
+        gaps.append(
+            "No Twilio account (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_CALLER_ID): "
+            "calls and SMS go to the simulated carrier."
+        )
     if not settings.public_base_url:
         gaps.append("PUBLIC_BASE_URL is unset: Twilio cannot reach the webhooks.")
     elif not settings.public_base_url.startswith("https://"):
         gaps.append("PUBLIC_BASE_URL is not https: webhooks would travel in clear text.")
     if settings.secret_key is None:
-        gaps.append("SECRET_KEY is unset: a development key in the instance folder is used; "
-                    "hosts would not share it.")
+        gaps.append(
+            "SECRET_KEY is unset: a development key in the instance folder is used; "
+            "hosts would not share it."
+        )
     if settings.redis_url is None:
         gaps.append("REDIS_URL is unset: the embedded Redis serves one host only.")
     if settings.ivr_api_token is None:
-        gaps.append("IVR_API_TOKEN is unset: a development token in the instance folder is "
-                    "accepted (or issue tokens with 'ivr tokens create').")
+        gaps.append(
+            "IVR_API_TOKEN is unset: a development token in the instance folder is "
+            "accepted (or issue tokens with 'ivr tokens create')."
+        )
     if "*" in settings.allowed_countries:
         gaps.append("ALLOWED_COUNTRIES is '*': codes may go to any country (toll-fraud risk).")
     if settings.otp_ttl_seconds < 60:
-        gaps.append(f"OTP_TTL_SECONDS is {settings.otp_ttl_seconds}: codes expire before most "
-                    "people can type them.")
+        gaps.append(
+            f"OTP_TTL_SECONDS is {settings.otp_ttl_seconds}: codes expire before most "
+            "people can type them."
+        )
     return gaps
 
 
@@ -168,9 +182,11 @@ def prompts_check() -> None:
         click.echo(f"{locale}: missing {', '.join(keys)} (the default locale is used)")
     for locale, keys in catalogs.placeholder_mismatches().items():
         problems += len(keys)
-        click.echo(f"{locale}: placeholders differ from {settings.default_locale} in "
-                   f"{', '.join(keys)}")
-    click.echo(f"{len(catalogs.locales)} locales: {', '.join(catalogs.locales)}; "
-               f"{problems} problem(s)")
+        click.echo(
+            f"{locale}: placeholders differ from {settings.default_locale} in {', '.join(keys)}"
+        )
+    click.echo(
+        f"{len(catalogs.locales)} locales: {', '.join(catalogs.locales)}; {problems} problem(s)"
+    )
     if problems:
         sys.exit(1)

@@ -25,9 +25,7 @@ DEFAULT_PROMPTS_DIR = PACKAGE_DIR.parent / "voice_prompts"
 # Countries voice and SMS may reach unless ALLOWED_COUNTRIES says otherwise: North America,
 # Western Europe, Australia and New Zealand — markets with low toll-fraud exposure. Deployments
 # elsewhere list their own; "*" allows every country (check-config warns).
-DEFAULT_ALLOWED_COUNTRIES = (
-    "US,CA,GB,IE,FR,DE,ES,PT,IT,NL,BE,LU,AT,CH,SE,NO,DK,FI,AU,NZ"
-)
+DEFAULT_ALLOWED_COUNTRIES = "US,CA,GB,IE,FR,DE,ES,PT,IT,NL,BE,LU,AT,CH,SE,NO,DK,FI,AU,NZ"
 
 _RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

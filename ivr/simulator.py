@@ -92,8 +92,14 @@ class PhoneSimulator:
     ) -> CallTranscript:
         """Answer a call whose TwiML is at `url`, pressing `keys` at each Gather in turn."""
         sid = call_sid or "CA" + secrets.token_hex(16)
-        base = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": from_, "To": to,
-                "Direction": direction, **(extra or {})}
+        base = {
+            "CallSid": sid,
+            "AccountSid": ACCOUNT_SID,
+            "From": from_,
+            "To": to,
+            "Direction": direction,
+            **(extra or {}),
+        }
         transcript = CallTranscript(sid)
         pending_keys = list(keys)
         self._status(status_callback, base, "in-progress")
@@ -120,7 +126,11 @@ class PhoneSimulator:
             self.post(callback, {**base, "CallStatus": status})
 
     def _play(
-        self, url: str, body: str, base: dict[str, str], keys: list[str],
+        self,
+        url: str,
+        body: str,
+        base: dict[str, str],
+        keys: list[str],
         transcript: CallTranscript,
     ) -> tuple[str, dict[str, str]] | None:
         """Follow one TwiML document; the next webhook to request, or None when the call ends."""
@@ -161,9 +171,7 @@ class PhoneSimulator:
                         attributes[f"parameter:{child.get('name')}"] = child.get("value", "")
                     else:
                         attributes[child.tag.lower()] = (child.text or "").strip()
-                transcript.events.append(
-                    Heard(tag.lower(), (verb.text or "").strip(), attributes)
-                )
+                transcript.events.append(Heard(tag.lower(), (verb.text or "").strip(), attributes))
                 transcript.ended_by = tag.lower()
                 return None
         return None

@@ -29,8 +29,23 @@ log = logging.getLogger(__name__)
 
 # Twilio error codes that mean "this number cannot be reached this way", not "we are broken".
 # https://www.twilio.com/docs/api/errors
-_NUMBER_ERROR_CODES = {21211, 21214, 21217, 21401, 21407, 21408, 21421, 21601, 21610, 21612,
-                       21614, 13223, 13224, 13225, 13227}
+_NUMBER_ERROR_CODES = {
+    21211,
+    21214,
+    21217,
+    21401,
+    21407,
+    21408,
+    21421,
+    21601,
+    21610,
+    21612,
+    21614,
+    13223,
+    13224,
+    13225,
+    13227,
+}
 _OUTBOX_SIZE = 200
 
 
@@ -165,8 +180,15 @@ class SimulatedCarrier:
     ) -> Receipt:
         sid = "CA" + secrets.token_hex(16)
         self._record(
-            {"sid": sid, "kind": "call", "to": to, "from": from_, "url": url,
-             "status_callback": status_callback, "ring_seconds": ring_seconds}
+            {
+                "sid": sid,
+                "kind": "call",
+                "to": to,
+                "from": from_,
+                "url": url,
+                "status_callback": status_callback,
+                "ring_seconds": ring_seconds,
+            }
         )
         log.info("simulated call %s to %s", sid, to)
         return Receipt(sid, "queued")
@@ -174,8 +196,14 @@ class SimulatedCarrier:
     def send_sms(self, *, to: str, from_: str, body: str, status_callback: str) -> Receipt:
         sid = "SM" + secrets.token_hex(16)
         self._record(
-            {"sid": sid, "kind": "sms", "to": to, "from": from_,
-             "body_sealed": self.secrets.seal(sid, body), "status_callback": status_callback}
+            {
+                "sid": sid,
+                "kind": "sms",
+                "to": to,
+                "from": from_,
+                "body_sealed": self.secrets.seal(sid, body),
+                "status_callback": status_callback,
+            }
         )
         log.info("simulated SMS %s to %s (%d characters)", sid, to, len(body))
         return Receipt(sid, "delivered")

@@ -60,8 +60,9 @@ class ApiTokens:
 
     def list(self) -> list[IssuedToken]:
         records = (json.loads(r) for r in self.redis.hvals(keys.api_tokens()))
-        return sorted((IssuedToken(r["name"], r["created_at"]) for r in records),
-                      key=lambda t: t.name)
+        return sorted(
+            (IssuedToken(r["name"], r["created_at"]) for r in records), key=lambda t: t.name
+        )
 
     def revoke(self, name: str) -> bool:
         for digest, record in self.redis.hgetall(keys.api_tokens()).items():

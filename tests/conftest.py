@@ -41,8 +41,9 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[str]:
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "embedded":
         embedded = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
         yield embedded.ensure_running()
@@ -78,8 +79,9 @@ def twilio_api(_standin: TwilioStandIn) -> TwilioStandIn:
 
 
 @pytest.fixture
-def make_app(redis_url: str, redis_client: redis.Redis, twilio_api: TwilioStandIn,
-             tmp_path: Any) -> Callable[..., Flask]:
+def make_app(
+    redis_url: str, redis_client: redis.Redis, twilio_api: TwilioStandIn, tmp_path: Any
+) -> Callable[..., Flask]:
     """Build an app with a Twilio account pointed at the stand-in; keyword args override."""
 
     def build(**overrides: Any) -> Flask:
@@ -112,8 +114,12 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 @pytest.fixture
 def simulated_app(make_app: Callable[..., Flask]) -> Flask:
     """No Twilio account: the simulated carrier, webhooks signed with the dev token."""
-    return make_app(twilio_account_sid=None, twilio_auth_token=None, twilio_caller_id=None,
-                    twilio_api_base_url=None)
+    return make_app(
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        twilio_api_base_url=None,
+    )
 
 
 @pytest.fixture
@@ -146,12 +152,18 @@ def api(client: FlaskClient) -> Api:
     return Api(client)
 
 
-def twilio_post(client: FlaskClient, url: str, params: dict[str, str],
-                token: str = AUTH_TOKEN, signature: str | None = None) -> Any:
+def twilio_post(
+    client: FlaskClient,
+    url: str,
+    params: dict[str, str],
+    token: str = AUTH_TOKEN,
+    signature: str | None = None,
+) -> Any:
     """POST a webhook signed exactly as Twilio signs it (RequestValidator)."""
     parts = urlsplit(url if "://" in url else PUBLIC_BASE_URL + url)
     absolute = f"{parts.scheme}://{parts.netloc}{parts.path}" + (
-        f"?{parts.query}" if parts.query else "")
+        f"?{parts.query}" if parts.query else ""
+    )
     if signature is None:
         signature = RequestValidator(token).compute_signature(absolute, params)
     return client.post(

@@ -16,7 +16,8 @@ TO = "+14155550123"
 def schema_validator(name: str) -> jsonschema.Draft202012Validator:
     document = openapi_document()
     return jsonschema.Draft202012Validator(
-        {"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+        {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    )
 
 
 def assert_problem(response, status: int, reason: str, field: str | None = None) -> dict:
@@ -81,12 +82,18 @@ def test_otp_length_setting_gives_longer_codes(make_app, twilio_api):
 
 
 def test_verify_style_form_fields_are_accepted(client, twilio_api):
-    response = client.post("/v1/verifications", data={"To": TO, "Channel": "sms"},
-                           headers={"Authorization": f"Bearer {API_TOKEN}"})
+    response = client.post(
+        "/v1/verifications",
+        data={"To": TO, "Channel": "sms"},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
     assert response.status_code == 201
     code = sms_code(twilio_api)
-    check = client.post("/v1/verifications/check", data={"To": TO, "Code": code},
-                        headers={"Authorization": f"Bearer {API_TOKEN}"})
+    check = client.post(
+        "/v1/verifications/check",
+        data={"To": TO, "Code": code},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
     assert check.get_json()["valid"] is True
 
 
@@ -131,8 +138,7 @@ def test_right_code_approves_exactly_once(api, twilio_api):
 def test_wrong_code_stays_pending_and_counts(api, twilio_api):
     sid = api.start(to=TO, channel="sms").get_json()["sid"]
     wrong = "1" * 6 if sms_code(twilio_api) != "1" * 6 else "2" * 6
-    assert api.check(wrong, sid=sid).get_json() == {"sid": sid, "status": "pending",
-                                                    "valid": False}
+    assert api.check(wrong, sid=sid).get_json() == {"sid": sid, "status": "pending", "valid": False}
     assert api.get(f"/v1/verifications/{sid}").get_json()["check_attempts"] == 1
 
 
@@ -271,16 +277,27 @@ def test_allowed_countries_setting_opens_a_country(make_app, twilio_api):
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", f"Token {API_TOKEN}", "Bearer wrong",
-     "Bearer " + "x" * 5000, f"Bearer {API_TOKEN}x"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        f"Token {API_TOKEN}",
+        "Bearer wrong",
+        "Bearer " + "x" * 5000,
+        f"Bearer {API_TOKEN}x",
+    ],
 )
 def test_requests_without_a_valid_bearer_token_are_401(client, authorization):
     headers = {"Authorization": authorization} if authorization is not None else {}
-    for method, path in (("post", "/v1/verifications"), ("post", "/v1/verifications/check"),
-                         ("get", "/v1/verifications/VE" + "0" * 32),
-                         ("get", "/v1/simulator/outbox")):
-        response = getattr(client, method)(path, json={"to": TO, "channel": "sms"},
-                                           headers=headers)
+    for method, path in (
+        ("post", "/v1/verifications"),
+        ("post", "/v1/verifications/check"),
+        ("get", "/v1/verifications/VE" + "0" * 32),
+        ("get", "/v1/simulator/outbox"),
+    ):
+        response = getattr(client, method)(path, json={"to": TO, "channel": "sms"}, headers=headers)
         problem = assert_problem(response, 401, "unauthorized")
         assert "Bearer" in response.headers["WWW-Authenticate"]
         assert "token" in problem["detail"]
@@ -296,43 +313,84 @@ def test_requests_without_a_valid_bearer_token_are_401(client, authorization):
         ("to=x", "text/plain", 415, "unsupported_media_type", None),
         ('{"channel": "call"}', "application/json", 400, "missing_field", "to"),
         ('{"to": "+14155550123"}', "application/json", 400, "missing_field", "channel"),
-        ('{"to": "+14155550123", "channel": "fax"}', "application/json", 400,
-         "invalid_channel", "channel"),
-        ('{"to": "+14155550123", "channel": ["sms"]}', "application/json", 400,
-         "invalid_channel", "channel"),
-        ('{"to": "+14155550123", "channel": "sms", "locale": "xx-YY"}', "application/json",
-         400, "unknown_locale", "locale"),
-        ('{"to": "+14155550123", "channel": "sms", "locale": 5}', "application/json",
-         400, "unknown_locale", "locale"),
-        ('{"to": "4155550123", "channel": "sms", "country": "XX"}', "application/json",
-         400, "invalid_country", "country"),
-        ('{"to": "4155550123", "channel": "sms", "country": 1}', "application/json",
-         400, "invalid_country", "country"),
-        ('{"to": "+14155550123", "channel": "sms", "coed": "1"}', "application/json",
-         400, "unknown_field", None),
+        (
+            '{"to": "+14155550123", "channel": "fax"}',
+            "application/json",
+            400,
+            "invalid_channel",
+            "channel",
+        ),
+        (
+            '{"to": "+14155550123", "channel": ["sms"]}',
+            "application/json",
+            400,
+            "invalid_channel",
+            "channel",
+        ),
+        (
+            '{"to": "+14155550123", "channel": "sms", "locale": "xx-YY"}',
+            "application/json",
+            400,
+            "unknown_locale",
+            "locale",
+        ),
+        (
+            '{"to": "+14155550123", "channel": "sms", "locale": 5}',
+            "application/json",
+            400,
+            "unknown_locale",
+            "locale",
+        ),
+        (
+            '{"to": "4155550123", "channel": "sms", "country": "XX"}',
+            "application/json",
+            400,
+            "invalid_country",
+            "country",
+        ),
+        (
+            '{"to": "4155550123", "channel": "sms", "country": 1}',
+            "application/json",
+            400,
+            "invalid_country",
+            "country",
+        ),
+        (
+            '{"to": "+14155550123", "channel": "sms", "coed": "1"}',
+            "application/json",
+            400,
+            "unknown_field",
+            None,
+        ),
         ('{"to": null, "channel": "sms"}', "application/json", 400, "missing_field", "to"),
         ('{"to": {"a": 1}, "channel": "sms"}', "application/json", 400, "invalid_number", "to"),
     ],
 )
-def test_bad_start_requests_get_a_clear_problem(api, twilio_api, body, content_type, status,
-                                                reason, field):
-    response = api.client.post("/v1/verifications", data=body, headers={
-        **api.headers, "Content-Type": content_type})
+def test_bad_start_requests_get_a_clear_problem(
+    api, twilio_api, body, content_type, status, reason, field
+):
+    response = api.client.post(
+        "/v1/verifications", data=body, headers={**api.headers, "Content-Type": content_type}
+    )
     problem = assert_problem(response, status, reason, field)
     assert problem["detail"]
     assert twilio_api.requests == []
 
 
 def test_huge_bodies_are_refused_with_413(api, twilio_api):
-    response = api.client.post("/v1/verifications", data='{"to": "' + "1" * 100_000 + '"}',
-                               headers={**api.headers, "Content-Type": "application/json"})
+    response = api.client.post(
+        "/v1/verifications",
+        data='{"to": "' + "1" * 100_000 + '"}',
+        headers={**api.headers, "Content-Type": "application/json"},
+    )
     assert_problem(response, 413, "request_entity_too_large")
 
 
 def test_unknown_routes_and_methods_answer_problem_json(api):
     assert_problem(api.get("/v1/nothing-here"), 404, "not_found")
-    assert_problem(api.client.delete("/v1/verifications", headers=api.headers), 405,
-                   "method_not_allowed")
+    assert_problem(
+        api.client.delete("/v1/verifications", headers=api.headers), 405, "method_not_allowed"
+    )
 
 
 # -- when Twilio fails -----------------------------------------------------------------------
@@ -377,13 +435,13 @@ def test_a_failed_resend_leaves_the_verification_pending(api, twilio_api):
 
 
 def test_twilio_refusing_the_number_is_a_400_on_to(api, twilio_api):
-    twilio_api.fail_next(status=400, body={"code": 21211, "status": 400,
-                                           "message": "The 'To' number is not valid."})
+    twilio_api.fail_next(
+        status=400, body={"code": 21211, "status": 400, "message": "The 'To' number is not valid."}
+    )
     problem = assert_problem(api.start(to=TO, channel="call"), 400, "carrier_invalid_number", "to")
     assert problem["provider_code"] == 21211
 
 
 def test_twilio_refusing_our_credentials_is_a_502(api, twilio_api):
-    twilio_api.fail_next(status=401, body={"code": 20003, "status": 401,
-                                           "message": "Authenticate"})
+    twilio_api.fail_next(status=401, body={"code": 20003, "status": 401, "message": "Authenticate"})
     assert_problem(api.start(to=TO, channel="sms"), 502, "carrier_rejected")

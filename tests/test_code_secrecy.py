@@ -31,8 +31,13 @@ def every_redis_value(redis_client) -> str:
 
 def heard_code(client, verification) -> str:
     attempt = verification["send_attempts"][-1]
-    root = twiml(twilio_post(client, f"/voice/code/{verification['sid']}/reveal", {
-        "CallSid": attempt["provider_sid"], "AccountSid": ACCOUNT_SID, "Digits": "5"}))
+    root = twiml(
+        twilio_post(
+            client,
+            f"/voice/code/{verification['sid']}/reveal",
+            {"CallSid": attempt["provider_sid"], "AccountSid": ACCOUNT_SID, "Digits": "5"},
+        )
+    )
     return "".join((pause.tail or "").strip() for pause in root.find("Say").iter("break"))
 
 
@@ -78,8 +83,7 @@ def test_an_sms_code_is_only_in_the_message_itself(api, twilio_api, redis_client
 
 def test_simulated_sms_bodies_are_sealed_in_redis(simulated_app, redis_client, caplog):
     caplog.set_level(logging.DEBUG)
-    api = Api(simulated_app.test_client(),
-              simulated_app.extensions["ivr"].secrets.api_token)
+    api = Api(simulated_app.test_client(), simulated_app.extensions["ivr"].secrets.api_token)
     api.start(to=TO, channel="sms")
     outbox = api.get("/v1/simulator/outbox").get_json()["items"]
     body = outbox[0]["body"]

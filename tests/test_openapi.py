@@ -34,4 +34,5 @@ def test_component_schemas_are_valid_json_schema(client):
     document = client.get("/v1/openapi.json").get_json()
     for name in document["components"]["schemas"]:
         jsonschema.Draft202012Validator.check_schema(
-            {"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+            {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        )

@@ -226,9 +226,18 @@ def test_the_country_is_checked_before_the_number_type():
 
 @pytest.mark.parametrize(
     ("caller_id", "country"),
-    [("+14155550123", "US"), ("+34612345678", "ES"), ("+447700900123", "GB"),
-     ("anonymous", None), ("", None), ("+", None), (None, None), ("+999123", None),
-     ("4155550123", None), ("+1" + "5" * 40, None)],
+    [
+        ("+14155550123", "US"),
+        ("+34612345678", "ES"),
+        ("+447700900123", "GB"),
+        ("anonymous", None),
+        ("", None),
+        ("+", None),
+        (None, None),
+        ("+999123", None),
+        ("4155550123", None),
+        ("+1" + "5" * 40, None),
+    ],
 )
 def test_country_of_caller_needs_only_the_calling_code(caller_id, country):
     assert phone.country_of_caller(caller_id) == country

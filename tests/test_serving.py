@@ -69,20 +69,32 @@ def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = N
         return response.status, json.loads(response.read())
 
 
-GUNICORN = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config",
-            "ivr:create_app()"]
+GUNICORN = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "--config",
+    "python:ivr.gunicorn_config",
+    "ivr:create_app()",
+]
 IVR_SERVE = [str(Path(sys.executable).parent / "ivr"), "serve"]
 
 
 @pytest.mark.parametrize("command", [GUNICORN, IVR_SERVE], ids=["procfile", "ivr-serve"])
 def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path, command):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID",
-                                                           "TWILIO_AUTH_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+    }
     env |= {"PORT": str(port), "WEB_CONCURRENCY": "2", "INSTANCE_PATH": str(tmp_path)}
     server = subprocess.Popen(  # noqa: S603
         command,
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -101,8 +113,11 @@ def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path,
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         sids = set()
         for _ in range(4):  # spread over both workers: each sees the others' writes
-            status, body = _get(f"{base}/v1/verifications", headers,
-                                json.dumps({"to": "+14155550123", "channel": "sms"}).encode())
+            status, body = _get(
+                f"{base}/v1/verifications",
+                headers,
+                json.dumps({"to": "+14155550123", "channel": "sms"}).encode(),
+            )
             assert status == 201
             sids.add(body["sid"])
         assert len(sids) == 1, "every worker found the same pending verification"

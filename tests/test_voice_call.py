@@ -19,9 +19,14 @@ def start_call(api, twilio_api, to=TO, **fields):
 
 def call_params(verification, key=None):
     """What Twilio posts for our outbound call (its CallSid is the attempt's provider sid)."""
-    params = {"CallSid": verification["send_attempts"][-1]["provider_sid"],
-              "AccountSid": ACCOUNT_SID, "To": verification["to"], "From": CALLER_ID,
-              "CallStatus": "in-progress", "Direction": "outbound-api"}
+    params = {
+        "CallSid": verification["send_attempts"][-1]["provider_sid"],
+        "AccountSid": ACCOUNT_SID,
+        "To": verification["to"],
+        "From": CALLER_ID,
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+    }
     if key is not None:
         params["Digits"] = key
     return params
@@ -68,9 +73,13 @@ def test_code_is_not_spoken_before_a_key_press(api, twilio_api, client):
     assert len(gathers) == 2, "the greeting is offered twice, each waiting for a key"
     for gather in gathers:
         assert gather.attrib == {
-            "input": "dtmf", "numDigits": "1", "finishOnKey": "", "timeout": "6",
+            "input": "dtmf",
+            "numDigits": "1",
+            "finishOnKey": "",
+            "timeout": "6",
             "action": "reveal",  # relative: Twilio resolves it to …/voice/code/<sid>/reveal
-            "method": "POST", "actionOnEmptyResult": "false",
+            "method": "POST",
+            "actionOnEmptyResult": "false",
         }
         assert "Acme" in spoken(gather)
         assert "press any key" in spoken(gather)
@@ -79,7 +88,8 @@ def test_code_is_not_spoken_before_a_key_press(api, twilio_api, client):
 
 
 def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
-        api, twilio_api, client):
+    api, twilio_api, client
+):
     verification, _ = start_call(api, twilio_api)
     root = press_key(client, verification)
     readings = code_readings(root)
@@ -98,12 +108,16 @@ def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
     assert [child.tag for child in root][-2:] == ["Say", "Hangup"]
     # …and that code checks out, once.
     assert api.check(readings[0], to=TO).get_json() == {
-        "sid": verification["sid"], "status": "approved", "valid": True}
+        "sid": verification["sid"],
+        "status": "approved",
+        "valid": True,
+    }
     assert api.check(readings[0], sid=verification["sid"]).status_code == 409
 
 
 def test_six_digit_code_is_fully_heard_within_eight_seconds_of_the_key_press(
-        api, twilio_api, client):
+    api, twilio_api, client
+):
     """Speech-time budget from the TwiML: intro words at 150 wpm, each digit 0.4 s, the pauses
     before each digit (the gap after the last one comes once the code was heard)."""
     verification, _ = start_call(api, twilio_api)
@@ -172,8 +186,9 @@ def test_call_status_callbacks_update_the_send_attempt_in_order(api, twilio_api,
     verification, call = start_call(api, twilio_api)
     status_url = call.value("StatusCallback")
     for status in ("ringing", "in-progress", "completed", "ringing"):  # the last is stale
-        response = twilio_post(client, status_url, call_params(verification) | {
-            "CallStatus": status})
+        response = twilio_post(
+            client, status_url, call_params(verification) | {"CallStatus": status}
+        )
         assert response.status_code == 204
     attempt = api.get(f"/v1/verifications/{verification['sid']}").get_json()["send_attempts"][0]
     assert attempt["status"] == "completed"
@@ -181,8 +196,11 @@ def test_call_status_callbacks_update_the_send_attempt_in_order(api, twilio_api,
 
 def test_a_failed_call_is_recorded_with_its_error_code(api, twilio_api, client):
     verification, call = start_call(api, twilio_api)
-    twilio_post(client, call.value("StatusCallback"), call_params(verification) | {
-        "CallStatus": "failed", "ErrorCode": "32009"})
+    twilio_post(
+        client,
+        call.value("StatusCallback"),
+        call_params(verification) | {"CallStatus": "failed", "ErrorCode": "32009"},
+    )
     attempt = api.get(f"/v1/verifications/{verification['sid']}").get_json()["send_attempts"][0]
     assert (attempt["status"], attempt["error"]) == ("failed", "32009")
 
@@ -192,8 +210,9 @@ def test_replayed_webhooks_change_nothing(api, twilio_api, client):
     verification, call = start_call(api, twilio_api)
     completed = call_params(verification) | {"CallStatus": "completed"}
     twilio_post(client, call.value("StatusCallback"), completed)
-    twilio_post(client, call.value("StatusCallback"), call_params(verification) | {
-        "CallStatus": "ringing"})
+    twilio_post(
+        client, call.value("StatusCallback"), call_params(verification) | {"CallStatus": "ringing"}
+    )
     twilio_post(client, call.value("StatusCallback"), completed)
     attempts = api.get(f"/v1/verifications/{verification['sid']}").get_json()["send_attempts"]
     assert [a["status"] for a in attempts] == ["completed"]

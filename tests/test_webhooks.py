@@ -17,8 +17,14 @@ WEBHOOKS = [
     f"/voice/status/{SID}",
     f"/sms/status/{SID}",
 ]
-PARAMS = {"CallSid": CALL_SID, "AccountSid": ACCOUNT_SID, "From": "+14155550123",
-          "To": "+14155550100", "Digits": "5", "CallStatus": "ringing"}
+PARAMS = {
+    "CallSid": CALL_SID,
+    "AccountSid": ACCOUNT_SID,
+    "From": "+14155550123",
+    "To": "+14155550100",
+    "Digits": "5",
+    "CallStatus": "ringing",
+}
 
 
 @pytest.mark.parametrize("path", WEBHOOKS)
@@ -37,37 +43,58 @@ def test_requests_signed_with_another_token_are_403(client, path):
 def test_tampered_parameters_break_the_signature(client, path):
     signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_BASE_URL + path, PARAMS)
     tampered = PARAMS | {"From": "+14155559999"}
-    response = client.post(path, data=tampered, base_url=PUBLIC_BASE_URL,
-                           headers={"X-Twilio-Signature": signature})
+    response = client.post(
+        path, data=tampered, base_url=PUBLIC_BASE_URL, headers={"X-Twilio-Signature": signature}
+    )
     assert response.status_code == 403
 
 
 def test_signature_is_checked_against_public_base_url_not_the_internal_host(client):
     """Behind a proxy Flask sees http://10.0.0.5:8000; Twilio signed the public https URL."""
     signature = RequestValidator(AUTH_TOKEN).compute_signature(
-        PUBLIC_BASE_URL + "/voice/incoming", PARAMS)
-    response = client.post("/voice/incoming", data=PARAMS, base_url="http://10.0.0.5:8000",
-                           headers={"X-Twilio-Signature": signature})
+        PUBLIC_BASE_URL + "/voice/incoming", PARAMS
+    )
+    response = client.post(
+        "/voice/incoming",
+        data=PARAMS,
+        base_url="http://10.0.0.5:8000",
+        headers={"X-Twilio-Signature": signature},
+    )
     assert response.status_code == 200
     internal = RequestValidator(AUTH_TOKEN).compute_signature(
-        "http://10.0.0.5:8000/voice/incoming", PARAMS)
-    response = client.post("/voice/incoming", data=PARAMS, base_url="http://10.0.0.5:8000",
-                           headers={"X-Twilio-Signature": internal})
+        "http://10.0.0.5:8000/voice/incoming", PARAMS
+    )
+    response = client.post(
+        "/voice/incoming",
+        data=PARAMS,
+        base_url="http://10.0.0.5:8000",
+        headers={"X-Twilio-Signature": internal},
+    )
     assert response.status_code == 403
 
 
 def test_without_public_base_url_forwarded_headers_count_only_through_proxyfix(make_app):
-    app = make_app(public_base_url=None, twilio_account_sid=None, twilio_auth_token=None,
-                   twilio_caller_id=None, trust_proxy_hops=1)
+    app = make_app(
+        public_base_url=None,
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        trust_proxy_hops=1,
+    )
     token = app.extensions["ivr"].secrets.webhook_auth_token
     signature = RequestValidator(token).compute_signature(
-        "https://public.example/voice/incoming", PARAMS)
-    headers = {"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https",
-               "X-Forwarded-Host": "public.example"}
+        "https://public.example/voice/incoming", PARAMS
+    )
+    headers = {
+        "X-Twilio-Signature": signature,
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "public.example",
+    }
     client = app.test_client()
     assert client.post("/voice/incoming", data=PARAMS, headers=headers).status_code == 200
-    plain = make_app(public_base_url=None, twilio_account_sid=None, twilio_auth_token=None,
-                     twilio_caller_id=None).test_client()
+    plain = make_app(
+        public_base_url=None, twilio_account_sid=None, twilio_auth_token=None, twilio_caller_id=None
+    ).test_client()
     assert plain.post("/voice/incoming", data=PARAMS, headers=headers).status_code == 403
 
 
@@ -125,8 +152,9 @@ def test_unknown_webhook_paths_are_plain_404(client):
 
 
 def test_huge_webhook_bodies_are_413(client):
-    response = client.post("/voice/incoming", data={"From": "1" * 200_000},
-                           headers={"X-Twilio-Signature": "x"})
+    response = client.post(
+        "/voice/incoming", data={"From": "1" * 200_000}, headers={"X-Twilio-Signature": "x"}
+    )
     assert response.status_code == 413
 
 
@@ -135,8 +163,11 @@ def test_when_redis_is_down_callers_hear_an_apology_and_the_api_says_503(make_ap
     client = app.test_client()
     root = twiml(twilio_post(client, f"/voice/code/{SID}/", PARAMS))
     assert "Sorry" in spoken(root) and root[-1].tag == "Hangup"
-    response = client.post("/v1/verifications", json={"to": "+14155550123", "channel": "sms"},
-                           headers={"Authorization": "Bearer test-api-token-0123456789"})
+    response = client.post(
+        "/v1/verifications",
+        json={"to": "+14155550123", "channel": "sms"},
+        headers={"Authorization": "Bearer test-api-token-0123456789"},
+    )
     assert response.status_code == 503
     assert response.get_json()["type"] == "urn:ivr:problem:store_unavailable"
     health = client.get("/healthz")
@@ -153,18 +184,29 @@ def test_healthz_reports_the_store_and_carrier(client):
 
 
 def test_incoming_prefers_twilios_from_country_over_parsing_the_caller_id(client):
-    root = twiml(twilio_post(client, "/voice/incoming",
-                             PARAMS | {"From": "+14155550123", "FromCountry": "DE"}))
+    root = twiml(
+        twilio_post(
+            client, "/voice/incoming", PARAMS | {"From": "+14155550123", "FromCountry": "DE"}
+        )
+    )
     assert root.find("Say").get("language") == "de-DE"
-    garbage = twiml(twilio_post(client, "/voice/incoming",
-                                PARAMS | {"From": "+33612345678", "FromCountry": "1!"}))
+    garbage = twiml(
+        twilio_post(
+            client, "/voice/incoming", PARAMS | {"From": "+33612345678", "FromCountry": "1!"}
+        )
+    )
     assert garbage.find("Say").get("language") == "fr-FR"
 
 
 def test_static_twiml_is_rendered_once_per_locale_and_app(make_app):
-    english, spanish = (twiml(twilio_post(make_app().test_client(), "/voice/incoming",
-                                          PARAMS | {"FromCountry": country}))
-                        for country in ("US", "ES"))
+    english, spanish = (
+        twiml(
+            twilio_post(
+                make_app().test_client(), "/voice/incoming", PARAMS | {"FromCountry": country}
+            )
+        )
+        for country in ("US", "ES")
+    )
     assert spoken(english) != spoken(spanish)
     renamed = make_app(app_name="Zenith").test_client()
     assert "Zenith" in spoken(twiml(twilio_post(renamed, "/voice/incoming", PARAMS)))

@@ -68,8 +68,9 @@ class TwilioStandIn:
             self.requests.clear()
             self._failures.clear()
 
-    def fail_next(self, times: int = 1, status: int = 503, delay: float = 0.0,
-                  body: dict | None = None) -> None:
+    def fail_next(
+        self, times: int = 1, status: int = 503, delay: float = 0.0, body: dict | None = None
+    ) -> None:
         """The next `times` requests answer `status` (after `delay` seconds)."""
         with self._lock:
             self._failures += [Failure(status, delay, body or {}) for _ in range(times)]
@@ -97,8 +98,11 @@ class TwilioStandIn:
             failure = self._failures.pop(0) if self._failures else None
         if failure:
             time.sleep(failure.delay)
-            body = failure.body or {"code": 20500, "message": "Internal Server Error",
-                                    "status": failure.status}
+            body = failure.body or {
+                "code": 20500,
+                "message": "Internal Server Error",
+                "status": failure.status,
+            }
             return self._send(handler, failure.status, body)
         if handler.path.endswith("/Calls.json"):
             sid = "CA" + secrets.token_hex(16)

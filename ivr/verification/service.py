@@ -22,9 +22,24 @@ log = logging.getLogger(__name__)
 
 # Statuses a carrier status callback may set on an attempt (Twilio's call and message statuses).
 DELIVERY_STATUSES = frozenset(
-    {"queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer",
-     "canceled", "failed", "accepted", "scheduled", "sending", "sent", "delivered",
-     "undelivered", "read"}
+    {
+        "queued",
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
+        "busy",
+        "no-answer",
+        "canceled",
+        "failed",
+        "accepted",
+        "scheduled",
+        "sending",
+        "sent",
+        "delivered",
+        "undelivered",
+        "read",
+    }
 )
 _CODE_LENGTHS = range(4, 11)
 
@@ -198,14 +213,20 @@ class VerificationService:
             code = self.secrets.unseal(sid, started.sealed_code)
         log.info(
             "verification %s: %s via %s to %s",
-            sid, "created" if started.created else "re-send", channel, number.e164,
+            sid,
+            "created" if started.created else "re-send",
+            channel,
+            number.e164,
         )
         try:
             receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
         except CarrierError as exc:
             log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
             self.store.settle_send(
-                sid, started.attempt_index, status="failed", error=exc.detail,
+                sid,
+                started.attempt_index,
+                status="failed",
+                error=exc.detail,
                 fail_verification=started.created,
             )
             raise DeliveryFailed(exc, self.store.get(sid)) from None
@@ -242,7 +263,9 @@ class VerificationService:
         if channel is Channel.CALL:
             # The call's URL holds only the sid: the code is fetched, sealed, at answer time.
             return self.carrier.place_call(
-                to=to, from_=self.caller_id, url=self.urls.call_answer(sid),
+                to=to,
+                from_=self.caller_id,
+                url=self.urls.call_answer(sid),
                 status_callback=self.urls.call_status(sid),
             )
         body = self.prompts.text(locale, "otp.sms.body", app_name=self.app_name, code=code)
@@ -292,7 +315,8 @@ class VerificationService:
         if result.outcome == "throttled":
             wait = max(1, -(-result.retry_after_ms // 1000))
             raise RateLimited(
-                "check_failures", wait,
+                "check_failures",
+                wait,
                 f"too many wrong codes for this number; try again in {wait} s",
             )
         log.info("verification %s: check %s", result.sid, result.outcome)

@@ -290,8 +290,17 @@ class VerificationStore:
         """Create a verification, or add an attempt to the number's pending one."""
         outcome, _sid, index, flat, sealed_code = self._start(
             keys=[keys.pending(tag, to), keys.verification(tag, new_sid), keys.code(tag, new_sid)],
-            args=[keys.number_prefix(tag), new_sid, to, channel, locale, digest, sealed,
-                  ttl_ms, retention_ms],
+            args=[
+                keys.number_prefix(tag),
+                new_sid,
+                to,
+                channel,
+                locale,
+                digest,
+                sealed,
+                ttl_ms,
+                retention_ms,
+            ],
         )
         verification = Verification.from_hash(_pairs(flat), _now_ms())
         return StartResult(verification, int(index), outcome == "created", sealed_code)
@@ -310,8 +319,14 @@ class VerificationStore:
         tag = routing_tag_of(sid)
         status_after = self._settle(
             keys=[keys.verification(tag, sid)],
-            args=[keys.number_prefix(tag), attempt_index, status, provider_sid, error,
-                  "1" if fail_verification else "0"],
+            args=[
+                keys.number_prefix(tag),
+                attempt_index,
+                status,
+                provider_sid,
+                error,
+                "1" if fail_verification else "0",
+            ],
         )
         return Status(status_after) if status_after else None
 
@@ -343,8 +358,14 @@ class VerificationStore:
             raise ValueError("check needs a sid, or a tag and a number")
         outcome, found_sid, status, detail = self._check(
             keys=[key],
-            args=[keys.number_prefix(tag), mode, digest, max_attempts,
-                  failure_budget.limit, failure_budget.window_seconds * 1000],
+            args=[
+                keys.number_prefix(tag),
+                mode,
+                digest,
+                max_attempts,
+                failure_budget.limit,
+                failure_budget.window_seconds * 1000,
+            ],
         )
         return CheckResult(
             outcome=outcome,

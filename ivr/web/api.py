@@ -27,8 +27,12 @@ from ivr.web.errors import problem
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
 
 _ALIASES = {"verificationsid": "sid"}
-_DELIVERY_STATUS = {"invalid_number": 400, "unreachable": 503, "upstream_error": 502,
-                    "rejected": 502}
+_DELIVERY_STATUS = {
+    "invalid_number": 400,
+    "unreachable": 503,
+    "upstream_error": 502,
+    "rejected": 502,
+}
 _KEYS_PATTERN = re.compile(r"^[0-9*#]{1,32}$")
 
 
@@ -47,7 +51,9 @@ def authenticate() -> Response | None:
         client = services().api_tokens.identify(token.strip())
     if client is None:
         return problem(
-            401, "unauthorized", "Unauthorized",
+            401,
+            "unauthorized",
+            "Unauthorized",
             "send 'Authorization: Bearer <token>' with a valid API token",
             headers={"WWW-Authenticate": 'Bearer realm="ivr"'},
         )
@@ -65,7 +71,9 @@ def body(*allowed: str) -> dict[str, Any]:
         data = request.form.to_dict()
     else:
         raise BodyError(
-            415, "unsupported_media_type", "Unsupported media type",
+            415,
+            "unsupported_media_type",
+            "Unsupported media type",
             "send application/json (or application/x-www-form-urlencoded)",
         )
     fields: dict[str, Any] = {}
@@ -75,7 +83,9 @@ def body(*allowed: str) -> dict[str, Any]:
     unknown = sorted(str(k) for k in fields if k not in allowed)
     if unknown:
         raise BodyError(
-            400, "unknown_field", "Unknown field",
+            400,
+            "unknown_field",
+            "Unknown field",
             f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}",
         )
     return fields
@@ -98,22 +108,33 @@ def _verification_error(exc: VerificationError) -> Response:
         return problem(400, exc.reason, "Invalid request", exc.detail, field=exc.field)
     if isinstance(exc, RateLimited):
         return problem(
-            429, "rate_limited", "Too many requests", exc.detail,
+            429,
+            "rate_limited",
+            "Too many requests",
+            exc.detail,
             headers={"Retry-After": str(exc.retry_after)},
-            scope=exc.scope, retry_after=exc.retry_after,
+            scope=exc.scope,
+            retry_after=exc.retry_after,
         )
     if isinstance(exc, NotFound):
         return problem(404, "not_found", "Not found", exc.detail)
     if isinstance(exc, NotPending):
         return problem(
-            409, "not_pending", "Verification not pending", exc.detail,
-            sid=exc.sid, verification_status=str(exc.status),
+            409,
+            "not_pending",
+            "Verification not pending",
+            exc.detail,
+            sid=exc.sid,
+            verification_status=str(exc.status),
         )
     assert isinstance(exc, DeliveryFailed)
     status = _DELIVERY_STATUS.get(exc.reason, 502)
     verification = exc.verification
     return problem(
-        status, f"carrier_{exc.reason}", "The carrier did not take the message", exc.detail,
+        status,
+        f"carrier_{exc.reason}",
+        "The carrier did not take the message",
+        exc.detail,
         field="to" if exc.reason == "invalid_number" else None,
         sid=verification.sid if verification else None,
         verification_status=str(verification.status) if verification else None,
@@ -169,7 +190,9 @@ def _simulated_carrier() -> SimulatedCarrier:
     carrier = services().carrier
     if not isinstance(carrier, SimulatedCarrier):
         raise BodyError(
-            404, "not_simulated", "No simulated carrier",
+            404,
+            "not_simulated",
+            "No simulated carrier",
             "a Twilio account is configured: calls and SMS go to real phones",
         )
     return carrier
@@ -189,9 +212,11 @@ def simulator_answer(call_sid: str) -> Response:
     keys = fields.get("keys", [])
     if isinstance(keys, str):
         keys = [k for k in keys.split(",") if k]
-    if not isinstance(keys, list) or not all(
-        isinstance(k, str) and _KEYS_PATTERN.match(k) for k in keys
-    ) or len(keys) > 20:
+    if (
+        not isinstance(keys, list)
+        or not all(isinstance(k, str) and _KEYS_PATTERN.match(k) for k in keys)
+        or len(keys) > 20
+    ):
         raise InvalidRequest("keys", "invalid_keys", "keys is a list of key strings like '5'")
     call = carrier.find(call_sid)
     if call is None or call["kind"] != "call":
@@ -199,7 +224,12 @@ def simulator_answer(call_sid: str) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     phone = PhoneSimulator(app, services().secrets.webhook_auth_token)
     transcript = phone.call(
-        call["url"], from_=call["from"], to=call["to"], keys=keys, call_sid=call_sid,
-        direction="outbound-api", status_callback=call.get("status_callback"),
+        call["url"],
+        from_=call["from"],
+        to=call["to"],
+        keys=keys,
+        call_sid=call_sid,
+        direction="outbound-api",
+        status_callback=call.get("status_callback"),
     )
     return jsonify(transcript.to_dict())
