@@ -34,6 +34,14 @@ def test_unsigned_requests_are_403(client, path):
     assert b"<Say>" not in response.data
 
 
+@pytest.mark.parametrize("signature", ["é" * 28, "\u2603", "x" * 10_000, "=", " "])
+def test_garbage_signatures_are_403(client, signature):
+    response = client.post(
+        "/voice/incoming", data=PARAMS, headers={"X-Twilio-Signature": signature}
+    )
+    assert response.status_code == 403
+
+
 @pytest.mark.parametrize("path", WEBHOOKS)
 def test_requests_signed_with_another_token_are_403(client, path):
     assert twilio_post(client, path, PARAMS, token="someone-elses-token").status_code == 403

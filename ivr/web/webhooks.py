@@ -68,7 +68,8 @@ def require_twilio_signature() -> None:
     url = signed_url()
     # Fast path: the URL exactly as rebuilt (one HMAC). twilio's validate() then also tries the
     # URL with and without an explicit port, as Twilio may have signed either.
-    exact = hmac.compare_digest(validator.compute_signature(url, params), signature)
+    expected = validator.compute_signature(url, params).encode()
+    exact = hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
     if not signature or not (exact or validator.validate(url, params, signature)):
         log.warning("webhook %s refused: missing or invalid signature", request.path)
         abort(403, description="invalid or missing X-Twilio-Signature")
