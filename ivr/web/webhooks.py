@@ -89,6 +89,32 @@ def caller_country() -> str | None:
     return phone.country_of_caller(_field("From"))
 
 
+# Gather actions, relative to /voice/code/<sid>/ and /voice/code/<sid>/reveal alike.
+REVEAL_ACTION = "reveal"
+REPEAT_ACTION = "reveal?repeat=1"
+
+
+def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
+    """A TwiML document that depends only on `key` (its kind, prompt, locale): rendered once
+    per app. Locales come from the catalogs, so the memo stays small."""
+    rendered = services().rendered_twiml
+    text = rendered.get(key)
+    if text is None:
+        text = rendered[key] = str(build())
+    return Response(text, mimetype="text/xml")
+
+
+def _say_and_hang_up(locale: str, prompt: str) -> Response:
+    def build() -> VoiceResponse:
+        response = VoiceResponse()
+        ivr = services()
+        ivr.prompts.speak(response, locale, prompt, app_name=ivr.settings.app_name)
+        response.hangup()
+        return response
+
+    return _memoized(("say-and-hang-up", prompt, locale), build)
+
+
 # -- the inbound number ------------------------------------------------------------------------
 
 
@@ -100,31 +126,6 @@ def incoming() -> Response:
 
 
 # -- the verification call -----------------------------------------------------------------------
-
-
-def _say_and_hang_up(locale: str, prompt: str) -> Response:
-    def build() -> VoiceResponse:
-        response = VoiceResponse()
-        ivr = services()
-        ivr.prompts.speak(response, locale, prompt, app_name=ivr.settings.app_name)
-        response.hangup()
-        return response
-
-    return _memoized((prompt, locale), build)
-
-
-# Gather actions, relative to /voice/code/<sid>/ and /voice/code/<sid>/reveal alike.
-REVEAL_ACTION = "reveal"
-REPEAT_ACTION = "reveal?repeat=1"
-
-
-def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
-    """A TwiML document that depends only on `key` (prompt and locale), rendered once per app."""
-    rendered = services().rendered_twiml
-    text = rendered.get(key)
-    if text is None:
-        text = rendered[key] = str(build())
-    return Response(text, mimetype="text/xml")
 
 
 def _press_a_key(locale: str, prompt: str, action: str) -> Gather:
@@ -162,7 +163,7 @@ def code_call_answered(sid: str) -> Response:
         response.hangup()
         return response
 
-    return _memoized(("otp.call.greeting", locale), greeting)
+    return _memoized(("code-call-greeting", locale), greeting)
 
 
 @blueprint.post("/voice/code/<sid>/reveal")
