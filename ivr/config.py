@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_caller_id: str | None = None
     twilio_api_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
-    twilio_http_timeout: float = Field(10.0, gt=0, le=60)
+    twilio_http_timeout: float = Field(5.0, gt=0, le=60)
     public_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     trust_proxy_hops: int = Field(0, ge=0, le=5)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ _CONNECT_TIMEOUT_SECONDS = 2.0
 def connect(url: str) -> redis.Redis:
     """A client for `url` that decodes replies to str and fails fast when Redis is away.
 
-    One quick retry covers a pooled connection that a Redis restart dropped; more would keep a
-    caller waiting in silence while Redis is down.
+    It never retries a command: our scripts change state (count an attempt, approve a code), and
+    a retry after a timeout could run one twice: a right code answered "not pending", a wrong
+    one counted twice. A failed command is a clean 503 or apology; the next request reconnects.
     """
     return redis.Redis.from_url(
         url,
@@ -43,7 +44,7 @@ def connect(url: str) -> redis.Redis:
         socket_timeout=_CONNECT_TIMEOUT_SECONDS,
         socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -97,17 +97,22 @@ class TwilioCarrier:
         auth_token: str,
         *,
         base_url: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
         retries: int = 2,
     ):
+        # Creating a call or message is not idempotent: retry only where Twilio cannot have
+        # acted: the connection was never made, or it answered 429/503 (refused before doing
+        # anything). After a read timeout or a 500/502/504 the call may exist: no retry, the
+        # client is told, and may try again (the send limits count that).
         retry = Retry(
             total=retries,
             connect=retries,
-            read=retries,
+            read=0,
+            other=0,
             status=retries,
             backoff_factor=0.2,
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=None,  # POST too: Twilio answers 5xx before creating the resource
+            status_forcelist=(429, 503),
+            allowed_methods=None,  # status retries apply to POST too (see above)
             raise_on_status=False,
             respect_retry_after_header=False,
         )

@@ -128,7 +128,7 @@ def test_right_code_approves_exactly_once(api, twilio_api):
     result = api.check(code, sid=sid)
     assert result.status_code == 200
     schema_validator("CheckResult").validate(result.get_json())
-    assert result.get_json() == {"sid": sid, "status": "approved", "valid": True}
+    assert result.get_json() == {"sid": sid, "to": TO, "status": "approved", "valid": True}
     assert_problem(api.check(code, to=TO), 404, "not_found")
     problem = assert_problem(api.check(code, sid=sid), 409, "not_pending")
     assert problem["verification_status"] == "approved"
@@ -138,7 +138,12 @@ def test_right_code_approves_exactly_once(api, twilio_api):
 def test_wrong_code_stays_pending_and_counts(api, twilio_api):
     sid = api.start(to=TO, channel="sms").get_json()["sid"]
     wrong = "1" * 6 if sms_code(twilio_api) != "1" * 6 else "2" * 6
-    assert api.check(wrong, sid=sid).get_json() == {"sid": sid, "status": "pending", "valid": False}
+    assert api.check(wrong, sid=sid).get_json() == {
+        "sid": sid,
+        "to": TO,
+        "status": "pending",
+        "valid": False,
+    }
     assert api.get(f"/v1/verifications/{sid}").get_json()["check_attempts"] == 1
 
 
@@ -186,6 +191,18 @@ def test_check_needs_a_code_and_a_target(api):
     assert_problem(api.check("123456", to="not a number"), 400, "invalid_number", "to")
     assert_problem(api.check("123456", to=TO), 404, "not_found")
     assert_problem(api.check("123456", sid="VE" + "0" * 32), 404, "not_found")
+
+
+def test_a_sid_with_another_number_approves_nothing(api, twilio_api):
+    """A client that takes the sid from a form and the number from its session is safe."""
+    mine = api.start(to="+12125550101", channel="sms").get_json()["sid"]
+    my_code = sms_code(twilio_api)
+    api.start(to=TO, channel="sms")
+    assert_problem(api.check(my_code, sid=mine, to=TO), 404, "not_found")
+    assert api.get(f"/v1/verifications/{mine}").get_json()["check_attempts"] == 0
+    approved = api.check(my_code, sid=mine, to="+12125550101").get_json()
+    assert approved["valid"] is True
+    assert approved["to"] == "+12125550101"
 
 
 # -- reading and canceling -----------------------------------------------------------------------
@@ -410,23 +427,40 @@ def test_twilio_5xx_is_retried_then_502_and_the_verification_is_marked_failed(ap
     assert api.start(to=TO, channel="call").get_json()["sid"] != problem["sid"]
 
 
-def test_a_transient_twilio_error_is_absorbed_by_the_retry(api, twilio_api):
-    twilio_api.fail_next(times=1, status=500)
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_twilio_refusal_before_acting_is_absorbed_by_the_retry(api, twilio_api, status):
+    twilio_api.fail_next(times=1, status=status)
     assert api.start(to=TO, channel="call").status_code == 201
     assert len(twilio_api.calls()) == 2
 
 
-def test_twilio_timeouts_are_retried_then_503(make_app, twilio_api):
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_twilio_errors_that_may_follow_a_created_call_are_not_retried(api, twilio_api, status):
+    """A retry here could ring the callee twice: one request, then 502 to the client."""
+    twilio_api.fail_next(times=1, status=status)
+    assert_problem(api.start(to=TO, channel="call"), 502, "carrier_upstream_error")
+    assert len(twilio_api.calls()) == 1
+
+
+def test_a_twilio_timeout_is_not_retried_and_answers_503(make_app, twilio_api):
+    """The call may have been placed after all: asking again could place it twice."""
     api = Api(make_app(twilio_http_timeout=0.3).test_client())
-    twilio_api.fail_next(times=3, status=201, delay=0.6)
+    twilio_api.fail_next(times=1, status=201, delay=0.6)
     problem = assert_problem(api.start(to=TO, channel="sms"), 503, "carrier_unreachable")
     assert "did not answer" in problem["detail"]
+    assert problem["verification_status"] == "failed"
+    assert len(twilio_api.messages()) == 1
+
+
+def test_twilio_out_of_reach_is_retried_then_503(make_app, twilio_api):
+    api = Api(make_app(twilio_api_base_url="http://127.0.0.1:9").test_client())
+    problem = assert_problem(api.start(to=TO, channel="call"), 503, "carrier_unreachable")
     assert problem["verification_status"] == "failed"
 
 
 def test_a_failed_resend_leaves_the_verification_pending(api, twilio_api):
     sid = api.start(to=TO, channel="sms").get_json()["sid"]
-    twilio_api.fail_next(times=3, status=502)
+    twilio_api.fail_next(times=1, status=502)
     problem = assert_problem(api.start(to=TO, channel="call"), 502, "carrier_upstream_error")
     assert problem["sid"] == sid and problem["verification_status"] == "pending"
     stored = api.get(f"/v1/verifications/{sid}").get_json()

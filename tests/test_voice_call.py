@@ -109,6 +109,7 @@ def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
     # …and that code checks out, once.
     assert api.check(readings[0], to=TO).get_json() == {
         "sid": verification["sid"],
+        "to": TO,
         "status": "approved",
         "valid": True,
     }

@@ -122,6 +122,7 @@ class SendLimits:
 class CheckOutcome:
     sid: str
     status: Status
+    to: str
 
     @property
     def valid(self) -> bool:
@@ -288,20 +289,20 @@ class VerificationService:
             raise InvalidRequest("code", "invalid_code", "code must be a string of digits")
         if len(code) not in _CODE_LENGTHS:
             raise InvalidRequest("code", "invalid_code", "code must have 4 to 10 digits")
+        if sid is None and to is None:
+            raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
         lookup: dict[str, str] = {}
-        if sid is not None:
-            if not is_sid(sid):
-                raise InvalidRequest("sid", "invalid_sid", "sid must look like VE + 32 hex digits")
-            lookup["sid"] = str(sid)
-        elif to is not None:
+        if to is not None:  # with a sid too, the verification must be for this number
             try:
                 e164 = phone.parse(to, country).e164
             except phone.NumberRefused as exc:
                 field = "country" if exc.reason == "invalid_country" else "to"
                 raise InvalidRequest(field, exc.reason, exc.detail) from None
             lookup.update(tag=self.secrets.routing_tag(e164), to=e164)
-        else:
-            raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
+        if sid is not None:
+            if not is_sid(sid):
+                raise InvalidRequest("sid", "invalid_sid", "sid must look like VE + 32 hex digits")
+            lookup["sid"] = str(sid)
         result = self.store.check(
             digest=self.secrets.digest(code),
             max_attempts=self.code_policy.max_attempts,
@@ -320,7 +321,7 @@ class VerificationService:
                 f"too many wrong codes for this number; try again in {wait} s",
             )
         log.info("verification %s: check %s", result.sid, result.outcome)
-        return CheckOutcome(result.sid, result.status)
+        return CheckOutcome(result.sid, result.status, result.to or "")
 
     # -- reading and ending --------------------------------------------------------------------
 

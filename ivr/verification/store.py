@@ -132,8 +132,9 @@ return 0
 # KEYS[1] the verification hash (ARGV[2] = "sid") or the number's pending pointer ("to")
 # ARGV[1] slot key prefix  ARGV[2] "sid"|"to"  ARGV[3] HMAC of the submitted code
 # ARGV[4] max attempts  ARGV[5] failure budget count  ARGV[6] failure budget window ms
-# Returns {outcome, sid, status, detail}: outcome is "approved", "wrong", "not_pending",
-# "throttled" (detail = ms until the budget allows a check) or "not_found".
+# ARGV[7] the number the verification must be for ("" when the caller gave only a sid)
+# Returns {outcome, sid, status, detail, number}: outcome is "approved", "wrong",
+# "not_pending", "throttled" (detail = ms until the budget allows a check) or "not_found".
 CHECK = (
     _LUA_NOW
     + _LUA_FINISH
@@ -147,38 +148,38 @@ end
 local prefix, vkey, sid = ARGV[1], KEYS[1], nil
 if ARGV[2] == 'to' then
   sid = redis.call('GET', KEYS[1])
-  if not sid then return {'not_found', '', '', 0} end
+  if not sid then return {'not_found', '', '', 0, ''} end
   vkey = prefix .. 'verification:' .. sid
 end
 local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at')
-if not v[1] then return {'not_found', '', '', 0} end
+if not v[1] or (ARGV[7] ~= '' and v[2] ~= ARGV[7]) then return {'not_found', '', '', 0, ''} end
 sid = v[1]
-if v[3] ~= 'pending' then return {'not_pending', sid, v[3], 0} end
+if v[3] ~= 'pending' then return {'not_pending', sid, v[3], 0, v[2]} end
 local digest = redis.call('HGET', prefix .. 'code:' .. sid, 'digest')
 if now >= tonumber(v[4]) or not digest then
   finish(prefix, vkey, sid, v[2], 'expired', now_s)
-  return {'not_pending', sid, 'expired', 0}
+  return {'not_pending', sid, 'expired', 0, v[2]}
 end
 local failures = prefix .. 'check-failures:' .. v[2]
 local window = tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', failures, '-inf', now - window)
 if redis.call('ZCARD', failures) >= tonumber(ARGV[5]) then
   local oldest = redis.call('ZRANGE', failures, 0, 0, 'WITHSCORES')
-  return {'throttled', sid, 'pending', tonumber(oldest[2]) + window - now}
+  return {'throttled', sid, 'pending', tonumber(oldest[2]) + window - now, v[2]}
 end
 if same(digest, ARGV[3]) then
   finish(prefix, vkey, sid, v[2], 'approved', now_s)
-  return {'approved', sid, 'approved', 0}
+  return {'approved', sid, 'approved', 0, v[2]}
 end
 local attempts = redis.call('HINCRBY', vkey, 'check_attempts', 1)
 redis.call('ZADD', failures, now, now_s .. ':' .. sid .. ':' .. attempts)
 redis.call('PEXPIRE', failures, window)
 if attempts >= tonumber(ARGV[4]) then
   finish(prefix, vkey, sid, v[2], 'max_attempts_reached', now_s)
-  return {'wrong', sid, 'max_attempts_reached', attempts}
+  return {'wrong', sid, 'max_attempts_reached', attempts, v[2]}
 end
 redis.call('HSET', vkey, 'updated_at', now_s)
-return {'wrong', sid, 'pending', attempts}
+return {'wrong', sid, 'pending', attempts, v[2]}
 """
 )
 
@@ -243,6 +244,7 @@ class CheckResult:
     outcome: str  # approved | wrong | not_pending | throttled | not_found
     sid: str | None
     status: Status | None
+    to: str | None = None
     attempts: int = 0
     retry_after_ms: int = 0
 
@@ -348,15 +350,16 @@ class VerificationStore:
         tag: str | None = None,
         to: str | None = None,
     ) -> CheckResult:
-        """Check a code against a verification named by `sid`, or by (`tag`, `to`)."""
+        """Check a code against the verification `sid` (which must be for `to`, when given), or
+        the pending one of (`tag`, `to`)."""
         if sid is not None:
             tag, mode = routing_tag_of(sid), "sid"
-            key = keys.verification(tag, sid)
+            key = keys.verification(tag, sid)  # the tag given with `to` is not needed
         elif tag is not None and to is not None:
             key, mode = keys.pending(tag, to), "to"
         else:
             raise ValueError("check needs a sid, or a tag and a number")
-        outcome, found_sid, status, detail = self._check(
+        outcome, found_sid, status, detail, number = self._check(
             keys=[key],
             args=[
                 keys.number_prefix(tag),
@@ -365,12 +368,14 @@ class VerificationStore:
                 max_attempts,
                 failure_budget.limit,
                 failure_budget.window_seconds * 1000,
+                to or "",
             ],
         )
         return CheckResult(
             outcome=outcome,
             sid=found_sid or None,
             status=Status(status) if status else None,
+            to=number or None,
             attempts=int(detail) if outcome == "wrong" else 0,
             retry_after_ms=int(detail) if outcome == "throttled" else 0,
         )

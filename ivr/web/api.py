@@ -170,7 +170,14 @@ def check_verification() -> Response:
         to=fields.get("to"),
         country=fields.get("country"),
     )
-    return jsonify({"sid": outcome.sid, "status": str(outcome.status), "valid": outcome.valid})
+    return jsonify(
+        {
+            "sid": outcome.sid,
+            "to": outcome.to,
+            "status": str(outcome.status),
+            "valid": outcome.valid,
+        }
+    )
 
 
 @blueprint.get("/verifications/<sid>")
