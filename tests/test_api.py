@@ -479,3 +479,70 @@ def test_twilio_refusing_the_number_is_a_400_on_to(api, twilio_api):
 def test_twilio_refusing_our_credentials_is_a_502(api, twilio_api):
     twilio_api.fail_next(status=401, body={"code": 20003, "status": 401, "message": "Authenticate"})
     assert_problem(api.start(to=TO, channel="sms"), 502, "carrier_rejected")
+
+
+def test_a_failed_first_send_does_not_end_a_verification_a_resend_delivered(app, twilio_api):
+    """Two requests race: the first send (a slow call) fails after the re-send got through."""
+    from ivr.verification.store import VerificationStore
+
+    ivr = app.extensions["ivr"]
+    store: VerificationStore = ivr.verifications.store
+    tag = ivr.code_secrets.routing_tag(TO)
+    first = store.start_or_resend(
+        tag=tag,
+        new_sid=f"VE{tag}{'a' * 24}",
+        to=TO,
+        channel="call",
+        locale="en-US",
+        digest="d",
+        sealed="s",
+        ttl_ms=60_000,
+        retention_ms=60_000,
+    )
+    again = store.start_or_resend(
+        tag=tag,
+        new_sid=f"VE{tag}{'b' * 24}",
+        to=TO,
+        channel="sms",
+        locale="en-US",
+        digest="d",
+        sealed="s",
+        ttl_ms=60_000,
+        retention_ms=60_000,
+    )
+    sid = first.verification.sid
+    assert again.verification.sid == sid
+    store.settle_send(sid, again.attempt_index, status="queued", provider_sid="SM" + "1" * 32)
+    assert store.settle_send(sid, first.attempt_index, status="failed", error="timeout") == (
+        "pending"
+    )
+    assert store.settle_send(sid, again.attempt_index, status="failed") == "failed"
+
+
+def test_a_status_callback_that_beats_the_rest_answer_is_kept(app, client, twilio_api):
+    from tests.conftest import twilio_post
+
+    ivr = app.extensions["ivr"]
+    store = ivr.verifications.store
+    tag = ivr.code_secrets.routing_tag(TO)
+    started = store.start_or_resend(
+        tag=tag,
+        new_sid=f"VE{tag}{'c' * 24}",
+        to=TO,
+        channel="sms",
+        locale="en-US",
+        digest="d",
+        sealed="s",
+        ttl_ms=60_000,
+        retention_ms=60_000,
+    )
+    sid, message_sid = started.verification.sid, "SM" + "2" * 32
+    response = twilio_post(
+        client,
+        f"/sms/status/{sid}",
+        {"MessageSid": message_sid, "MessageStatus": "undelivered", "ErrorCode": "30003"},
+    )
+    assert response.status_code == 204
+    store.settle_send(sid, started.attempt_index, status="queued", provider_sid=message_sid)
+    attempt = store.get(sid).send_attempts[0]
+    assert (attempt.status, attempt.error) == ("undelivered", "30003")

@@ -228,7 +228,6 @@ class VerificationService:
                 started.attempt_index,
                 status="failed",
                 error=exc.detail,
-                fail_verification=started.created,
             )
             raise DeliveryFailed(exc, self.store.get(sid)) from None
         self.store.settle_send(

@@ -71,27 +71,51 @@ return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7]}
 """
 )
 
-# Record the carrier's answer to a send: its sid and status, or the error.
+# How far along a delivery status is: a status never replaces one of higher rank, since
+# carrier callbacks can arrive out of order.
+_LUA_RANK = """
+local RANK = {requested = 0, accepted = 1, queued = 1, scheduled = 1, initiated = 2,
+  sending = 2, ringing = 3, sent = 3, ['in-progress'] = 4, completed = 5, busy = 5,
+  ['no-answer'] = 5, canceled = 5, failed = 5, delivered = 5, undelivered = 5, read = 6}
+"""
+
+# Record the carrier's answer to a send: its sid and status, or the error. A status callback
+# that came before this answer (parked by RECORD_DELIVERY) is merged in. The verification fails
+# only when every one of its sends has failed: a concurrent re-send may have got through.
 # KEYS[1] verification hash
 # ARGV[1] slot key prefix  ARGV[2] attempt index  ARGV[3] attempt status  ARGV[4] provider sid
-# ARGV[5] error  ARGV[6] "1" when the verification fails with it (its first send failed)
+# ARGV[5] error
 # Returns the verification's status, or false when it is gone.
 SETTLE_SEND = (
     _LUA_NOW
     + _LUA_FINISH
+    + _LUA_RANK
     + """
 local current = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'attempts')
 if not current[1] then return false end
 local attempts = cjson.decode(current[4])
 local attempt = attempts[tonumber(ARGV[2]) + 1]
-if attempt then
-  attempt.status = ARGV[3]
-  attempt.updated_at = now
-  if ARGV[4] ~= '' then attempt.provider_sid = ARGV[4] end
-  if ARGV[5] ~= '' then attempt.error = ARGV[5] end
-  redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
+if not attempt then return current[3] end
+attempt.status = ARGV[3]
+attempt.updated_at = now
+if ARGV[5] ~= '' then attempt.error = ARGV[5] end
+if ARGV[4] ~= '' then
+  attempt.provider_sid = ARGV[4]
+  local parked = redis.call('HGET', KEYS[1], 'early:' .. ARGV[4])
+  if parked then
+    local early = cjson.decode(parked)
+    if (RANK[early.status] or 0) >= (RANK[attempt.status] or 0) then
+      attempt.status = early.status
+      if early.error ~= '' then attempt.error = early.error end
+    end
+    redis.call('HDEL', KEYS[1], 'early:' .. ARGV[4])
+  end
 end
-if ARGV[6] == '1' and current[3] == 'pending' then
+redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
+if ARGV[3] == 'failed' and current[3] == 'pending' then
+  for _, other in ipairs(attempts) do
+    if other.status ~= 'failed' then return current[3] end
+  end
   finish(ARGV[1], KEYS[1], current[1], current[2], 'failed', now_s)
   return 'failed'
 end
@@ -99,17 +123,15 @@ return current[3]
 """
 )
 
-# Apply a carrier status callback to the attempt with that provider sid. Callbacks can arrive
-# out of order, so a status only replaces one of lower or equal rank.
+# Apply a carrier status callback to the attempt with that provider sid, unless it is stale.
+# A callback for a sid not recorded yet (it beat our own settle_send) is parked in the hash.
 # KEYS[1] verification hash
 # ARGV[1] provider sid  ARGV[2] new status  ARGV[3] error code ('' if none)
-# Returns 1 when an attempt was updated, 0 when the sid is unknown or the status is stale.
+# Returns 1 when an attempt was updated, 2 when parked, 0 when stale or the hash is gone.
 RECORD_DELIVERY = (
     _LUA_NOW
+    + _LUA_RANK
     + """
-local RANK = {requested = 0, accepted = 1, queued = 1, scheduled = 1, initiated = 2,
-  sending = 2, ringing = 3, sent = 3, ['in-progress'] = 4, completed = 5, busy = 5,
-  ['no-answer'] = 5, canceled = 5, failed = 5, delivered = 5, undelivered = 5, read = 6}
 local encoded = redis.call('HGET', KEYS[1], 'attempts')
 if not encoded then return 0 end
 local attempts = cjson.decode(encoded)
@@ -123,7 +145,11 @@ for _, attempt in ipairs(attempts) do
     return 1
   end
 end
-return 0
+local field = 'early:' .. ARGV[1]
+local parked = redis.call('HGET', KEYS[1], field)
+if parked and (RANK[cjson.decode(parked).status] or 0) > (RANK[ARGV[2]] or 0) then return 0 end
+redis.call('HSET', KEYS[1], field, cjson.encode({status = ARGV[2], error = ARGV[3]}))
+return 2
 """
 )
 
@@ -315,9 +341,8 @@ class VerificationStore:
         status: str,
         provider_sid: str = "",
         error: str = "",
-        fail_verification: bool = False,
     ) -> Status | None:
-        """Record the carrier's answer on an attempt; optionally fail the verification."""
+        """Record the carrier's answer on an attempt; the verification's status after it."""
         tag = routing_tag_of(sid)
         status_after = self._settle(
             keys=[keys.verification(tag, sid)],
@@ -327,13 +352,13 @@ class VerificationStore:
                 status,
                 provider_sid,
                 error,
-                "1" if fail_verification else "0",
             ],
         )
         return Status(status_after) if status_after else None
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
-        """Apply a carrier status callback; False when unknown or out of date."""
+        """Apply (or park, if its send is not settled yet) a carrier status callback; False
+        when it is out of date or the verification is gone."""
         tag = routing_tag_of(sid)
         updated = self._delivery(
             keys=[keys.verification(tag, sid)], args=[provider_sid, status, error]
