@@ -100,6 +100,13 @@ def production_gaps(settings: Settings) -> list[str]:
 def check_config(production: bool) -> None:
     """Print the effective configuration (secrets hidden) and what production still needs."""
     settings = _fail_on_bad_config()
+    from ivr.prompts import CatalogError, PromptCatalogs
+
+    try:
+        PromptCatalogs(settings.voice_prompts_dir, settings.default_locale)
+    except CatalogError as exc:
+        click.echo(f"invalid configuration:\n  VOICE_PROMPTS_DIR / DEFAULT_LOCALE: {exc}", err=True)
+        sys.exit(2)
     click.echo("Effective configuration:")
     for name in Settings.model_fields:
         click.echo(f"  {name.upper():<32} {_shown(name, getattr(settings, name))}")

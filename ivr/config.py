@@ -27,6 +27,7 @@ DEFAULT_PROMPTS_DIR = PACKAGE_DIR.parent / "voice_prompts"
 # elsewhere list their own; "*" allows every country (check-config warns).
 DEFAULT_ALLOWED_COUNTRIES = "US,CA,GB,IE,FR,DE,ES,PT,IT,NL,BE,LU,AT,CH,SE,NO,DK,FI,AU,NZ"
 
+_MIN_SECRET_LENGTH = 32  # a generated secret is 43 characters; anything shorter was tampered with
 _RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     send_limit_per_prefix: Annotated[Rate, NoDecode] = Field(Rate(30, 600))
     send_limit_per_token: Annotated[Rate, NoDecode] = Field(Rate(500, 3600))
     check_failure_limit_per_number: Annotated[Rate, NoDecode] = Field(Rate(10, 3600))
+    # How long a verification stays readable after its code's lifetime ended.
     verification_retention_seconds: int = Field(86400, ge=60, le=30 * 86400)
 
     app_name: str = Field("IVR", min_length=1, max_length=40)
@@ -234,7 +236,6 @@ class Secrets:
     secret_key: bytes
     webhook_auth_token: str
     api_token: str
-    generated: tuple[str, ...]  # names of the secrets generated into the instance folder
 
 
 def resolve_secrets(settings: Settings, instance_path: Path) -> Secrets:
@@ -243,12 +244,12 @@ def resolve_secrets(settings: Settings, instance_path: Path) -> Secrets:
     Why: a fresh clone must run with no setup, yet restarts must keep the same keys, or every
     pending code and issued dev token would stop working.
     """
-    generated: list[str] = []
+    from_instance: list[str] = []
 
     def kept(name: str, value: SecretStr | None) -> str:
         if value is not None:
             return value.get_secret_value()
-        generated.append(name)
+        from_instance.append(name)
         return _instance_secret(instance_path / name)
 
     secret_key = kept("secret_key", settings.secret_key)
@@ -256,7 +257,19 @@ def resolve_secrets(settings: Settings, instance_path: Path) -> Secrets:
     # With a real account the auth token signs webhooks; the simulated carrier signs with a
     # development token of its own, so signature checks never switch off.
     webhook_token = kept("webhook_auth_token", settings.twilio_auth_token)
-    return Secrets(secret_key.encode(), webhook_token, api_token, tuple(generated))
+    weak = [
+        f"{instance_path / name}: shorter than {_MIN_SECRET_LENGTH} characters (delete the "
+        "file to have a new one made)"
+        for name, value in (
+            ("secret_key", secret_key),
+            ("api_token", api_token),
+            ("webhook_auth_token", webhook_token),
+        )
+        if name in from_instance and len(value) < _MIN_SECRET_LENGTH
+    ]
+    if weak:
+        raise ConfigError(weak)
+    return Secrets(secret_key.encode(), webhook_token, api_token)
 
 
 def _instance_secret(path: Path) -> str:

@@ -546,3 +546,12 @@ def test_a_status_callback_that_beats_the_rest_answer_is_kept(app, client, twili
     store.settle_send(sid, started.attempt_index, status="queued", provider_sid=message_sid)
     attempt = store.get(sid).send_attempts[0]
     assert (attempt.status, attempt.error) == ("undelivered", "30003")
+
+
+def test_a_verification_stays_readable_for_the_retention_after_its_code_lifetime(
+    make_app, twilio_api, redis_client
+):
+    api = Api(make_app(otp_ttl_seconds=600, verification_retention_seconds=60).test_client())
+    sid = api.start(to=TO, channel="sms").get_json()["sid"]
+    key = next(redis_client.scan_iter(f"*verification:{sid}"))
+    assert 650_000 < redis_client.pttl(key) <= 660_000

@@ -327,3 +327,10 @@ def test_prompts_check_names_a_broken_catalog(prompts_dir):
     result = run("prompts", "check")
     assert result.exit_code == 1
     assert "fr-FR.yaml" in result.output
+
+
+def test_check_config_reports_a_default_locale_without_catalog(monkeypatch):
+    monkeypatch.setenv("DEFAULT_LOCALE", "it-IT")
+    result = run("check-config")
+    assert result.exit_code == 2
+    assert "DEFAULT_LOCALE" in result.output

@@ -273,7 +273,6 @@ def test_the_caller_id_is_normalised_to_e164():
 def test_missing_secrets_are_generated_into_the_instance_folder(tmp_path):
     instance = tmp_path / "instance"
     secrets = resolve_secrets(load_settings(), instance)
-    assert set(secrets.generated) == {"secret_key", "api_token", "webhook_auth_token"}
     assert sorted(p.name for p in instance.iterdir()) == [
         "api_token",
         "secret_key",
@@ -312,5 +311,21 @@ def test_configured_secrets_are_used_and_not_written(tmp_path):
     assert secrets.secret_key == b"k" * 32
     assert secrets.api_token == "t" * 16
     assert secrets.webhook_auth_token == AUTH_TOKEN
-    assert secrets.generated == ()
     assert not instance.exists() or not list(instance.iterdir())
+
+
+@pytest.mark.parametrize("content", ["", "short", " " * 40])
+def test_a_truncated_instance_secret_stops_the_start(tmp_path, content):
+    """An emptied secret file would key HMACs (and sign webhooks) with a constant."""
+    from ivr.config import ConfigError, load_settings, resolve_secrets
+
+    (tmp_path / "webhook_auth_token").write_text(content)
+    with pytest.raises(ConfigError, match="webhook_auth_token: shorter than 32"):
+        resolve_secrets(load_settings(), tmp_path)
+
+
+def test_a_default_locale_without_a_catalog_is_a_config_error(make_app):
+    from ivr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="DEFAULT_LOCALE"):
+        make_app(default_locale="it-IT")

@@ -39,7 +39,8 @@ end
 # KEYS[1] the number's pending pointer   KEYS[2] new verification hash   KEYS[3] new code hash
 # ARGV[1] slot key prefix  ARGV[2] new sid  ARGV[3] number (E.164)  ARGV[4] channel
 # ARGV[5] locale  ARGV[6] code HMAC  ARGV[7] sealed code  ARGV[8] code lifetime ms
-# ARGV[9] record retention ms
+# ARGV[9] retention ms: the record outlives the code by this much, so a verification stays
+# readable for at least that long after it ended
 # Returns {"created"|"resent", sid, attempt index (0-based), HGETALL of the verification,
 # sealed code (the existing one on a re-send, so an SMS re-send carries the same code)}.
 START_OR_RESEND = (
@@ -63,7 +64,7 @@ local expires_s = string.format('%d', now + tonumber(ARGV[8]))
 redis.call('HSET', KEYS[2], 'sid', ARGV[2], 'to', ARGV[3], 'channel', ARGV[4],
            'locale', ARGV[5], 'status', 'pending', 'created_at', now_s, 'updated_at', now_s,
            'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}))
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[8]) + tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'digest', ARGV[6], 'sealed', ARGV[7])
 redis.call('PEXPIRE', KEYS[3], ARGV[8])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[8])
