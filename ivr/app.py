@@ -14,7 +14,6 @@ from typing import Any
 
 import redis
 from flask import Flask, current_app
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ivr import phone, store
 from ivr.config import ConfigError, Secrets, Settings, load_settings, resolve_secrets
@@ -124,10 +123,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         verifications=verifications,
         api_tokens=ApiTokens(client, app_secrets.secret_key, app_secrets.api_token),
     )
-
-    if settings.trust_proxy_hops:
-        hops = settings.trust_proxy_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
     from ivr.web import api, errors, public, webhooks
 

@@ -47,6 +47,11 @@ def api_tokens() -> str:
     return f"{NAMESPACE}:{{api-tokens}}:tokens"
 
 
+def api_token_names() -> str:
+    """Hash: token name → its HMAC, so names are unique (HSETNX) and revoking finds the token."""
+    return f"{NAMESPACE}:{{api-tokens}}:names"
+
+
 def simulator_outbox() -> str:
     """List: what the simulated carrier sent, newest first, bodies sealed."""
     return f"{NAMESPACE}:{{simulator}}:outbox"

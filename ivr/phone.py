@@ -51,11 +51,6 @@ class PhoneNumber:
         return self.e164[:-PREFIX_STRIPPED_DIGITS]
 
     @property
-    def last_digits(self) -> str:
-        """The last two digits, the most we ever say aloud about a number on file."""
-        return self.e164[-2:]
-
-    @property
     def is_fixed_line(self) -> bool:
         return self.number_type == PhoneNumberType.FIXED_LINE
 
@@ -90,12 +85,10 @@ def parse(raw: object, country_hint: object = None) -> PhoneNumber:
     )
 
 
-def parse_caller_id(raw: object) -> PhoneNumber | None:
-    """Parse a caller ID Twilio gave us (`From`); None when it is withheld or not a number."""
-    try:
-        return parse(raw)
-    except NumberRefused:
-        return None
+def masked(e164: str) -> str:
+    """A number fit for logs: calling code and first digits, last four hidden (it is personal
+    data, and the sid already identifies the verification)."""
+    return e164[:-4] + "****" if len(e164) > 8 else "****"
 
 
 def country_of_caller(raw: object) -> str | None:

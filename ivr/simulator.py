@@ -1,9 +1,9 @@
 """A simulated phone: it walks a call through our own webhooks, signed as Twilio signs them,
 and reports what the caller would hear and where the call ends.
 
-It plays Twilio's part for the TwiML verbs we emit (Say, Play, Pause, Gather, Redirect, Hangup,
-Reject, Enqueue, Dial) without a network: requests go to the app in-process. The simulated
-carrier, `ivr simulate` and the tests all use it.
+It plays Twilio's part for the TwiML verbs a call can meet (Say, Play, Pause, Gather, Redirect,
+Hangup, Reject, Enqueue, Dial) without a network: requests go to the app in-process. The
+simulated carrier's handset (`/v1/simulator/calls/<sid>/answer`) uses it.
 """
 
 from __future__ import annotations

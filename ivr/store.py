@@ -169,10 +169,18 @@ class EmbeddedRedis:
 
 
 def redis_status(client: redis.Redis) -> dict[str, object]:
-    """What /healthz says of the store: reachable or not, and how long a PING took."""
+    """What /healthz says of the store: reachable or not, how long a PING took, and a warning
+    when Redis may evict keys (send limits and codes would silently vanish under memory
+    pressure: use maxmemory-policy noeviction)."""
     started = time.perf_counter()
     try:
         client.ping()
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        policy = client.info("memory").get("maxmemory_policy", "unknown")
     except redis.RedisError as exc:
         return {"status": "unavailable", "error": type(exc).__name__}
-    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    status: dict[str, object] = {"status": "ok", "latency_ms": latency_ms}
+    status["maxmemory_policy"] = policy
+    if policy != "noeviction":
+        status["warning"] = f"maxmemory-policy is {policy}: use noeviction, or limits may vanish"
+    return status

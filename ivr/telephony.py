@@ -23,7 +23,8 @@ from twilio.rest import Client
 from urllib3.util.retry import Retry
 
 from ivr import keys
-from ivr.verification.codes import CodeSecrets
+from ivr.phone import masked
+from ivr.verification.codes import CodeSecrets, SealError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ _NUMBER_ERROR_CODES = {
     13227,
 }
 _OUTBOX_SIZE = 200
+_OUTBOX_TTL_SECONDS = 86400  # a day of quiet and the simulated handsets forget
 
 
 class CarrierError(Exception):
@@ -195,7 +197,7 @@ class SimulatedCarrier:
                 "ring_seconds": ring_seconds,
             }
         )
-        log.info("simulated call %s to %s", sid, to)
+        log.info("simulated call %s to %s", sid, masked(to))
         return Receipt(sid, "queued")
 
     def send_sms(self, *, to: str, from_: str, body: str, status_callback: str) -> Receipt:
@@ -210,26 +212,35 @@ class SimulatedCarrier:
                 "status_callback": status_callback,
             }
         )
-        log.info("simulated SMS %s to %s (%d characters)", sid, to, len(body))
+        log.info("simulated SMS %s to %s (%d characters)", sid, masked(to), len(body))
         return Receipt(sid, "delivered")
 
     def outbox(self, limit: int = 50) -> list[dict[str, Any]]:
         """What was sent, newest first, SMS bodies opened: the simulated handsets' view."""
-        entries = []
-        for raw in self.redis.lrange(keys.simulator_outbox(), 0, limit - 1):
-            entry = json.loads(raw)
-            sealed = entry.pop("body_sealed", None)
-            if sealed is not None:
-                entry["body"] = self.secrets.unseal(entry["sid"], sealed)
-            entries.append(entry)
-        return entries
+        raw_entries = self.redis.lrange(keys.simulator_outbox(), 0, limit - 1)
+        return [self._opened(json.loads(raw)) for raw in raw_entries]
 
     def find(self, sid: str) -> dict[str, Any] | None:
-        return next((e for e in self.outbox(_OUTBOX_SIZE) if e["sid"] == sid), None)
+        """One entry by its sid (only that one is opened)."""
+        for raw in self.redis.lrange(keys.simulator_outbox(), 0, _OUTBOX_SIZE - 1):
+            entry = json.loads(raw)
+            if entry["sid"] == sid:
+                return self._opened(entry)
+        return None
+
+    def _opened(self, entry: dict[str, Any]) -> dict[str, Any]:
+        sealed = entry.pop("body_sealed", None)
+        if sealed is not None:
+            try:
+                entry["body"] = self.secrets.unseal(entry["sid"], sealed)
+            except SealError:
+                entry["body"] = None  # sealed under an earlier SECRET_KEY
+        return entry
 
     def _record(self, entry: dict[str, Any]) -> None:
         entry["created_at"] = int(time.time() * 1000)
         pipe = self.redis.pipeline()
         pipe.lpush(keys.simulator_outbox(), json.dumps(entry))
         pipe.ltrim(keys.simulator_outbox(), 0, _OUTBOX_SIZE - 1)
+        pipe.expire(keys.simulator_outbox(), _OUTBOX_TTL_SECONDS)
         pipe.execute()

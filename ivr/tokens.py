@@ -49,13 +49,14 @@ class ApiTokens:
 
     def issue(self, name: str) -> str:
         """Create a token for `name` and return it: shown once, stored only as an HMAC."""
-        if not _NAME_PATTERN.match(name) or name == ENV_TOKEN_NAME:
+        if not _NAME_PATTERN.fullmatch(name) or name == ENV_TOKEN_NAME:
             raise ValueError("a token name is 1-40 of a-z, 0-9, '_', '.', '-' (not 'env')")
-        if any(t.name == name for t in self.list()):
-            raise ValueError(f"a token named {name!r} exists; revoke it first")
         token = "ivr_" + secrets.token_urlsafe(32)
+        digest = self._digest(token)
+        if not self.redis.hsetnx(keys.api_token_names(), name, digest):  # atomic: one per name
+            raise ValueError(f"a token named {name!r} exists; revoke it first")
         record = json.dumps({"name": name, "created_at": int(time.time())})
-        self.redis.hset(keys.api_tokens(), self._digest(token), record)
+        self.redis.hset(keys.api_tokens(), digest, record)
         return token
 
     def list(self) -> list[IssuedToken]:
@@ -65,7 +66,11 @@ class ApiTokens:
         )
 
     def revoke(self, name: str) -> bool:
-        for digest, record in self.redis.hgetall(keys.api_tokens()).items():
-            if json.loads(record)["name"] == name:
-                return bool(self.redis.hdel(keys.api_tokens(), digest))
-        return False
+        digest = self.redis.hget(keys.api_token_names(), name)
+        if digest is None:
+            return False
+        pipe = self.redis.pipeline()  # MULTI: both hashes share the {api-tokens} slot
+        pipe.hdel(keys.api_tokens(), digest)
+        pipe.hdel(keys.api_token_names(), name)
+        pipe.execute()
+        return True

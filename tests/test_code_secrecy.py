@@ -58,6 +58,7 @@ def test_a_voice_code_leaks_nowhere(api, client, twilio_api, redis_client, caplo
         assert code not in request.path
     assert code not in stored
     assert code not in caplog.text
+    assert TO not in caplog.text, "numbers are masked in logs"
     # What is stored is the keyed hash, not an unkeyed one.
     assert CodeSecrets(SECRET_KEY.encode()).digest(code) in stored
     assert hashlib.sha256(code.encode()).hexdigest() not in stored
@@ -96,3 +97,25 @@ def test_issued_api_tokens_are_stored_only_as_keyed_hashes(app, redis_client):
     token = app.extensions["ivr"].api_tokens.issue("billing")
     assert token not in every_redis_value(redis_client)
     assert Api(app.test_client(), token).get("/v1/verifications/VE" + "0" * 32).status_code == 404
+
+
+def test_every_key_a_flow_leaves_is_named_in_keys_py(api, client, twilio_api, redis_client):
+    """The Lua scripts derive key names from a prefix; they must be the names keys.py builds."""
+    from ivr import keys
+    from ivr.verification.codes import CodeSecrets
+
+    verification = api.start(to=TO, channel="call").get_json()
+    heard = heard_code(client, verification)
+    api.check("0" * 6 if heard != "0" * 6 else "1" * 6, to=TO)
+    sid = verification["sid"]
+    tag = CodeSecrets(SECRET_KEY.encode()).routing_tag(TO)
+    named = {
+        keys.verification(tag, sid),
+        keys.code(tag, sid),
+        keys.pending(tag, TO),
+        keys.check_failures(tag, TO),
+        keys.send_window("number", TO),
+        keys.send_window("prefix", TO[:-4]),
+        keys.send_window("client", "env"),
+    }
+    assert set(redis_client.scan_iter()) == named

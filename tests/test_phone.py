@@ -7,7 +7,7 @@ import pytest
 from phonenumbers import PhoneNumberType
 
 from ivr import phone
-from ivr.phone import NumberPolicy, NumberRefused, PhoneNumber, parse, parse_caller_id
+from ivr.phone import NumberPolicy, NumberRefused, parse
 
 US_NUMBER = "+14155550123"
 GB_FIXED_LINE = "+442079460018"
@@ -110,39 +110,6 @@ def test_the_prefix_strips_the_last_four_digits():
     number = parse(US_NUMBER)
     assert number.prefix == "+1415555"
     assert parse("+14155559999").prefix == number.prefix
-
-
-def test_last_digits_are_the_final_two():
-    assert parse(US_NUMBER).last_digits == "23"
-
-
-# Caller IDs
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "anonymous",
-        "Anonymous",
-        "restricted",
-        "",
-        None,
-        "+266696687",  # how Twilio shows a withheld number
-        "+7378742833",
-        "+2562533",
-        "+8656696",
-        "client:alice",
-        "sip:alice@example.com",
-    ],
-)
-def test_a_withheld_or_garbage_caller_id_gives_none(raw):
-    assert parse_caller_id(raw) is None
-
-
-def test_a_real_caller_id_is_parsed():
-    number = parse_caller_id(US_NUMBER)
-    assert isinstance(number, PhoneNumber)
-    assert number.e164 == US_NUMBER
 
 
 # The number policy

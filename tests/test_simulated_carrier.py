@@ -72,3 +72,16 @@ def test_unknown_simulated_calls_are_404(sim_api):
 def test_with_a_twilio_account_there_is_no_simulator(api):
     assert api.get("/v1/simulator/outbox").status_code == 404
     assert api.post("/v1/simulator/calls/CA1/answer", {"keys": []}).status_code == 404
+
+
+def test_the_outbox_survives_a_secret_key_change(make_app, redis_client):
+    no_twilio = {"twilio_account_sid": None, "twilio_auth_token": None, "twilio_caller_id": None}
+    before = make_app(**no_twilio)
+    Api(before.test_client(), before.extensions["ivr"].secrets.api_token).start(
+        to=TO, channel="sms"
+    )
+    after = make_app(**no_twilio, secret_key="another-secret-key-" + "y" * 32)
+    api = Api(after.test_client(), after.extensions["ivr"].secrets.api_token)
+    outbox = api.get("/v1/simulator/outbox")
+    assert outbox.status_code == 200
+    assert outbox.get_json()["items"][0]["body"] is None

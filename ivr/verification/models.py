@@ -31,7 +31,7 @@ SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
 
 
 def is_sid(value: object) -> bool:
-    return isinstance(value, str) and SID_PATTERN.match(value) is not None
+    return isinstance(value, str) and SID_PATTERN.fullmatch(value) is not None
 
 
 def routing_tag_of(sid: str) -> str:

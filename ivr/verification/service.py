@@ -136,6 +136,7 @@ class Reveal:
     outcome: str
     locale: str | None = None
     code: str | None = None
+    readings_left: int = 0  # how many more times this call may hear it
 
 
 class VerificationService:
@@ -217,7 +218,7 @@ class VerificationService:
             sid,
             "created" if started.created else "re-send",
             channel,
-            number.e164,
+            phone.masked(number.e164),
         )
         try:
             receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
@@ -366,7 +367,7 @@ class VerificationService:
         except SealError:
             log.error("verification %s: sealed code does not open (SECRET_KEY changed?)", sid)
             return Reveal("gone", result.locale)
-        return Reveal("ok", result.locale, code)
+        return Reveal("ok", result.locale, code, result.readings_left)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""

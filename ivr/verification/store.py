@@ -233,27 +233,27 @@ return {1, 'canceled'}
 # Hand the sealed code to the call we placed for this verification, a bounded number of times.
 # KEYS[1] verification hash   KEYS[2] code hash
 # ARGV[1] the CallSid asking  ARGV[2] most reveals per call
-# Returns {outcome, sealed code or "", locale or ""}: outcome "ok", or why not: "gone" (not
-# pending, expired, unknown), "stranger" (a call we did not place for it), "exhausted" (heard
-# enough times). The locale comes with every outcome, so the call needs no other round trip.
+# Returns {outcome, sealed code or "", locale or "", readings left}: outcome "ok", or why not:
+# "gone" (not pending, expired, unknown), "stranger" (a call we did not place for it),
+# "exhausted" (heard enough times). The locale comes with every outcome, so the call needs no
+# other round trip.
 REVEAL = (
     _LUA_NOW
     + """
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'locale')
-if not v[1] then return {'gone', '', ''} end
+if not v[1] then return {'gone', '', '', 0} end
 local locale = v[4]
-if v[1] ~= 'pending' or now >= tonumber(v[2]) then return {'gone', '', locale} end
+if v[1] ~= 'pending' or now >= tonumber(v[2]) then return {'gone', '', locale, 0} end
 local ours = false
 for _, attempt in ipairs(cjson.decode(v[3])) do
   if attempt.channel == 'call' and attempt.provider_sid == ARGV[1] then ours = true end
 end
-if not ours then return {'stranger', '', locale} end
+if not ours then return {'stranger', '', locale, 0} end
 local sealed = redis.call('HGET', KEYS[2], 'sealed')
-if not sealed then return {'gone', '', locale} end
-if redis.call('HINCRBY', KEYS[2], 'reveals:' .. ARGV[1], 1) > tonumber(ARGV[2]) then
-  return {'exhausted', '', locale}
-end
-return {'ok', sealed, locale}
+if not sealed then return {'gone', '', locale, 0} end
+local heard = redis.call('HINCRBY', KEYS[2], 'reveals:' .. ARGV[1], 1)
+if heard > tonumber(ARGV[2]) then return {'exhausted', '', locale, 0} end
+return {'ok', sealed, locale, tonumber(ARGV[2]) - heard}
 """
 )
 
@@ -281,6 +281,7 @@ class RevealResult:
     outcome: str  # ok | gone | stranger | exhausted
     sealed: str | None = None
     locale: str | None = None
+    readings_left: int = 0
 
 
 def _now_ms() -> int:
@@ -418,8 +419,8 @@ class VerificationStore:
         reply = self._reveal(
             keys=[keys.verification(tag, sid), keys.code(tag, sid)], args=[call_sid, max_reveals]
         )
-        outcome, sealed, locale = reply
-        return RevealResult(outcome, sealed=sealed or None, locale=locale or None)
+        outcome, sealed, locale, left = reply
+        return RevealResult(outcome, sealed or None, locale or None, int(left))
 
     def get(self, sid: str) -> Verification | None:
         data = self.redis.hgetall(keys.verification(routing_tag_of(sid), sid))

@@ -221,7 +221,7 @@ def simulator_answer(call_sid: str) -> Response:
         keys = [k for k in keys.split(",") if k]
     if (
         not isinstance(keys, list)
-        or not all(isinstance(k, str) and _KEYS_PATTERN.match(k) for k in keys)
+        or not all(isinstance(k, str) and _KEYS_PATTERN.fullmatch(k) for k in keys)
         or len(keys) > 20
     ):
         raise InvalidRequest("keys", "invalid_keys", "keys is a list of key strings like '5'")

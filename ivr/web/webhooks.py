@@ -50,8 +50,9 @@ class CallbackUrls:
 
 
 def signed_url() -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL + path + query when set (a proxy in front changes
-    what Flask sees), else the request URL (behind ProxyFix when TRUST_PROXY_HOPS is set)."""
+    """The URL Twilio signed: PUBLIC_BASE_URL + path + query (a proxy in front changes what
+    Flask sees; twilio-python issues #715, #751). PUBLIC_BASE_URL is required with a Twilio
+    account; without one only the simulated phone signs, with the URL Flask sees."""
     base = services().settings.public_base_url
     if not base:
         return request.url
@@ -177,7 +178,7 @@ def code_call_key_pressed(sid: str) -> Response:
         locale = context[1] if context else ivr.prompts.default_locale
         return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
-    if not _TWILIO_SID.match(call_sid):
+    if not _TWILIO_SID.fullmatch(call_sid):
         return polite_goodbye()
     reveal = ivr.verifications.reveal(sid, call_sid)
     locale = reveal.locale or ivr.prompts.default_locale
@@ -187,7 +188,8 @@ def code_call_key_pressed(sid: str) -> Response:
         return _say_and_hang_up(locale, "otp.call.unavailable")
     response = VoiceResponse()
     ivr.prompts.speak_code(response, locale, "otp.call.code_intro", reveal.code, times=2)
-    response.append(_press_a_key(locale, "otp.call.repeat_offer", REPEAT_ACTION))
+    if reveal.readings_left:
+        response.append(_press_a_key(locale, "otp.call.repeat_offer", REPEAT_ACTION))
     ivr.prompts.speak(response, locale, "otp.call.goodbye")
     response.hangup()
     return twiml(response)
@@ -198,7 +200,7 @@ def code_call_key_pressed(sid: str) -> Response:
 
 def _record_delivery(sid: str, sid_field: str, status_field: str) -> Response:
     provider_sid = _field(sid_field)
-    if _TWILIO_SID.match(provider_sid):
+    if _TWILIO_SID.fullmatch(provider_sid):
         services().verifications.record_delivery(
             sid, provider_sid, _field(status_field), _field("ErrorCode")
         )
