@@ -10,11 +10,12 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, abort, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Gather, VoiceResponse
+from werkzeug.datastructures import MultiDict
 
 from ivr import phone
 from ivr.app import services
@@ -60,11 +61,27 @@ def signed_url() -> str:
     return base + request.path + (f"?{query}" if query else "")
 
 
+class _SignedParams:
+    """The form as twilio's RequestValidator reads it: it asks getall() first, which Werkzeug's
+    MultiDict lacks, so each parameter would cost a raised AttributeError."""
+
+    __slots__ = ("form",)
+
+    def __init__(self, form: MultiDict[str, str]):
+        self.form = form
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.form)
+
+    def getall(self, name: str) -> list[str]:
+        return self.form.getlist(name)
+
+
 @blueprint.before_request
 def require_twilio_signature() -> None:
     """403 unless the request carries a valid signature for its URL and parameters."""
     signature = request.headers.get(SIGNATURE_HEADER, "")
-    params = request.form if request.method == "POST" else {}
+    params = _SignedParams(request.form if request.method == "POST" else MultiDict())
     validator = RequestValidator(services().secrets.webhook_auth_token)
     url = signed_url()
     # Fast path: the URL exactly as rebuilt (one HMAC). twilio's validate() then also tries the
