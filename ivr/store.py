@@ -56,7 +56,7 @@ class EmbeddedRedis:
         socket_path = self.directory / "redis.sock"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
             digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
-            socket_path = Path(tempfile.gettempdir()) / f"ivr-redis-{digest}.sock"
+            socket_path = _private_socket_dir() / f"{digest}.sock"
         self.socket_path = socket_path
         self._process: subprocess.Popen[bytes] | None = None
         self._owner_pid: int | None = None
@@ -166,6 +166,17 @@ class EmbeddedRedis:
                 )
             time.sleep(0.02)
         log.info("embedded redis started on %s (data in %s)", self.socket_path, self.directory)
+
+
+def _private_socket_dir() -> Path:
+    """A folder for sockets only we can reach: ours, mode 0700 (else another local user could
+    sit on the socket path before we start)."""
+    folder = Path(tempfile.gettempdir()) / f"ivr-redis-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or folder.is_symlink():
+        raise RuntimeError(f"{folder} is not a private folder of this user; remove it")
+    return folder
 
 
 def redis_status(client: redis.Redis) -> dict[str, object]:

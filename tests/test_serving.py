@@ -127,3 +127,15 @@ def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path,
         output = server.communicate(timeout=30)[0].decode()
     assert "embedded redis stopped" in output, output
     assert not EmbeddedRedis(tmp_path / "redis").is_running()
+
+
+def test_the_fallback_socket_folder_must_be_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    shared = tmp_path / f"ivr-redis-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(RuntimeError, match="not a private folder"):
+        EmbeddedRedis(tmp_path / ("d" * 60) / ("e" * 60))

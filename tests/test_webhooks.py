@@ -195,3 +195,17 @@ def test_static_twiml_is_rendered_once_per_locale_and_app(make_app):
     assert spoken(english) != spoken(spanish)
     renamed = make_app(app_name="Zenith").test_client()
     assert "Zenith" in spoken(twiml(twilio_post(renamed, "/voice/incoming", PARAMS)))
+
+
+def test_a_percent_encoded_path_is_checked_as_twilio_signed_it(client):
+    """Twilio signs the URL as given; Flask decodes the path. The raw target must be used."""
+    url = PUBLIC_BASE_URL + "/voice/code/VE%30" + "0" * 31 + "/"
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, PARAMS)
+    response = client.post(
+        "/voice/code/VE%30" + "0" * 31 + "/",
+        data=PARAMS,
+        base_url=PUBLIC_BASE_URL,
+        headers={"X-Twilio-Signature": signature},
+        environ_overrides={"REQUEST_URI": "/voice/code/VE%30" + "0" * 31 + "/"},
+    )
+    assert response.status_code == 200

@@ -423,11 +423,18 @@ class VerificationStore:
         return RevealResult(outcome, sealed or None, locale or None, int(left))
 
     def get(self, sid: str) -> Verification | None:
-        data = self.redis.hgetall(keys.verification(routing_tag_of(sid), sid))
-        return Verification.from_hash(data, _now_ms()) if data else None
+        """The verification, its status as of Redis' clock (the one the scripts use), so the
+        API never calls pending what a check would find expired."""
+        pipe = self.redis.pipeline(transaction=False)  # one round trip
+        pipe.hgetall(keys.verification(routing_tag_of(sid), sid))
+        pipe.time()
+        data, (seconds, micros) = pipe.execute()
+        return Verification.from_hash(data, seconds * 1000 + micros // 1000) if data else None
 
     def call_context(self, sid: str) -> tuple[Status, str] | None:
-        """(status as of now, locale) for a webhook that only needs to pick its prompts."""
+        """(status as of now, locale) for a webhook that only needs to pick its prompts. The
+        host's clock is close enough here: the code itself is handed out by REVEAL, on Redis'
+        clock."""
         status, expires_at, locale = self.redis.hmget(
             keys.verification(routing_tag_of(sid), sid), "status", "expires_at", "locale"
         )

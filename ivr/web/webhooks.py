@@ -57,6 +57,11 @@ def signed_url() -> str:
     base = services().settings.public_base_url
     if not base:
         return request.url
+    # The request target as sent (gunicorn: RAW_URI, Werkzeug: REQUEST_URI), so a
+    # percent-encoded path is checked as Twilio signed it, not as Flask decoded it.
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw and raw.startswith("/"):
+        return base + raw
     query = request.query_string.decode("utf-8", "replace")
     return base + request.path + (f"?{query}" if query else "")
 
