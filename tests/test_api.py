@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import jsonschema
@@ -481,61 +482,43 @@ def test_twilio_refusing_our_credentials_is_a_502(api, twilio_api):
     assert_problem(api.start(to=TO, channel="sms"), 502, "carrier_rejected")
 
 
+def send_attempt(app, channel: str):
+    """What the API's start does before calling the carrier: a verification (or a re-send)
+    with one more attempt in the 'requested' state. Lets a test play a race step by step."""
+    ivr = app.extensions["ivr"]
+    tag = ivr.code_secrets.routing_tag(TO)
+    new_sid = f"VE{tag}{secrets.token_hex(12)}"
+    store = ivr.verifications.store
+    started = store.start_or_resend(
+        tag=tag,
+        new_sid=new_sid,
+        to=TO,
+        channel=channel,
+        locale="en-US",
+        digest="d",
+        sealed="s",
+        ttl_ms=60_000,
+        retention_ms=60_000,
+    )
+    return store, started
+
+
 def test_a_failed_first_send_does_not_end_a_verification_a_resend_delivered(app, twilio_api):
     """Two requests race: the first send (a slow call) fails after the re-send got through."""
-    from ivr.verification.store import VerificationStore
-
-    ivr = app.extensions["ivr"]
-    store: VerificationStore = ivr.verifications.store
-    tag = ivr.code_secrets.routing_tag(TO)
-    first = store.start_or_resend(
-        tag=tag,
-        new_sid=f"VE{tag}{'a' * 24}",
-        to=TO,
-        channel="call",
-        locale="en-US",
-        digest="d",
-        sealed="s",
-        ttl_ms=60_000,
-        retention_ms=60_000,
-    )
-    again = store.start_or_resend(
-        tag=tag,
-        new_sid=f"VE{tag}{'b' * 24}",
-        to=TO,
-        channel="sms",
-        locale="en-US",
-        digest="d",
-        sealed="s",
-        ttl_ms=60_000,
-        retention_ms=60_000,
-    )
+    store, first = send_attempt(app, "call")
+    _, again = send_attempt(app, "sms")
     sid = first.verification.sid
     assert again.verification.sid == sid
     store.settle_send(sid, again.attempt_index, status="queued", provider_sid="SM" + "1" * 32)
-    assert store.settle_send(sid, first.attempt_index, status="failed", error="timeout") == (
-        "pending"
-    )
+    settled = store.settle_send(sid, first.attempt_index, status="failed", error="timeout")
+    assert settled == "pending"
     assert store.settle_send(sid, again.attempt_index, status="failed") == "failed"
 
 
 def test_a_status_callback_that_beats_the_rest_answer_is_kept(app, client, twilio_api):
     from tests.conftest import twilio_post
 
-    ivr = app.extensions["ivr"]
-    store = ivr.verifications.store
-    tag = ivr.code_secrets.routing_tag(TO)
-    started = store.start_or_resend(
-        tag=tag,
-        new_sid=f"VE{tag}{'c' * 24}",
-        to=TO,
-        channel="sms",
-        locale="en-US",
-        digest="d",
-        sealed="s",
-        ttl_ms=60_000,
-        retention_ms=60_000,
-    )
+    store, started = send_attempt(app, "sms")
     sid, message_sid = started.verification.sid, "SM" + "2" * 32
     response = twilio_post(
         client,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -69,14 +70,17 @@ def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = N
         return response.status, json.loads(response.read())
 
 
-GUNICORN = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "--config",
-    "python:ivr.gunicorn_config",
-    "ivr:create_app()",
-]
+def _procfile_command() -> list[str]:
+    """The Procfile's web command, with gunicorn taken from this interpreter's environment."""
+    line = next(
+        line for line in (REPO / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+    program, *arguments = shlex.split(line.removeprefix("web:"))
+    assert program == "gunicorn"
+    return [sys.executable, "-m", "gunicorn", *arguments]
+
+
+GUNICORN = _procfile_command()
 IVR_SERVE = [str(Path(sys.executable).parent / "ivr"), "serve"]
 
 
