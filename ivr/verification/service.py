@@ -238,11 +238,11 @@ class VerificationService:
 
     def accept_number(self, to: object, country: object, channel: str) -> phone.PhoneNumber:
         """Parse and police a destination; InvalidRequest(field "to" or "country") if refused."""
+        number = _parse_number(to, country)
         try:
-            return self.number_policy.check(phone.parse(to, country), channel)
+            return self.number_policy.check(number, channel)
         except phone.NumberRefused as exc:
-            field = "country" if exc.reason == "invalid_country" else "to"
-            raise InvalidRequest(field, exc.reason, exc.detail) from None
+            raise InvalidRequest("to", exc.reason, exc.detail) from None
 
     def _count_send(self, number: phone.PhoneNumber, client_id: str) -> None:
         refusal = self.limiter.acquire(
@@ -293,11 +293,7 @@ class VerificationService:
             raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
         lookup: dict[str, str] = {}
         if to is not None:  # with a sid too, the verification must be for this number
-            try:
-                e164 = phone.parse(to, country).e164
-            except phone.NumberRefused as exc:
-                field = "country" if exc.reason == "invalid_country" else "to"
-                raise InvalidRequest(field, exc.reason, exc.detail) from None
+            e164 = _parse_number(to, country).e164
             lookup.update(tag=self.secrets.routing_tag(e164), to=e164)
         if sid is not None:
             if not is_sid(sid):
@@ -374,3 +370,12 @@ class VerificationService:
         if not is_sid(sid) or status not in DELIVERY_STATUSES or not provider_sid:
             return False
         return self.store.record_delivery(sid, provider_sid, status, error[:64])
+
+
+def _parse_number(to: object, country: object) -> phone.PhoneNumber:
+    """A caller-supplied number, or InvalidRequest naming the field at fault."""
+    try:
+        return phone.parse(to, country)
+    except phone.NumberRefused as exc:
+        field = "country" if exc.reason == "invalid_country" else "to"
+        raise InvalidRequest(field, exc.reason, exc.detail) from None
