@@ -16,8 +16,8 @@ import redis
 from flask import Flask, current_app
 
 from ivr import phone, store
-from ivr.config import ConfigError, Secrets, Settings, load_settings, resolve_secrets
-from ivr.prompts import CatalogError, PromptCatalogs
+from ivr.config import Secrets, Settings, load_settings, resolve_secrets
+from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
 from ivr.verification.codes import CodeSecrets
@@ -80,12 +80,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from ivr.web.webhooks import CallbackUrls  # the web edge owns its own paths
 
     base_url = settings.public_base_url or f"http://localhost:{settings.port}"
-    try:
-        prompts = PromptCatalogs(
-            settings.voice_prompts_dir, settings.default_locale, f"{base_url}/prompts/audio"
-        )
-    except CatalogError as exc:
-        raise ConfigError([f"VOICE_PROMPTS_DIR / DEFAULT_LOCALE: {exc}"]) from None
+    prompts = load_catalogs(
+        settings.voice_prompts_dir, settings.default_locale, f"{base_url}/prompts/audio"
+    )
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)
     verifications = VerificationService(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask
 
 from ivr.config import ConfigError, Settings, load_settings, redact_url
+from ivr.prompts import PromptCatalogs, load_catalogs
 
 _SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token"}
 
@@ -44,6 +44,14 @@ def serve(port: int | None, workers: int | None) -> None:
 def _fail_on_bad_config() -> Settings:
     try:
         return load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _catalogs_or_fail(settings: Settings) -> PromptCatalogs:
+    try:
+        return load_catalogs(settings.voice_prompts_dir, settings.default_locale)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
@@ -100,13 +108,7 @@ def production_gaps(settings: Settings) -> list[str]:
 def check_config(production: bool) -> None:
     """Print the effective configuration (secrets hidden) and what production still needs."""
     settings = _fail_on_bad_config()
-    from ivr.prompts import CatalogError, PromptCatalogs
-
-    try:
-        PromptCatalogs(settings.voice_prompts_dir, settings.default_locale)
-    except CatalogError as exc:
-        click.echo(f"invalid configuration:\n  VOICE_PROMPTS_DIR / DEFAULT_LOCALE: {exc}", err=True)
-        sys.exit(2)
+    _catalogs_or_fail(settings)
     click.echo("Effective configuration:")
     for name in Settings.model_fields:
         click.echo(f"  {name.upper():<32} {_shown(name, getattr(settings, name))}")
@@ -176,12 +178,10 @@ def prompts() -> None:
 @prompts.command("check")
 def prompts_check() -> None:
     """List, per locale, prompt keys missing or whose placeholders differ from the default."""
-    from ivr.prompts import CatalogError, PromptCatalogs
-
     settings = _fail_on_bad_config()
     try:
-        catalogs = PromptCatalogs(Path(settings.voice_prompts_dir), settings.default_locale)
-    except CatalogError as exc:
+        catalogs = load_catalogs(settings.voice_prompts_dir, settings.default_locale)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     problems = 0
     for locale, keys in catalogs.missing_keys().items():

@@ -210,10 +210,12 @@ def _describe(error: Any) -> str:
     if not location:
         return message
     value = error.get("input")
-    if value is None or "got " in message or "token" in location or "key" in location:
+    if value is None or "token" in location or "key" in location:
         return f"{location.upper()}: {message}"
     if location.endswith("_url"):
         value = redact_url(str(value))
+    if repr(value) in message:  # the validator already shows the value
+        return f"{location.upper()}: {message}"
     return f"{location.upper()}: {message} (got {value!r})"
 
 

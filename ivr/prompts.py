@@ -27,56 +27,30 @@ _LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags
 
 # Language most callers in a country expect, for picking a locale from the number when the
 # request names none. Countries not listed get the default locale.
-COUNTRY_LANGUAGES = {
-    "US": "en",
-    "CA": "en",
-    "GB": "en",
-    "IE": "en",
-    "AU": "en",
-    "NZ": "en",
-    "ZA": "en",
-    "IN": "en",
-    "SG": "en",
-    "PH": "en",
-    "NG": "en",
-    "KE": "en",
-    "ES": "es",
-    "MX": "es",
-    "AR": "es",
-    "CO": "es",
-    "CL": "es",
-    "PE": "es",
-    "VE": "es",
-    "EC": "es",
-    "GT": "es",
-    "CU": "es",
-    "BO": "es",
-    "DO": "es",
-    "HN": "es",
-    "PY": "es",
-    "SV": "es",
-    "NI": "es",
-    "CR": "es",
-    "PA": "es",
-    "UY": "es",
-    "PR": "es",
-    "FR": "fr",
-    "BE": "fr",
-    "LU": "fr",
-    "MC": "fr",
-    "SN": "fr",
-    "CI": "fr",
-    "DE": "de",
-    "AT": "de",
-    "CH": "de",
-    "LI": "de",
-    "PT": "pt",
-    "BR": "pt",
-    "AO": "pt",
-    "MZ": "pt",
-    "IT": "it",
-    "NL": "nl",
+_LANGUAGE_COUNTRIES = {
+    "en": "US CA GB IE AU NZ ZA IN SG PH NG KE",
+    "es": "ES MX AR CO CL PE VE EC GT CU BO DO HN PY SV NI CR PA UY PR",
+    "fr": "FR BE LU MC SN CI",
+    "de": "DE AT CH LI",
+    "pt": "PT BR AO MZ",
+    "it": "IT",
+    "nl": "NL",
 }
+COUNTRY_LANGUAGES = {
+    country: language
+    for language, countries in _LANGUAGE_COUNTRIES.items()
+    for country in countries.split()
+}
+
+
+def load_catalogs(directory: Path, default_locale: str, audio_base_url: str = "") -> PromptCatalogs:
+    """The catalogs the app serves; a ConfigError (one line, naming the settings) if unusable."""
+    from ivr.config import ConfigError
+
+    try:
+        return PromptCatalogs(directory, default_locale, audio_base_url)
+    except CatalogError as exc:
+        raise ConfigError([f"VOICE_PROMPTS_DIR / DEFAULT_LOCALE: {exc}"]) from None
 
 
 class UnknownLocale(ValueError):

@@ -20,7 +20,7 @@ from werkzeug.datastructures import MultiDict
 from ivr import phone
 from ivr.app import services
 from ivr.verification.models import Status
-from ivr.web.errors import polite_goodbye, twiml
+from ivr.web.errors import twiml
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def code_call_key_pressed(sid: str) -> Response:
         return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
     if not _TWILIO_SID.fullmatch(call_sid):
-        return polite_goodbye()
+        return _say_and_hang_up(ivr.prompts.default_locale, "call.error")
     reveal = ivr.verifications.reveal(sid, call_sid)
     locale = reveal.locale or ivr.prompts.default_locale
     if reveal.outcome == "stranger":
