@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from bench import loadgen, report
+from bench.baseline_app import REDIS_URL_VARIABLE
 from bench.servers import HOST, GunicornServer, ServerFailed
 from bench.workload import (
     ENDPOINTS,
@@ -112,7 +113,8 @@ def _concurrency() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornServer, ...]]:
-    """Both servers, started and ready; stopped (with anything they started) on the way out."""
+    """The baseline, ours and the reference (bare Flask + one Redis read, on our Redis),
+    started and ready; stopped (with anything they started) on the way out."""
     base_env = _clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
     instance = workdir / "instance"
     ours = GunicornServer("ours", "ivr:create_app()", base_env, workdir / "ours.log")
@@ -135,7 +137,17 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
         base_env | {"REDIS_URL": "redis://unused.invalid/0"},
         workdir / "baseline.log",
     )
-    servers = (baseline, ours)
+    reference = GunicornServer(
+        "reference",
+        "bench.baseline_app:create_redis_app()",
+        base_env
+        | {
+            "REDIS_URL": "redis://unused.invalid/0",
+            REDIS_URL_VARIABLE: redis_url or EmbeddedRedis(instance / "redis").url,
+        },
+        workdir / "reference.log",
+    )
+    servers = (baseline, ours, reference)
     try:
         for server in servers:
             server.start()
@@ -179,47 +191,47 @@ def _measure(
 
 
 def _run_rounds(
-    baseline: GunicornServer,
-    ours: GunicornServer,
+    servers: dict[str, GunicornServer],
     targets: dict[str, Target],
     state: State,
     args: argparse.Namespace,
 ) -> dict[str, dict[str, list[loadgen.Sample]]]:
-    """Warm up, then per round and endpoint the baseline and ours back to back, taking turns
-    at going first. Returns samples by endpoint name and server name."""
-    servers = {"baseline": baseline, "ours": ours}
+    """Warm up, then per round and endpoint the baseline and the endpoint's server back to
+    back, taking turns at going first. Returns samples by endpoint name and column ("baseline",
+    "ours"; the reference row's server sits in the "ours" column)."""
+    plan = {
+        endpoint.name: {
+            column: servers[name]
+            for column, name in (("baseline", "baseline"), ("ours", endpoint.server))
+            if endpoint.compare or column == "ours"
+        }
+        for endpoint in ENDPOINTS
+    }
     feeds = {
-        (e.name, name): e.feed(targets[name], state)
-        for e in ENDPOINTS
-        for name in servers
-        if e.compare or name == "ours"
+        (endpoint.name, column): endpoint.feed(targets[server.name], state)
+        for endpoint in ENDPOINTS
+        for column, server in plan[endpoint.name].items()
     }
     samples: dict[str, dict[str, list[loadgen.Sample]]] = {
         e.name: {"baseline": [], "ours": []} for e in ENDPOINTS
     }
     for endpoint in ENDPOINTS:  # workers import lazily and fill caches on first use
-        for name, server in servers.items():
-            if (endpoint.name, name) in feeds:
-                _measure(
-                    server, feeds[endpoint.name, name], endpoint, WARMUP_SECONDS, args.connections
-                )
+        for column, server in plan[endpoint.name].items():
+            feed = feeds[endpoint.name, column]
+            _measure(server, feed, endpoint, WARMUP_SECONDS, args.connections)
     for round_index in range(args.rounds):
         order = ["baseline", "ours"] if round_index % 2 == 0 else ["ours", "baseline"]
         for endpoint in ENDPOINTS:
-            for name in order:
-                if (endpoint.name, name) not in feeds:
+            for column in order:
+                server = plan[endpoint.name].get(column)
+                if server is None:
                     continue
-                sample = _measure(
-                    servers[name],
-                    feeds[endpoint.name, name],
-                    endpoint,
-                    args.seconds,
-                    args.connections,
-                )
-                samples[endpoint.name][name].append(sample)
+                feed = feeds[endpoint.name, column]
+                sample = _measure(server, feed, endpoint, args.seconds, args.connections)
+                samples[endpoint.name][column].append(sample)
                 print(
-                    f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<26} "
-                    f"{name:<8} {sample.rps:8.1f} rps",
+                    f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<34} "
+                    f"{server.name:<9} {sample.rps:8.1f} rps",
                     flush=True,
                 )
     return samples
@@ -232,7 +244,8 @@ def _rows(samples: dict[str, dict[str, list[loadgen.Sample]]]) -> list[report.Ro
         if endpoint.compare:
             ours = report.summarize(by_server["ours"], endpoint.ok_status)
             base = report.summarize(by_server["baseline"], 200)
-            rows.append(report.Row(endpoint.name, base, ours, report.compare(ours, base)))
+            comparison = report.compare(ours, base)
+            rows.append(report.Row(endpoint.name, base, ours, comparison, endpoint.is_reference))
         else:
             rows.append(
                 report.Row(endpoint.name, None, report.summarize_check(by_server["ours"]), None)
@@ -292,6 +305,7 @@ def _document(
         "endpoints": [
             {
                 "endpoint": row.endpoint,
+                "reference": row.reference,
                 "baseline": row.baseline,
                 "ours": row.ours,
                 **(row.comparison or {}),
@@ -317,14 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp,
-            _servers(Path(tmp), redis_url) as (baseline, ours),
+            _servers(Path(tmp), redis_url) as (baseline, ours, reference),
         ):
             # Without a Twilio account the app signs and checks webhooks with a development token
             # it generated into its instance folder at start.
             webhook_token = (Path(tmp) / "instance" / "webhook_auth_token").read_text().strip()
+            servers = {server.name: server for server in (baseline, ours, reference)}
             targets = {
-                server.name: Target(HOST, server.port, webhook_token, API_TOKEN)
-                for server in (baseline, ours)
+                name: Target(HOST, server.port, webhook_token, API_TOKEN)
+                for name, server in servers.items()
             }
             prepared = time.monotonic()
             state = prepare_state(
@@ -340,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{time.monotonic() - prepared:.1f} s",
                 flush=True,
             )
-            samples = _run_rounds(baseline, ours, targets, state, args)
+            samples = _run_rounds(servers, targets, state, args)
     except ServerFailed as exc:
         print(f"bench: a server failed to start: {exc}", file=sys.stderr)
         return 1

@@ -67,11 +67,13 @@ class Target:
 
 @dataclass(frozen=True)
 class CodeCall:
-    """A simulated verification call: its verification and the CallSid the carrier gave it."""
+    """A simulated verification call: its verification, the CallSid the carrier gave it, and
+    the path of the URL the call was told to fetch on answer (/voice/code/<sid>/<locale>/)."""
 
     sid: str
     call_sid: str
     to: str
+    answer_path: str
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,9 @@ def _start_verifications(target: Target, numbers: Sequence[str], connections: in
     return sids
 
 
-def _outbox_calls(target: Target) -> dict[str, str]:
-    """verification sid -> CallSid, for the calls in the simulator's outbox (newest 50)."""
+def _outbox_calls(target: Target) -> dict[str, tuple[str, str]]:
+    """verification sid -> (CallSid, answer path), for the calls in the simulator's outbox
+    (newest 50)."""
     [response] = fetch_all(
         target.host, target.port, [_api_get(target, "/v1/simulator/outbox")], connections=1
     )
@@ -130,9 +133,10 @@ def _outbox_calls(target: Target) -> dict[str, str]:
     calls = {}
     for item in json.loads(response.body)["items"]:
         if item["kind"] == "call":
-            # The answer URL ends with the verification sid: /voice/code/<sid>/.
-            sid = urlsplit(item["url"]).path.rstrip("/").rsplit("/", 1)[-1]
-            calls.setdefault(sid, item["sid"])  # newest first: keep the latest call
+            # The answer URL names the verification: /voice/code/<sid>/<locale>/.
+            path = urlsplit(item["url"]).path
+            sid = path.split("/")[3]
+            calls.setdefault(sid, (item["sid"], path))  # newest first: keep the latest call
     return calls
 
 
@@ -160,7 +164,8 @@ def prepare_state(
             for number, sid in zip(page, sids, strict=True):
                 if sid not in placed:
                     raise SetupError(f"no simulated call in the outbox for {sid}")
-                calls.append(CodeCall(sid, placed[sid], number))
+                call_sid, answer_path = placed[sid]
+                calls.append(CodeCall(sid, call_sid, number, answer_path))
     check_sids = _start_verifications(target, numbers[call_numbers:], connections)
     return State(calls, check_sids)
 
@@ -218,10 +223,7 @@ def incoming_requests(target: Target) -> list[bytes]:
 
 def answer_requests(target: Target, state: State) -> list[bytes]:
     """Each verification call being answered."""
-    return [
-        _signed_form(target, f"/voice/code/{c.sid}/", _call_form(c, "in-progress"))
-        for c in state.calls
-    ]
+    return [_signed_form(target, c.answer_path, _call_form(c, "in-progress")) for c in state.calls]
 
 
 def reveal_requests(target: Target, state: State) -> list[bytes]:
@@ -230,7 +232,7 @@ def reveal_requests(target: Target, state: State) -> list[bytes]:
     requests = []
     for call in state.calls:
         form = _call_form(call, "in-progress") | {"Digits": "5"}
-        requests.append(_signed_form(target, f"/voice/code/{call.sid}/reveal", form))
+        requests.append(_signed_form(target, call.answer_path + "reveal", form))
     return requests
 
 
@@ -259,6 +261,11 @@ class Endpoint:
     ok_status: int  # what our app answers when all is well (the baseline always says 200)
     compare: bool  # measured against the baseline too, with targets
     marker: bytes | None = None  # counted in response bodies (e.g. "the code was read")
+    server: str = "ours"  # who answers in the "ours" column; "reference" has no target
+
+    @property
+    def is_reference(self) -> bool:
+        return self.server != "ours"
 
     def feed(self, target: Target, state: State) -> RequestFeed:
         return RequestFeed(self.build(target, state))
@@ -266,9 +273,20 @@ class Endpoint:
 
 ENDPOINTS = (
     Endpoint("/voice/incoming", lambda t, _s: incoming_requests(t), 200, compare=True),
-    Endpoint("/voice/code/<sid>", answer_requests, 200, compare=True),
+    Endpoint("/voice/code/<sid>/<locale>/", answer_requests, 200, compare=True),
     # Only a reading of the code offers to repeat it (a <Gather>); the cap's answer does not.
-    Endpoint("/voice/code/<sid>/reveal", reveal_requests, 200, compare=True, marker=b"<Gather"),
+    Endpoint(
+        "/voice/code/<sid>/<locale>/reveal", reveal_requests, 200, compare=True, marker=b"<Gather"
+    ),
     Endpoint("/voice/status/<sid>", status_requests, 204, compare=True),
     Endpoint("/v1/verifications/check", check_requests, 200, compare=False),
+    # Not ours: bare Flask plus one Redis read, fed the /voice/incoming requests. The most a
+    # webhook that must touch Redis could reach here (bench/baseline_app.py).
+    Endpoint(
+        "(bare Flask + 1 Redis read)",
+        lambda t, _s: incoming_requests(t),
+        200,
+        compare=True,
+        server="reference",
+    ),
 )

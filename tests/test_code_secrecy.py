@@ -34,7 +34,7 @@ def heard_code(client, verification) -> str:
     root = twiml(
         twilio_post(
             client,
-            f"/voice/code/{verification['sid']}/reveal",
+            f"/voice/code/{verification['sid']}/{verification['locale']}/reveal",
             {"CallSid": attempt["provider_sid"], "AccountSid": ACCOUNT_SID, "Digits": "5"},
         )
     )

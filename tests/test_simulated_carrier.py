@@ -19,7 +19,7 @@ def test_a_voice_verification_completes_offline(sim_api):
     assert verification["send_attempts"][0]["status"] == "queued"
     call = sim_api.get("/v1/simulator/outbox").get_json()["items"][0]
     assert call["kind"] == "call" and call["to"] == TO
-    assert call["url"].endswith(f"/voice/code/{verification['sid']}/")
+    assert call["url"].endswith(f"/voice/code/{verification['sid']}/en-US/")
 
     heard = sim_api.post(f"/v1/simulator/calls/{call['sid']}/answer", {"keys": ["5"]})
     assert heard.status_code == 200

@@ -42,9 +42,15 @@ def code_readings(root: ET.Element) -> list[str]:
     return readings
 
 
+def call_url(verification, step=""):
+    """A step of the verification call, under the URL the Calls request gave Twilio."""
+    return f"/voice/code/{verification['sid']}/{verification['locale']}/{step}"
+
+
 def press_key(client, verification, key="5"):
-    url = f"/voice/code/{verification['sid']}/reveal"
-    return twiml(twilio_post(client, url, call_params(verification, key)))
+    return twiml(
+        twilio_post(client, call_url(verification, "reveal"), call_params(verification, key))
+    )
 
 
 def test_calls_api_request_holds_only_an_opaque_id(api, twilio_api):
@@ -54,7 +60,7 @@ def test_calls_api_request_holds_only_an_opaque_id(api, twilio_api):
     assert call.value("To") == TO
     assert call.value("From") == CALLER_ID
     url = call.value("Url")
-    assert url == f"{PUBLIC_BASE_URL}/voice/code/{verification['sid']}/"
+    assert url == f"{PUBLIC_BASE_URL}/voice/code/{verification['sid']}/en-US/"
     assert urlsplit(url).query == ""
     assert call.value("StatusCallback") == f"{PUBLIC_BASE_URL}/voice/status/{verification['sid']}"
     assert call.value("Method") == "POST"
@@ -77,7 +83,7 @@ def test_code_is_not_spoken_before_a_key_press(api, twilio_api, client):
             "numDigits": "1",
             "finishOnKey": "",
             "timeout": "6",
-            "action": "reveal",  # relative: Twilio resolves it to …/voice/code/<sid>/reveal
+            "action": "reveal",  # relative: Twilio resolves it to …/<sid>/<locale>/reveal
             "method": "POST",
             "actionOnEmptyResult": "false",
         }
@@ -134,7 +140,7 @@ def test_six_digit_code_is_fully_heard_within_eight_seconds_of_the_key_press(
 def test_pressing_1_repeats_the_code_and_any_other_key_says_goodbye(api, twilio_api, client):
     verification, _ = start_call(api, twilio_api)
     code = code_readings(press_key(client, verification))[0]
-    url = f"/voice/code/{verification['sid']}/reveal?repeat=1"
+    url = call_url(verification, "reveal?repeat=1")
     again = twiml(twilio_post(client, url, call_params(verification, "1")))
     assert code_readings(again) == [code, code]
     bye = twiml(twilio_post(client, url, call_params(verification, "7")))
@@ -146,7 +152,7 @@ def test_pressing_1_repeats_the_code_and_any_other_key_says_goodbye(api, twilio_
 def test_repeats_are_bounded_per_call(api, twilio_api, client):
     verification, _ = start_call(api, twilio_api)
     press_key(client, verification)
-    url = f"/voice/code/{verification['sid']}/reveal?repeat=1"
+    url = call_url(verification, "reveal?repeat=1")
     for left in (2, 1, 0):
         again = twiml(twilio_post(client, url, call_params(verification, "1")))
         assert code_readings(again)
@@ -159,18 +165,22 @@ def test_repeats_are_bounded_per_call(api, twilio_api, client):
 def test_a_call_we_did_not_place_never_hears_the_code(api, twilio_api, client):
     verification, _ = start_call(api, twilio_api)
     params = call_params(verification, "5") | {"CallSid": "CA" + "f" * 32}
-    root = twiml(twilio_post(client, f"/voice/code/{verification['sid']}/reveal", params))
+    root = twiml(twilio_post(client, call_url(verification, "reveal"), params))
     assert code_readings(root) == []
     assert "no longer available" in spoken(root)
 
 
 def test_no_code_is_read_once_the_verification_has_ended(api, twilio_api, client):
+    """The answer is static (no Redis): a verification canceled while the phone rang is told
+    at the key press, before anything of the code is said."""
     verification, call = start_call(api, twilio_api)
     api.post(f"/v1/verifications/{verification['sid']}/cancel")
     answered = twiml(twilio_post(client, call.value("Url"), call_params(verification)))
-    assert not answered.findall("Gather")
-    assert "no longer available" in spoken(answered)
-    assert code_readings(press_key(client, verification)) == []
+    assert not re.search(r"\d", spoken(answered))
+    pressed = press_key(client, verification)
+    assert code_readings(pressed) == []
+    assert "no longer available" in spoken(pressed)
+    assert pressed[-1].tag == "Hangup"
 
 
 def test_locale_follows_the_request_and_else_the_numbers_country(api, twilio_api, client):
@@ -179,10 +189,11 @@ def test_locale_follows_the_request_and_else_the_numbers_country(api, twilio_api
     root = press_key(client, spanish)
     assert root.find("Say").get("voice") == "Polly.Lucia-Neural"
     assert "Su código de verificación es" in spoken(root)
-    french, _ = start_call(api, twilio_api, to="+33612345678")
+    french, french_call = start_call(api, twilio_api, to="+33612345678")
     assert french["locale"] == "fr-FR"
-    answered = twiml(twilio_post(client, f"/voice/code/{french['sid']}/", call_params(french)))
+    answered = twiml(twilio_post(client, french_call.value("Url"), call_params(french)))
     assert answered.find("Gather/Say").get("language") == "fr-FR"
+    assert code_readings(press_key(client, french))
 
 
 def test_call_status_callbacks_update_the_send_attempt_in_order(api, twilio_api, client):

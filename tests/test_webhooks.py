@@ -11,9 +11,9 @@ SID = "VE" + "0" * 32
 CALL_SID = "CA" + "a" * 32
 WEBHOOKS = [
     "/voice/incoming",
-    f"/voice/code/{SID}/",
-    f"/voice/code/{SID}/reveal",
-    f"/voice/code/{SID}/reveal?repeat=1",
+    f"/voice/code/{SID}/en-US/",
+    f"/voice/code/{SID}/en-US/reveal",
+    f"/voice/code/{SID}/en-US/reveal?repeat=1",
     f"/voice/status/{SID}",
     f"/sms/status/{SID}",
 ]
@@ -123,9 +123,31 @@ def test_garbage_input_gets_polite_twiml_or_a_quiet_204(client, path, params):
 
 
 def test_unknown_verification_on_the_call_is_told_politely(client):
-    root = twiml(twilio_post(client, f"/voice/code/{SID}/", PARAMS))
+    root = twiml(twilio_post(client, f"/voice/code/{SID}/en-US/reveal", PARAMS))
     assert "no longer available" in spoken(root)
     assert root[-1].tag == "Hangup"
+
+
+@pytest.mark.parametrize("step", ["", "reveal"])
+def test_a_malformed_verification_id_on_the_call_is_told_politely(client, step):
+    root = twiml(twilio_post(client, f"/voice/code/VE123/en-US/{step}", PARAMS))
+    assert "no longer available" in spoken(root)
+    assert root[-1].tag == "Hangup"
+
+
+@pytest.mark.parametrize("locale", ["xx-YY", "en-us", "..", "%3Cscript%3E"])
+def test_a_call_url_with_a_locale_we_do_not_speak_falls_back_to_the_default(client, locale):
+    root = twiml(twilio_post(client, f"/voice/code/{SID}/{locale}/", PARAMS))
+    assert root.find("Gather/Say").get("language") == "en-US"
+
+
+def test_the_answer_is_one_static_document_per_locale_with_no_redis(make_app):
+    """Redis down: the answer still greets (it never asks Redis); the key press apologises."""
+    client = make_app(redis_url="redis://127.0.0.1:1/0").test_client()
+    english = twiml(twilio_post(client, f"/voice/code/{SID}/en-US/", PARAMS))
+    spanish = twiml(twilio_post(client, f"/voice/code/{SID}/es-ES/", PARAMS))
+    assert "press any key" in spoken(english)
+    assert spanish.find("Gather/Say").get("language") == "es-ES"
 
 
 def test_unknown_webhook_paths_are_plain_404(client):
@@ -144,7 +166,7 @@ def test_huge_webhook_bodies_are_413(client):
 def test_when_redis_is_down_callers_hear_an_apology_and_the_api_says_503(make_app):
     app = make_app(redis_url="redis://127.0.0.1:1/0")
     client = app.test_client()
-    root = twiml(twilio_post(client, f"/voice/code/{SID}/", PARAMS))
+    root = twiml(twilio_post(client, f"/voice/code/{SID}/en-US/reveal", PARAMS))
     assert "Sorry" in spoken(root) and root[-1].tag == "Hangup"
     response = client.post(
         "/v1/verifications",
@@ -199,13 +221,13 @@ def test_static_twiml_is_rendered_once_per_locale_and_app(make_app):
 
 def test_a_percent_encoded_path_is_checked_as_twilio_signed_it(client):
     """Twilio signs the URL as given; Flask decodes the path. The raw target must be used."""
-    url = PUBLIC_BASE_URL + "/voice/code/VE%30" + "0" * 31 + "/"
+    url = PUBLIC_BASE_URL + "/voice/code/VE%30" + "0" * 31 + "/en-US/"
     signature = RequestValidator(AUTH_TOKEN).compute_signature(url, PARAMS)
     response = client.post(
-        "/voice/code/VE%30" + "0" * 31 + "/",
+        "/voice/code/VE%30" + "0" * 31 + "/en-US/",
         data=PARAMS,
         base_url=PUBLIC_BASE_URL,
         headers={"X-Twilio-Signature": signature},
-        environ_overrides={"REQUEST_URI": "/voice/code/VE%30" + "0" * 31 + "/"},
+        environ_overrides={"REQUEST_URI": "/voice/code/VE%30" + "0" * 31 + "/en-US/"},
     )
     assert response.status_code == 200

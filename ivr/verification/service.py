@@ -96,7 +96,7 @@ class DeliveryFailed(VerificationError):
 class CallbackUrls(Protocol):
     """Where the carrier reaches our webhooks; built by the web edge from PUBLIC_BASE_URL."""
 
-    def call_answer(self, sid: str) -> str: ...
+    def call_answer(self, sid: str, locale: str) -> str: ...
     def call_status(self, sid: str) -> str: ...
     def sms_status(self, sid: str) -> str: ...
 
@@ -134,7 +134,6 @@ class Reveal:
     """What a verification call may say: the code, or why not (gone, stranger, exhausted)."""
 
     outcome: str
-    locale: str | None = None
     code: str | None = None
     readings_left: int = 0  # how many more times this call may hear it
 
@@ -262,11 +261,12 @@ class VerificationService:
 
     def _deliver(self, sid: str, to: str, channel: Channel, locale: str, code: str) -> Receipt:
         if channel is Channel.CALL:
-            # The call's URL holds only the sid: the code is fetched, sealed, at answer time.
+            # The call's URL holds only the sid and the language: the code is fetched, sealed,
+            # when the callee presses a key.
             return self.carrier.place_call(
                 to=to,
                 from_=self.caller_id,
-                url=self.urls.call_answer(sid),
+                url=self.urls.call_answer(sid, locale),
                 status_callback=self.urls.call_status(sid),
             )
         body = self.prompts.text(locale, "otp.sms.body", app_name=self.app_name, code=code)
@@ -347,23 +347,19 @@ class VerificationService:
 
     # -- what the webhooks need ----------------------------------------------------------------
 
-    def call_context(self, sid: str) -> tuple[Status, str] | None:
-        """(status, locale) for a verification call, or None for an unknown sid."""
-        return self.store.call_context(sid) if is_sid(sid) else None
-
     def reveal(self, sid: str, call_sid: str) -> Reveal:
         """The code for the call we placed for `sid`, a bounded number of times per call."""
         if not is_sid(sid):
             return Reveal("gone")
         result = self.store.reveal(sid, call_sid, self.code_policy.max_reveals_per_call)
         if result.outcome != "ok" or result.sealed is None:
-            return Reveal(result.outcome, result.locale)
+            return Reveal(result.outcome)
         try:
             code = self.secrets.unseal(sid, result.sealed)
         except SealError:
             log.error("verification %s: sealed code does not open (SECRET_KEY changed?)", sid)
-            return Reveal("gone", result.locale)
-        return Reveal("ok", result.locale, code, result.readings_left)
+            return Reveal("gone")
+        return Reveal("ok", code, result.readings_left)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""

@@ -233,27 +233,24 @@ return {1, 'canceled'}
 # Hand the sealed code to the call we placed for this verification, a bounded number of times.
 # KEYS[1] verification hash   KEYS[2] code hash
 # ARGV[1] the CallSid asking  ARGV[2] most reveals per call
-# Returns {outcome, sealed code or "", locale or "", readings left}: outcome "ok", or why not:
-# "gone" (not pending, expired, unknown), "stranger" (a call we did not place for it),
-# "exhausted" (heard enough times). The locale comes with every outcome, so the call needs no
-# other round trip.
+# Returns {outcome, sealed code or "", readings left}: outcome "ok", or why not: "gone" (not
+# pending, expired, unknown), "stranger" (a call we did not place for it), "exhausted" (heard
+# enough times). The call's language is in its URL, so nothing else is asked of Redis.
 REVEAL = (
     _LUA_NOW
     + """
-local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'locale')
-if not v[1] then return {'gone', '', '', 0} end
-local locale = v[4]
-if v[1] ~= 'pending' or now >= tonumber(v[2]) then return {'gone', '', locale, 0} end
+local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts')
+if not v[1] or v[1] ~= 'pending' or now >= tonumber(v[2]) then return {'gone', '', 0} end
 local ours = false
 for _, attempt in ipairs(cjson.decode(v[3])) do
   if attempt.channel == 'call' and attempt.provider_sid == ARGV[1] then ours = true end
 end
-if not ours then return {'stranger', '', locale, 0} end
+if not ours then return {'stranger', '', 0} end
 local sealed = redis.call('HGET', KEYS[2], 'sealed')
-if not sealed then return {'gone', '', locale, 0} end
+if not sealed then return {'gone', '', 0} end
 local heard = redis.call('HINCRBY', KEYS[2], 'reveals:' .. ARGV[1], 1)
-if heard > tonumber(ARGV[2]) then return {'exhausted', '', locale, 0} end
-return {'ok', sealed, locale, tonumber(ARGV[2]) - heard}
+if heard > tonumber(ARGV[2]) then return {'exhausted', '', 0} end
+return {'ok', sealed, tonumber(ARGV[2]) - heard}
 """
 )
 
@@ -280,7 +277,6 @@ class CheckResult:
 class RevealResult:
     outcome: str  # ok | gone | stranger | exhausted
     sealed: str | None = None
-    locale: str | None = None
     readings_left: int = 0
 
 
@@ -419,8 +415,8 @@ class VerificationStore:
         reply = self._reveal(
             keys=[keys.verification(tag, sid), keys.code(tag, sid)], args=[call_sid, max_reveals]
         )
-        outcome, sealed, locale, left = reply
-        return RevealResult(outcome, sealed or None, locale or None, int(left))
+        outcome, sealed, left = reply
+        return RevealResult(outcome, sealed or None, int(left))
 
     def get(self, sid: str) -> Verification | None:
         """The verification, its status as of Redis' clock (the one the scripts use), so the
@@ -430,16 +426,3 @@ class VerificationStore:
         pipe.time()
         data, (seconds, micros) = pipe.execute()
         return Verification.from_hash(data, seconds * 1000 + micros // 1000) if data else None
-
-    def call_context(self, sid: str) -> tuple[Status, str] | None:
-        """(status as of now, locale) for a webhook that only needs to pick its prompts. The
-        host's clock is close enough here: the code itself is handed out by REVEAL, on Redis'
-        clock."""
-        status, expires_at, locale = self.redis.hmget(
-            keys.verification(routing_tag_of(sid), sid), "status", "expires_at", "locale"
-        )
-        if status is None:
-            return None
-        if status == Status.PENDING and _now_ms() >= int(expires_at):
-            return Status.EXPIRED, locale
-        return Status(status), locale

@@ -3,6 +3,11 @@
 The verification call: answer -> "press any key" (nothing of the code is said before a key
 press, so a voicemail box never hears it) -> the code digit by digit, twice -> "press 1 to hear
 it again" -> goodbye.
+
+The call's URL names its verification and its language (/voice/code/<sid>/<locale>/), so the
+answer needs no Redis at all: it is one static document per locale. Only the key press, which
+hands out the code, asks Redis (once); a verification that ended while the phone rang is told
+"no longer available" there.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from werkzeug.datastructures import MultiDict
 
 from ivr import phone
 from ivr.app import services
-from ivr.verification.models import Status
+from ivr.verification.models import is_sid
 from ivr.web.errors import twiml
 
 log = logging.getLogger(__name__)
@@ -38,10 +43,10 @@ class CallbackUrls:
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
 
-    def call_answer(self, sid: str) -> str:
+    def call_answer(self, sid: str, locale: str) -> str:
         # The trailing slash lets the call's TwiML name the next step relatively ("reveal"),
         # so the greeting is the same document for every call in a locale (rendered once).
-        return f"{self.base_url}/voice/code/{sid}/"
+        return f"{self.base_url}/voice/code/{sid}/{locale}/"
 
     def call_status(self, sid: str) -> str:
         return f"{self.base_url}/voice/status/{sid}"
@@ -112,9 +117,16 @@ def caller_country() -> str | None:
     return phone.country_of_caller(_field("From"))
 
 
-# Gather actions, relative to /voice/code/<sid>/ and /voice/code/<sid>/reveal alike.
+# Gather actions, relative to /voice/code/<sid>/<locale>/ and …/reveal alike.
 REVEAL_ACTION = "reveal"
 REPEAT_ACTION = "reveal?repeat=1"
+
+
+def call_locale(locale: str) -> str:
+    """The locale named in a call's URL, if we still have its prompts; else the default (a
+    catalog removed while the call rang must not cost the caller their code)."""
+    prompts = services().prompts
+    return locale if locale in prompts.catalogs else prompts.default_locale
 
 
 def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
@@ -167,43 +179,38 @@ def _press_a_key(locale: str, prompt: str, action: str) -> Gather:
     return gather
 
 
-@blueprint.post("/voice/code/<sid>/")
-def code_call_answered(sid: str) -> Response:
+@blueprint.post("/voice/code/<sid>/<locale>/")
+def code_call_answered(sid: str, locale: str) -> Response:
     """The callee answered: ask for a key press before anything of the code is said."""
-    ivr = services()
-    context = ivr.verifications.call_context(sid)
-    if context is None or context[0] is not Status.PENDING:
-        locale = context[1] if context else ivr.prompts.default_locale
+    locale = call_locale(locale)
+    if not is_sid(sid):
         return _say_and_hang_up(locale, "otp.call.unavailable")
-    locale = context[1]
 
     def greeting() -> VoiceResponse:
         response = VoiceResponse()
         # Said twice: a person who missed the first words gets a second chance to press a key.
         response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
         response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
-        ivr.prompts.speak(response, locale, "otp.call.no_input")
+        services().prompts.speak(response, locale, "otp.call.no_input")
         response.hangup()
         return response
 
     return _memoized(("code-call-greeting", locale), greeting)
 
 
-@blueprint.post("/voice/code/<sid>/reveal")
-def code_call_key_pressed(sid: str) -> Response:
+@blueprint.post("/voice/code/<sid>/<locale>/reveal")
+def code_call_key_pressed(sid: str, locale: str) -> Response:
     """A key was pressed: read the code digit by digit, twice, then offer to repeat it."""
     ivr = services()
+    locale = call_locale(locale)
     digits = _field("Digits", _MAX_DIGITS_FIELD)
     repeat = request.args.get("repeat") == "1"
     if not digits or (repeat and digits != "1"):
-        context = ivr.verifications.call_context(sid)
-        locale = context[1] if context else ivr.prompts.default_locale
         return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
     if not _TWILIO_SID.fullmatch(call_sid):
-        return _say_and_hang_up(ivr.prompts.default_locale, "call.error")
+        return _say_and_hang_up(locale, "call.error")
     reveal = ivr.verifications.reveal(sid, call_sid)
-    locale = reveal.locale or ivr.prompts.default_locale
     if reveal.outcome == "stranger":
         log.warning("verification %s: code asked for by a call we did not place", sid)
     if reveal.outcome != "ok" or reveal.code is None:
