@@ -17,6 +17,10 @@ from flask import Flask, current_app
 
 from ivr import phone, store
 from ivr.config import Secrets, Settings, load_settings, resolve_secrets
+from ivr.customers import CrmLookup, CustomerDirectory, CustomerFinder
+from ivr.flows.engine import FlowEngine
+from ivr.flows.library import open_library
+from ivr.flows.state import CallStateStore
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
@@ -43,6 +47,10 @@ class Services:
     code_secrets: CodeSecrets
     verifications: VerificationService
     api_tokens: ApiTokens
+    customers: CustomerDirectory
+    # Directory, then the CRM hook when CUSTOMER_LOOKUP_URL is set: what identifies a caller.
+    customer_finder: CustomerFinder
+    flows: FlowEngine  # the IVR: flow files from FLOWS_DIR, call state in Redis
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
 
@@ -109,6 +117,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         ),
         sms_origin_domain=settings.sms_origin_domain,
     )
+    customers = CustomerDirectory(client)
+    customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))
+    flows = FlowEngine(
+        library=open_library(settings.flows_dir, prompts),
+        prompts=prompts,
+        states=CallStateStore(client, settings.call_state_ttl_seconds),
+        verifications=verifications,
+        customers=customer_finder,
+        urls=CallbackUrls(base_url),
+        app_name=settings.app_name,
+        code_length=settings.otp_length,
+    )
     app.extensions["ivr"] = Services(
         settings=settings,
         secrets=app_secrets,
@@ -119,6 +139,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         code_secrets=code_secrets,
         verifications=verifications,
         api_tokens=ApiTokens(client, app_secrets.secret_key, app_secrets.api_token),
+        customers=customers,
+        customer_finder=customer_finder,
+        flows=flows,
     )
 
     from ivr.web import api, errors, public, webhooks
@@ -139,6 +162,17 @@ def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets)
             timeout=settings.twilio_http_timeout,
         )
     return SimulatedCarrier(client, code_secrets)
+
+
+def _crm_lookup(settings: Settings, prompts: PromptCatalogs) -> CrmLookup | None:
+    if not (settings.customer_lookup_url and settings.customer_lookup_secret):
+        return None
+    return CrmLookup(
+        settings.customer_lookup_url,
+        settings.customer_lookup_secret.get_secret_value(),
+        settings.customer_lookup_timeout_seconds,
+        resolve_locale=prompts.resolve_locale,
+    )
 
 
 def _configure_logging(level: str) -> None:

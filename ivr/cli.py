@@ -1,18 +1,23 @@
-"""The `ivr` command: serve the app, check the configuration, manage API tokens."""
+"""The `ivr` command: serve the app, check the configuration, manage API tokens and the
+customer directory."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+import phonenumbers
 from flask import Flask
 
 from ivr.config import ConfigError, Settings, load_settings, redact_url
+from ivr.flow_cli import flows, simulate
 from ivr.prompts import PromptCatalogs, load_catalogs
 
-_SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token"}
+_SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token", "customer_lookup_secret"}
 
 
 @click.group()
@@ -95,6 +100,10 @@ def production_gaps(settings: Settings) -> list[str]:
         )
     if "*" in settings.allowed_countries:
         gaps.append("ALLOWED_COUNTRIES is '*': codes may go to any country (toll-fraud risk).")
+    if settings.customer_lookup_url and not settings.customer_lookup_url.startswith("https://"):
+        gaps.append(
+            "CUSTOMER_LOOKUP_URL is not https: customer lookups would travel in clear text."
+        )
     if settings.otp_ttl_seconds < 60:
         gaps.append(
             f"OTP_TTL_SECONDS is {settings.otp_ttl_seconds}: codes expire before most "
@@ -197,3 +206,66 @@ def prompts_check() -> None:
     )
     if problems:
         sys.exit(1)
+
+
+@main.group()
+def customers() -> None:
+    """The customer directory the IVR identifies callers with."""
+
+
+@customers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--country", help="ISO country for numbers in national format, e.g. US.")
+@click.option("--dry-run", is_flag=True, help="Check every row; write nothing.")
+def customers_import(file: Path, country: str | None, dry_run: bool) -> None:
+    """Create or replace customers from a CSV with the header id,phone,name,sms[,locale].
+
+    Every row is checked first; if any is bad, each is reported as FILE:LINE and nothing is
+    written. sms is true/false, yes/no or 1/0 (empty: true).
+    """
+    from ivr.customers import ImportResult, read_csv
+
+    if country is not None and country.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise click.BadParameter("an ISO 3166 code like US", param_hint="--country")
+    try:
+        text = file.read_text(encoding="utf-8-sig")  # -sig: spreadsheets often write a BOM
+    except UnicodeDecodeError as exc:
+        click.echo(f"{file}: not UTF-8 text (byte {exc.start})", err=True)
+        sys.exit(1)
+    ivr = _app().extensions["ivr"]
+    rows, errors = read_csv(
+        io.StringIO(text, newline=""), country=country, resolve_locale=ivr.prompts.resolve_locale
+    )
+    if errors:  # the directory is asked only about a file whose every row is well-formed
+        result = ImportResult(errors=errors)
+    else:
+        result = ivr.customers.import_rows(rows, dry_run=dry_run)
+    for line, message in sorted(result.errors):
+        click.echo(f"{file}:{line}: {message}", err=True)
+    if result.errors:
+        written = result.created + result.replaced
+        outcome = (
+            f"the other {written} row(s) were written (the directory changed meanwhile)."
+            if written
+            else "nothing was written."
+        )
+        click.echo(f"{len(result.errors)} bad row(s); {outcome}", err=True)
+        sys.exit(1)
+    verb = "would be" if dry_run else "were"
+    click.echo(f"{result.created} customer(s) {verb} created, {result.replaced} replaced.")
+
+
+@customers.command("show")
+@click.argument("customer_id")
+def customers_show(customer_id: str) -> None:
+    """Print the customer with this account number."""
+    customer = _app().extensions["ivr"].customers.get(customer_id)
+    if customer is None:
+        raise click.ClickException(f"no customer {customer_id}")
+    for name, value in customer.to_api().items():
+        click.echo(f"{name}: {'(unset)' if value is None else value}")
+
+
+# The call-center team's tools live with the flows they serve (ivr/flow_cli.py).
+main.add_command(flows)
+main.add_command(simulate)

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PROMPTS_DIR = PACKAGE_DIR.parent / "voice_prompts"
+DEFAULT_FLOWS_DIR = PACKAGE_DIR.parent / "flows"
 
 # Countries voice and SMS may reach unless ALLOWED_COUNTRIES says otherwise: North America,
 # Western Europe, Australia and New Zealand — markets with low toll-fraud exposure. Deployments
@@ -109,6 +110,12 @@ class Settings(BaseSettings):
     default_locale: str = "en-US"
     voice_prompts_dir: Path = DEFAULT_PROMPTS_DIR
     sms_origin_domain: str | None = Field(None, pattern=r"^[a-z0-9.-]+\.[a-z]{2,}$")
+    flows_dir: Path = DEFAULT_FLOWS_DIR
+    # A call's place in its flow is kept this long after its last step (longer than any call).
+    call_state_ttl_seconds: int = Field(4 * 3600, ge=300, le=86400)
+    customer_lookup_url: str | None = Field(None, pattern=r"^https?://")
+    customer_lookup_secret: SecretStr | None = None
+    customer_lookup_timeout_seconds: float = Field(2.0, gt=0, le=10)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     port: int = Field(5000, ge=1, le=65535)
@@ -158,9 +165,9 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a locale like en-US, got {value!r}")
         return value
 
-    @field_validator("voice_prompts_dir")
+    @field_validator("voice_prompts_dir", "flows_dir")
     @classmethod
-    def _prompts_dir_exists(cls, value: Path) -> Path:
+    def _folder_exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"no such folder: {value}")
         return value
@@ -180,6 +187,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PUBLIC_BASE_URL: required when a Twilio account is configured: Twilio must "
                 "reach our webhooks, and signatures are checked against that URL"
+            )
+        if self.customer_lookup_url and not self.customer_lookup_secret:
+            raise ValueError(
+                "CUSTOMER_LOOKUP_SECRET: required with CUSTOMER_LOOKUP_URL: every lookup is "
+                "signed with it (HMAC-SHA256), so the CRM can tell our requests from others"
             )
         return self
 

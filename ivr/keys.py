@@ -55,3 +55,27 @@ def api_token_names() -> str:
 def simulator_outbox() -> str:
     """List: what the simulated carrier sent, newest first, bodies sealed."""
     return f"{NAMESPACE}:{{simulator}}:outbox"
+
+
+def call_state(call_sid: str) -> str:
+    """Hash: a call's place in its IVR flow (step, state JSON); expires after the call."""
+    return f"{NAMESPACE}:{{call:{call_sid}}}:flow-state"
+
+
+def customer_prefix() -> str:
+    """The common start of every customer hash; scripts derive a customer's key from it."""
+    return f"{NAMESPACE}:{{customers}}:customer:"
+
+
+def customer(customer_id: str) -> str:
+    """Hash: one customer on file (id, phone, name, sms, locale)."""
+    return f"{customer_prefix()}{customer_id}"
+
+
+def customer_phones() -> str:
+    """Hash: phone (E.164) → customer id, the directory's caller-ID index.
+
+    Shares the `{customers}` tag with every customer hash, so the scripts that keep hash and index
+    in step touch one cluster slot (the price: the whole directory lives in that one slot).
+    """
+    return f"{NAMESPACE}:{{customers}}:phones"

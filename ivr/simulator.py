@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -58,6 +58,16 @@ def _spoken_text(element: ET.Element) -> str:
     return " ".join(" ".join(element.itertext()).split())
 
 
+KeySource = Callable[["CallTranscript"], "str | None"]
+
+
+def _next_keys(keys: list[str] | KeySource, transcript: CallTranscript) -> str | None:
+    """The keys pressed at this Gather: the next of a list, or what a key source answers."""
+    if callable(keys):
+        return keys(transcript)
+    return keys.pop(0) if keys else None
+
+
 class PhoneSimulator:
     """Places requests against `app` exactly as Twilio would, signed with `auth_token`."""
 
@@ -84,13 +94,14 @@ class PhoneSimulator:
         *,
         from_: str,
         to: str,
-        keys: Iterable[str] = (),
+        keys: Iterable[str] | KeySource = (),
         call_sid: str | None = None,
         direction: str = "inbound",
         status_callback: str | None = None,
         extra: dict[str, str] | None = None,
     ) -> CallTranscript:
-        """Answer a call whose TwiML is at `url`, pressing `keys` at each Gather in turn."""
+        """Answer a call whose TwiML is at `url`, pressing `keys` at each Gather in turn (or
+        asking `keys(transcript)` there, when it is a function: None means silence)."""
         sid = call_sid or "CA" + secrets.token_hex(16)
         base = {
             "CallSid": sid,
@@ -101,7 +112,7 @@ class PhoneSimulator:
             **(extra or {}),
         }
         transcript = CallTranscript(sid)
-        pending_keys = list(keys)
+        pending_keys: list[str] | KeySource = keys if callable(keys) else list(keys)
         self._status(status_callback, base, "in-progress")
         first = {**base, "CallStatus": "in-progress"}
         next_request: tuple[str, dict[str, str]] | None = (url, first)
@@ -130,7 +141,7 @@ class PhoneSimulator:
         url: str,
         body: str,
         base: dict[str, str],
-        keys: list[str],
+        keys: list[str] | KeySource,
         transcript: CallTranscript,
     ) -> tuple[str, dict[str, str]] | None:
         """Follow one TwiML document; the next webhook to request, or None when the call ends."""
@@ -148,10 +159,12 @@ class PhoneSimulator:
                 for prompt in verb:
                     self._hear(prompt, transcript)
                 action = urljoin(url, verb.get("action", ""))  # Twilio resolves relative URLs
-                if keys:
-                    pressed = keys.pop(0)
+                pressed = _next_keys(keys, transcript)
+                if pressed:
                     transcript.events.append(Heard("keys", pressed))
-                    return action, {**base, "Digits": pressed}
+                    finish = verb.get("finishOnKey", "#")
+                    digits = pressed.removesuffix(finish) if finish else pressed
+                    return action, {**base, "Digits": digits}
                 transcript.events.append(Heard("timeout"))
                 if verb.get("actionOnEmptyResult") == "true":
                     return action, {**base, "Digits": ""}
@@ -164,12 +177,14 @@ class PhoneSimulator:
                 return None
             elif tag in ("Enqueue", "Dial"):
                 attributes = dict(verb.attrib)
-                for child in verb:
+                for child in verb.iter():
+                    if child is verb:
+                        continue
                     if child.tag == "Task":
                         attributes["task"] = (child.text or "").strip()
                     elif child.tag == "Parameter":
                         attributes[f"parameter:{child.get('name')}"] = child.get("value", "")
-                    else:
+                    elif (child.text or "").strip():
                         attributes[child.tag.lower()] = (child.text or "").strip()
                 transcript.events.append(Heard(tag.lower(), (verb.text or "").strip(), attributes))
                 transcript.ended_by = tag.lower()

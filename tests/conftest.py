@@ -140,6 +140,12 @@ class Api:
     def get(self, path: str) -> Any:
         return self.client.get(path, headers=self.headers)
 
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.client.put(path, json=json, headers=self.headers, **kwargs)
+
+    def delete(self, path: str) -> Any:
+        return self.client.delete(path, headers=self.headers)
+
     def start(self, to: str = "+14155550123", channel: str = "call", **fields: Any) -> Any:
         return self.post("/v1/verifications", {"to": to, "channel": channel, **fields})
 

@@ -71,6 +71,17 @@ def test_check_config_hides_secret_values(monkeypatch):
         assert line.endswith("(set, hidden)"), line
 
 
+def test_check_config_hides_the_customer_lookup_secret(monkeypatch):
+    monkeypatch.setenv("CUSTOMER_LOOKUP_URL", "https://crm.example.test/ivr-lookup")
+    monkeypatch.setenv("CUSTOMER_LOOKUP_SECRET", "hunter2-crm-secret")
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    line = next(line for line in result.stdout.splitlines() if " CUSTOMER_LOOKUP_SECRET " in line)
+    assert line.endswith("(set, hidden)"), line
+    assert "https://crm.example.test/ivr-lookup" in result.stdout
+
+
 def test_check_config_hides_the_redis_password(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2-redis-pass@redis.internal:6379/0")
     result = run("check-config")
@@ -113,10 +124,11 @@ def test_check_config_for_production_exits_0_when_everything_is_set(monkeypatch)
         ("PUBLIC_BASE_URL", "http://ivr.example.test", "PUBLIC_BASE_URL is not https"),
         ("ALLOWED_COUNTRIES", "*", "ALLOWED_COUNTRIES is '*'"),
         ("OTP_TTL_SECONDS", "30", "OTP_TTL_SECONDS is 30"),
+        ("CUSTOMER_LOOKUP_URL", "http://crm.internal/lookup", "CUSTOMER_LOOKUP_URL is not https"),
     ],
 )
 def test_check_config_for_production_flags_risky_values(monkeypatch, name, value, gap):
-    set_env(monkeypatch, {**PRODUCTION_ENV, name: value})
+    set_env(monkeypatch, {**PRODUCTION_ENV, "CUSTOMER_LOOKUP_SECRET": "crm-secret", name: value})
     result = run("check-config", "--production")
     assert result.exit_code == 1, result.output
     assert gap in result.stdout

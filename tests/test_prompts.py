@@ -93,7 +93,9 @@ def test_every_catalog_has_the_same_placeholders_per_key(shipped):
 def test_every_prompt_renders_with_the_values_the_app_supplies(shipped):
     for locale in shipped.locales:
         for key in shipped.catalogs[locale].prompts:
-            text = shipped.text(locale, key, app_name="Acme", code="123456")
+            text = shipped.text(
+                locale, key, app_name="Acme", code="123456", ending="6 1", digit="1"
+            )
             assert "{" not in text, (locale, key)
 
 

@@ -34,6 +34,7 @@ class Failure:
 class TwilioStandIn:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self.created_sids: list[str] = []  # what each successful create answered, in order
         self._failures: list[Failure] = []
         self._lock = threading.Lock()
         standin = self
@@ -66,6 +67,7 @@ class TwilioStandIn:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.created_sids.clear()
             self._failures.clear()
 
     def fail_next(
@@ -74,6 +76,10 @@ class TwilioStandIn:
         """The next `times` requests answer `status` (after `delay` seconds)."""
         with self._lock:
             self._failures += [Failure(status, delay, body or {}) for _ in range(times)]
+
+    @property
+    def last_sid(self) -> str:
+        return self.created_sids[-1]
 
     def calls(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/Calls.json")]
@@ -104,11 +110,12 @@ class TwilioStandIn:
                 "status": failure.status,
             }
             return self._send(handler, failure.status, body)
-        if handler.path.endswith("/Calls.json"):
-            sid = "CA" + secrets.token_hex(16)
-            return self._send(handler, 201, {"sid": sid, "status": "queued"})
-        if handler.path.endswith("/Messages.json"):
-            sid = "SM" + secrets.token_hex(16)
+        kind = {"/Calls.json": "CA", "/Messages.json": "SM"}
+        prefix = next((p for end, p in kind.items() if handler.path.endswith(end)), None)
+        if prefix:
+            sid = prefix + secrets.token_hex(16)
+            with self._lock:
+                self.created_sids.append(sid)
             return self._send(handler, 201, {"sid": sid, "status": "queued"})
         return self._send(handler, 404, {"code": 20404, "message": "Not found", "status": 404})
 

@@ -12,6 +12,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from ivr.app import services
+from ivr.customers import (
+    InvalidCustomer,
+    PhoneTaken,
+    new_customer,
+    parse_sms_flag,
+    valid_account_number,
+)
 from ivr.simulator import PhoneSimulator
 from ivr.telephony import SimulatedCarrier
 from ivr.verification.service import (
@@ -142,6 +149,23 @@ def _verification_error(exc: VerificationError) -> Response:
     )
 
 
+@blueprint.errorhandler(InvalidCustomer)
+def _invalid_customer(exc: InvalidCustomer) -> Response:
+    return problem(400, exc.reason, "Invalid request", exc.detail, field=exc.field)
+
+
+@blueprint.errorhandler(PhoneTaken)
+def _phone_taken(exc: PhoneTaken) -> Response:
+    return problem(
+        409,
+        "phone_taken",
+        "Phone already on file",
+        f"{exc.detail}: change or delete that customer first",
+        field="phone",
+        customer_id=exc.holder,
+    )
+
+
 # -- verifications -----------------------------------------------------------------------------
 
 
@@ -188,6 +212,51 @@ def get_verification(sid: str) -> Response:
 @blueprint.post("/verifications/<sid>/cancel")
 def cancel_verification(sid: str) -> Response:
     return jsonify(services().verifications.cancel(sid).to_api())
+
+
+# -- the customer directory ------------------------------------------------------------------
+
+
+@blueprint.put("/customers/<customer_id>")
+def put_customer(customer_id: str) -> tuple[Response, int, dict[str, str]]:
+    """Create (201) or replace (200) the customer with this account number."""
+    fields = body("id", "phone", "name", "sms", "locale", "country")
+    if "id" in fields and fields["id"] != customer_id:  # a GET's answer sent back is fine
+        raise InvalidCustomer("id", "id_mismatch", "the body's id differs from the URL's")
+    sms = fields.get("sms", True)
+    if isinstance(sms, str) and request.mimetype != "application/json":
+        try:  # a form can only say "true"/"yes"/"1"…
+            sms = parse_sms_flag(sms)
+        except ValueError as exc:
+            raise InvalidCustomer("sms", "invalid_sms", str(exc)) from None
+    ivr = services()
+    customer = new_customer(
+        customer_id,
+        phone_number=fields.get("phone"),
+        name=fields.get("name"),
+        sms=sms,
+        locale=fields.get("locale"),
+        country=fields.get("country"),
+        resolve_locale=ivr.prompts.resolve_locale,
+    )
+    created = ivr.customers.put(customer)
+    headers = {"Location": url_for("api.get_customer", customer_id=customer.id)} if created else {}
+    return jsonify(customer.to_api()), 201 if created else 200, headers
+
+
+@blueprint.get("/customers/<customer_id>")
+def get_customer(customer_id: str) -> Response:
+    customer = services().customers.get(valid_account_number(customer_id))
+    if customer is None:
+        return problem(404, "not_found", "Not found", f"no customer {customer_id}")
+    return jsonify(customer.to_api())
+
+
+@blueprint.delete("/customers/<customer_id>")
+def delete_customer(customer_id: str) -> Response:
+    if not services().customers.delete(valid_account_number(customer_id)):
+        return problem(404, "not_found", "Not found", f"no customer {customer_id}")
+    return Response(status=204)
 
 
 # -- the simulated carrier's handsets ----------------------------------------------------------

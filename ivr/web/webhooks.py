@@ -24,6 +24,7 @@ from werkzeug.datastructures import MultiDict
 
 from ivr import phone
 from ivr.app import services
+from ivr.flows.engine import CallInfo, FlowEngine
 from ivr.verification.models import is_sid
 from ivr.web.errors import twiml
 
@@ -53,6 +54,12 @@ class CallbackUrls:
 
     def sms_status(self, sid: str) -> str:
         return f"{self.base_url}/sms/status/{sid}"
+
+    def flow_step(self, step: int) -> str:
+        return f"{self.base_url}/voice/flow/{step}"
+
+    def flow_dial_result(self, step: int) -> str:
+        return f"{self.base_url}/voice/flow/{step}/dial"
 
 
 def signed_url() -> str:
@@ -150,14 +157,49 @@ def _say_and_hang_up(locale: str, prompt: str) -> Response:
     return _memoized(("say-and-hang-up", prompt, locale), build)
 
 
-# -- the inbound number ------------------------------------------------------------------------
+# -- the inbound number: the IVR flows ---------------------------------------------------------
+
+
+def _call_info() -> CallInfo | None:
+    """The call this request is about, or None when Twilio's CallSid is missing or garbage."""
+    call_sid = _field("CallSid")
+    if not _TWILIO_SID.fullmatch(call_sid) or not call_sid.startswith("CA"):
+        return None
+    return CallInfo(call_sid, _field("From"), _field("To"), caller_country())
+
+
+def _flow_turn(run: Callable[[FlowEngine, CallInfo], VoiceResponse]) -> Response:
+    """Run one turn of the caller's flow; whatever fails, the caller hears a polite message and
+    goes where the flow's on_error says (or hears goodbye), never Twilio's "application error"."""
+    ivr = services()
+    call = _call_info()
+    if call is None:
+        return _say_and_hang_up(ivr.prompts.default_locale, "call.error")
+    try:
+        return twiml(run(ivr.flows, call))
+    except Exception:
+        log.exception("call %s: flow turn failed", call.call_sid)
+        return twiml(ivr.flows.fallback(call))
 
 
 @blueprint.post("/voice/incoming")
 def incoming() -> Response:
-    """A call to our number: a greeting in the caller's language (the flow engine comes later)."""
-    locale = services().prompts.resolve_locale(None, caller_country())
-    return _say_and_hang_up(locale, "incoming.welcome")
+    """A call to one of our numbers: the flow chosen by the called number answers."""
+    return _flow_turn(lambda flows, call: flows.answer(call))
+
+
+@blueprint.post("/voice/flow/<int:step>")
+def flow_step(step: int) -> Response:
+    """The caller's keys (or silence) for the question asked at `step`."""
+    digits = _field("Digits", _MAX_DIGITS_FIELD)
+    return _flow_turn(lambda flows, call: flows.step(call, step, digits or None))
+
+
+@blueprint.post("/voice/flow/<int:step>/dial")
+def flow_dial_result(step: int) -> Response:
+    """A <Dial> to an agent ended (answered, busy, no answer…)."""
+    status = _field("DialCallStatus")
+    return _flow_turn(lambda flows, call: flows.step(call, step, None, dial_status=status))
 
 
 # -- the verification call -----------------------------------------------------------------------

@@ -1,0 +1,564 @@
+"""The flow engine: a call's state and the caller's keys in, the next TwiML document out.
+
+One webhook = one turn. The engine applies the caller's input to the node the call waits on,
+then walks on through nodes that need no input (say, goto, hours…) collecting their prompts,
+until a node waits for keys (its <Gather> carries the prompts collected so far, so a caller who
+knows the flow can type ahead) or hands the call over (agent, transfer, hangup).
+
+No Flask here: the web edge turns a request into `CallInfo` and the document into a response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
+
+from ivr import phone
+from ivr.flows import model
+from ivr.flows.hours import is_open
+from ivr.flows.loader import FlowLibrary
+from ivr.flows.state import CallState, CallStateStore
+from ivr.prompts import PromptCatalogs
+from ivr.verification.models import Status
+from ivr.verification.service import (
+    DeliveryFailed,
+    InvalidRequest,
+    NotFound,
+    NotPending,
+    RateLimited,
+    VerificationService,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 32  # nodes walked in one turn before the engine gives up (lint catches the loops)
+
+
+class _Stay:
+    """A handler's answer: ask the same node again, keeping its counters."""
+
+
+STAY = _Stay()
+Going = str | _Stay | None  # a node id, STAY, or None: the turn's document is complete
+
+
+class Customer(Protocol):
+    id: str
+    phone: str
+    name: str
+    sms: bool
+
+
+class CustomerFinder(Protocol):
+    def by_phone(self, e164: str) -> Customer | None: ...
+    def by_account(self, account: str) -> Customer | None: ...
+
+
+class FlowUrls(Protocol):
+    def flow_step(self, step: int) -> str: ...
+    def flow_dial_result(self, step: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What Twilio told us about the call, already bounded in size by the web edge."""
+
+    call_sid: str
+    caller: str  # From
+    called: str  # To
+    caller_country: str | None = None
+
+
+@dataclass
+class _Turn:
+    """One webhook's work: the prompts collected so far and the document being built."""
+
+    flow: model.Flow
+    state: CallState
+    next_step: int  # the step the caller's answer to this turn will carry
+    response: VoiceResponse = field(default_factory=VoiceResponse)
+    pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    def say(self, key: str | None, **values: object) -> None:
+        if key:
+            self.pending.append((key, values))
+
+
+class FlowError(Exception):
+    """The flow cannot go on (a node vanished in an edit, a loop): the call takes on_error."""
+
+
+class FlowEngine:
+    """Runs calls through the flows of a FlowLibrary."""
+
+    def __init__(
+        self,
+        *,
+        library: FlowLibrary,
+        prompts: PromptCatalogs,
+        states: CallStateStore,
+        verifications: VerificationService,
+        customers: CustomerFinder | None,
+        urls: FlowUrls,
+        app_name: str,
+        code_length: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.library = library
+        self.prompts = prompts
+        self.states = states
+        self.verifications = verifications
+        self.customers = customers
+        self.urls = urls
+        self.app_name = app_name
+        self.code_length = code_length
+        self.clock = clock
+
+    # -- the two ways a turn starts ------------------------------------------------------------
+
+    def answer(self, call: CallInfo) -> VoiceResponse:
+        """A new call: pick the flow by the called number, start it."""
+        existing = self.states.load(call.call_sid)
+        if existing is not None:  # Twilio asked again for a call we already answered
+            return self._repeat_current(existing)
+        flow = self.library.for_number(call.called)
+        if flow is None:
+            log.error("call %s: no flow answers %s", call.call_sid, phone.masked(call.called))
+            return self._goodbye(self.prompts.default_locale, "call.error")
+        locale = flow.locale or self.prompts.resolve_locale(None, call.caller_country)
+        state = CallState(flow=flow.name, node=flow.start, locale=locale, caller=call.caller)
+        turn = _Turn(flow, state, next_step=1)
+        try:
+            self._walk(turn, STAY)
+        except FlowError as exc:
+            return self._on_error(flow, state, str(exc))
+        if not self.states.save(call.call_sid, state, read_step=None):
+            return self._repeat_current(self.states.load(call.call_sid))
+        return turn.response
+
+    def step(
+        self, call: CallInfo, step: int, digits: str | None, dial_status: str | None = None
+    ) -> VoiceResponse:
+        """The caller's answer to the question asked at `step` (digits, or None on silence)."""
+        state = self.states.load(call.call_sid)
+        if state is None:
+            log.warning("call %s: step %s for a call with no state", call.call_sid, step)
+            return self._goodbye(self.prompts.default_locale, "call.error")
+        if state.step != step:
+            log.info("call %s: step %s replayed (now at %s)", call.call_sid, step, state.step)
+            return self._repeat_current(state)
+        flow = self.library.get(state.flow)
+        if flow is None or state.node not in flow.nodes:
+            return self._on_error(flow, state, "the call's flow or node is gone")
+        read_step = state.step
+        turn = _Turn(flow, state, next_step=read_step + 1)
+        try:
+            node = flow.nodes[state.node]
+            answer = getattr(self, f"_input_{node.type}", None)
+            going = answer(turn, node, digits, dial_status) if answer else STAY
+            self._walk(turn, going)
+        except FlowError as exc:
+            return self._on_error(turn.flow, state, str(exc))
+        if not self.states.save(call.call_sid, state, read_step=read_step):
+            log.info(
+                "call %s: step %s lost a race; repeating the current node", call.call_sid, step
+            )
+            return self._repeat_current(self.states.load(call.call_sid))
+        return turn.response
+
+    def fallback(self, call: CallInfo) -> VoiceResponse:
+        """When a turn failed outright (the store is down…): the flow's on_error node, with
+        nothing known about the caller (so never `verified`), else a polite goodbye. Touches
+        no Redis."""
+        try:
+            flow = self.library.for_number(call.called)
+            locale = self.prompts.resolve_locale(flow.locale if flow else None, call.caller_country)
+            state = CallState(
+                flow=flow.name if flow else "", node="", locale=locale, caller=call.caller
+            )
+            return self._on_error(flow, state, "the turn failed")
+        except Exception:
+            log.exception("call %s: even the fallback failed", call.call_sid)
+            return self._goodbye(self.prompts.default_locale, "call.error")
+
+    # -- walking -----------------------------------------------------------------------------
+
+    def _walk(self, turn: _Turn, going: Going) -> None:
+        """Enter nodes from `going` (STAY: the current node again; None: nothing more to do)
+        until one asks the caller something or ends the call."""
+        state = turn.state
+        if going is None:
+            return
+        if isinstance(going, str):
+            state.move_to(going)
+        for _ in range(MAX_HOPS):
+            node = turn.flow.nodes.get(state.node)
+            if node is None:
+                raise FlowError(f"node {state.node!r} is not in flow {turn.flow.name!r}")
+            enter = getattr(self, f"_enter_{node.type}")
+            going = enter(turn, node)
+            if going is None:
+                return
+            if isinstance(going, str):
+                state.move_to(going)
+        raise FlowError(f"more than {MAX_HOPS} nodes in one turn: a loop without a question?")
+
+    def _repeat_current(self, state: CallState | None) -> VoiceResponse:
+        """The current question again, with no side effects (a replayed or raced request)."""
+        if state is None:
+            return self._goodbye(self.prompts.default_locale, "call.error")
+        flow = self.library.get(state.flow)
+        node = flow.nodes.get(state.node) if flow else None
+        if flow is None or node is None or not node.waits_for_keys:
+            return self._goodbye(state.locale, "call.error")
+        turn = _Turn(flow, state, next_step=state.step)
+        self._gather_for(turn, node, repeat=True)
+        return turn.response
+
+    def _on_error(self, flow: model.Flow | None, state: CallState, why: str) -> VoiceResponse:
+        """Route the call to the flow's on_error node (stateless), else a polite goodbye."""
+        log.error("call in flow %s at %s: %s", state.flow, state.node, why)
+        target = flow.nodes.get(flow.on_error) if flow and flow.on_error else None
+        hands_over = isinstance(target, model.AgentNode) or (
+            isinstance(target, model.TransferNode) and target.to_number
+        )
+        if flow is None or target is None or not hands_over:
+            return self._goodbye(state.locale, "call.error")
+        turn = _Turn(flow, state, next_step=state.step + 1)
+        turn.say("call.error_transfer")
+        getattr(self, f"_enter_{target.type}")(turn, target)
+        return turn.response
+
+    # -- speaking ----------------------------------------------------------------------------
+
+    def _flush(self, turn: _Turn, target: Any) -> None:
+        """Speak the collected prompts into `target` (the response, or a Gather)."""
+        for key, values in turn.pending:
+            self.prompts.speak(target, turn.state.locale, key, app_name=self.app_name, **values)
+        turn.pending.clear()
+
+    def _gather(self, turn: _Turn, **options: Any) -> Gather:
+        """A DTMF <Gather> for this turn's step, holding the prompts collected so far; its
+        action is told about silence too (actionOnEmptyResult), so timeouts are counted."""
+        gather = Gather(
+            input="dtmf",
+            action=self.urls.flow_step(turn.next_step),
+            method="POST",
+            action_on_empty_result=True,
+            **options,
+        )
+        self._flush(turn, gather)
+        turn.response.append(gather)
+        return gather
+
+    def _goodbye(self, locale: str, key: str) -> VoiceResponse:
+        response = VoiceResponse()
+        self.prompts.speak(response, locale, key, app_name=self.app_name)
+        response.hangup()
+        return response
+
+    def _gather_for(self, turn: _Turn, node: Any, *, repeat: bool) -> None:
+        """Ask `node`'s question (again, when `repeat`: the short greeting, no new code)."""
+        state = turn.state
+        if isinstance(node, model.MenuNode):
+            greeting = node.greeting
+            if repeat or state.here.get("asked"):
+                greeting = node.short_greeting or node.greeting
+            turn.say(greeting)
+            state.here["asked"] = True
+            self._gather(turn, num_digits=1, timeout=node.timeout_seconds, finish_on_key="")
+        elif isinstance(node, model.CollectNode):
+            turn.say(node.prompt)
+            self._gather(
+                turn,
+                num_digits=node.max_digits,
+                timeout=node.timeout_seconds,
+                finish_on_key=node.finish_on_key,
+            )
+        elif isinstance(node, model.IdentifyNode):
+            turn.say(node.ask_prompt)
+            self._gather(
+                turn, num_digits=node.max_digits, timeout=node.timeout_seconds, finish_on_key="#"
+            )
+        elif isinstance(node, model.AuthenticateNode):
+            if repeat or not turn.pending:
+                turn.say(node.enter_code_prompt)
+            self._gather(
+                turn, num_digits=self.code_length, timeout=node.timeout_seconds, finish_on_key="#"
+            )
+        elif isinstance(node, model.LanguageNode):
+            gather = self._gather(turn, num_digits=1, timeout=node.timeout_seconds)
+            for key, locale in node.options.items():
+                self.prompts.speak(gather, locale, node.prompt, app_name=self.app_name, digit=key)
+
+    # -- nodes that need no input ----------------------------------------------------------------
+
+    def _enter_say(self, turn: _Turn, node: model.SayNode) -> str:
+        for key in node.prompt:
+            turn.say(key)
+        return node.next
+
+    _enter_play = _enter_say
+
+    def _enter_goto(self, _turn: _Turn, node: model.GotoNode) -> str:
+        return node.target
+
+    def _enter_hours(self, _turn: _Turn, node: model.HoursNode) -> str:
+        return node.open if is_open(node, self.clock()) else node.closed
+
+    def _enter_hangup(self, turn: _Turn, node: model.HangupNode) -> None:
+        turn.say(node.prompt)
+        self._flush(turn, turn.response)
+        turn.response.hangup()
+
+    def _enter_transfer(self, turn: _Turn, node: model.TransferNode) -> Going:
+        turn.say(node.prompt)
+        if node.to_flow:
+            target = self.library.get(node.to_flow)
+            if target is None:
+                raise FlowError(f"transfer to flow {node.to_flow!r}, which is not served")
+            turn.flow = target
+            turn.state.flow = target.name
+            return target.start
+        self._flush(turn, turn.response)
+        dial = Dial()
+        dial.number(node.to_number)
+        turn.response.append(dial)
+        return None
+
+    def _enter_agent(self, turn: _Turn, node: model.AgentNode) -> None:
+        turn.say(node.prompt)
+        self._flush(turn, turn.response)
+        context = self._agent_context(turn, node)
+        if node.queue is not None:
+            if node.workflow_sid:
+                enqueue = Enqueue(workflow_sid=node.workflow_sid)
+                enqueue.task(json.dumps(context, separators=(",", ":")))
+            else:
+                enqueue = Enqueue(node.queue)
+            turn.response.append(enqueue)
+            return
+        target = node.dial
+        assert target is not None  # the model requires queue or dial
+        dial_options: dict[str, Any] = {"timeout": target.timeout_seconds}
+        if node.no_answer:
+            dial_options["action"] = self.urls.flow_dial_result(turn.next_step)
+            dial_options["method"] = "POST"
+        dial = Dial(**dial_options)
+        as_text = {name: _text(value) for name, value in context.items() if value is not None}
+        if target.client:
+            client = dial.client()
+            client.identity(target.client)
+            for name, value in as_text.items():
+                client.parameter(name=name, value=value)
+        elif target.sip:
+            headers = "&".join(
+                f"X-IVR-{name.replace('_', '-')}={quote(value, safe='')}"
+                for name, value in as_text.items()
+            )
+            dial.sip(target.sip + ("&" if "?" in target.sip else "?") + headers)
+        else:
+            dial.number(target.number)
+        turn.response.append(dial)
+        if not node.no_answer:
+            turn.response.hangup()
+        return
+
+    def _agent_context(self, turn: _Turn, node: model.AgentNode) -> dict[str, Any]:
+        """Who the caller is and how they were verified, for the agent's screen."""
+        state = turn.state
+        return {
+            **node.attributes,
+            "verified": state.verified,
+            "customer_id": state.customer_id,
+            "customer_name": state.customer_name,
+            "identified_by": state.identified_by,
+            "auth_method": state.auth_method,
+            "language": state.locale,
+            "flow": state.flow,
+            "caller": state.caller,
+        }
+
+    # -- nodes that ask the caller ---------------------------------------------------------------
+
+    def _enter_menu(self, turn: _Turn, node: model.MenuNode) -> None:
+        self._gather_for(turn, node, repeat=False)
+
+    def _input_menu(self, turn: _Turn, node: model.MenuNode, digits: str | None, _: Any) -> str:
+        state = turn.state
+        if not digits:
+            return node.exit if state.count("timeouts") >= node.max_timeouts else STAY
+        if digits in node.options:
+            return node.options[digits]
+        turn.say(node.invalid_prompt)
+        return node.exit if state.count("failures") >= node.max_failures else STAY
+
+    def _enter_collect(self, turn: _Turn, node: model.CollectNode) -> None:
+        self._gather_for(turn, node, repeat=False)
+
+    def _input_collect(
+        self, turn: _Turn, node: model.CollectNode, digits: str | None, _: Any
+    ) -> str:
+        valid = (
+            digits is not None
+            and digits.isdigit()
+            and node.min_digits <= len(digits) <= node.max_digits
+            and (node.pattern is None or _fullmatch(node.pattern, digits))
+        )
+        if valid:
+            turn.state.variables[node.store_as] = digits
+            return node.next
+        turn.say(node.invalid_prompt)
+        return node.on_failure if turn.state.count("failures") >= node.tries else STAY
+
+    def _enter_identify(self, turn: _Turn, node: model.IdentifyNode) -> Going:
+        state = turn.state
+        if node.use_caller_id and not state.here.get("caller_id_tried"):
+            state.here["caller_id_tried"] = True
+            customer = self._find_by_caller(state.caller)
+            if customer is not None:
+                self._identified(state, customer, "caller_id")
+                return node.found
+        self._gather_for(turn, node, repeat=False)
+        return None
+
+    def _input_identify(
+        self, turn: _Turn, node: model.IdentifyNode, digits: str | None, _: Any
+    ) -> str:
+        state = turn.state
+        if digits and digits.isdigit() and node.min_digits <= len(digits) <= node.max_digits:
+            customer = self.customers.by_account(digits) if self.customers else None
+            if customer is not None:
+                self._identified(state, customer, "account_number")
+                return node.found
+        turn.say(node.not_found_prompt)
+        return node.not_found if state.count("failures") >= node.tries else STAY
+
+    def _find_by_caller(self, caller: str) -> Customer | None:
+        if self.customers is None:
+            return None
+        try:
+            e164 = phone.parse(caller, None).e164
+        except phone.NumberRefused:
+            return None  # withheld, anonymous, a SIP address…
+        return self.customers.by_phone(e164)
+
+    @staticmethod
+    def _identified(state: CallState, customer: Customer, how: str) -> None:
+        state.customer_id = customer.id
+        state.customer_name = customer.name
+        state.identified_by = how
+        state.verified = False
+        state.auth_method = None
+        state.variables["customer_phone"] = customer.phone
+        state.variables["customer_sms"] = "1" if customer.sms else "0"
+
+    def _enter_authenticate(self, turn: _Turn, node: model.AuthenticateNode) -> Going:
+        state = turn.state
+        if state.verified:
+            return node.success
+        if "verification" not in state.here:
+            to = state.variables.get("customer_phone")
+            if not state.customer_id or not to:
+                log.warning(
+                    "flow %s: authenticate at %s with nobody identified", state.flow, state.node
+                )
+                turn.say(node.unavailable_prompt)
+                return node.failure
+            channel = node.channel
+            if channel == "auto":
+                channel = "sms" if state.variables.get("customer_sms") == "1" else "call"
+            try:
+                verification = self.verifications.start(
+                    to=to, channel=channel, locale=state.locale, client_id=f"flow:{state.flow}"
+                )
+            except (InvalidRequest, RateLimited, DeliveryFailed) as exc:
+                log.warning("flow %s: no code sent to the phone on file: %s", state.flow, exc)
+                turn.say(node.unavailable_prompt)
+                return node.failure
+            state.here["verification"] = verification.sid
+            state.here["channel"] = channel
+            sent = node.sent_sms_prompt if channel == "sms" else node.sent_call_prompt
+            turn.say(sent, ending=_spoken_ending(to))
+        self._gather_for(turn, node, repeat=False)
+        return None
+
+    def _input_authenticate(
+        self, turn: _Turn, node: model.AuthenticateNode, digits: str | None, _: Any
+    ) -> str:
+        state = turn.state
+        sid = state.here.get("verification")
+        if not sid:
+            return STAY
+        if digits:
+            try:
+                outcome = self.verifications.check(code=digits, sid=sid)
+            except InvalidRequest:
+                outcome = None  # not a code at all: a wrong try
+            except (NotPending, NotFound, RateLimited):
+                turn.say(node.failed_prompt)
+                return node.failure
+            if outcome is not None and outcome.status is Status.APPROVED:
+                state.verified = True
+                state.auth_method = "sms_otp" if state.here.get("channel") == "sms" else "voice_otp"
+                turn.say(node.verified_prompt)
+                return node.success
+        if state.count("failures") >= node.tries:
+            self._cancel_quietly(sid)
+            turn.say(node.failed_prompt)
+            return node.failure
+        turn.say(node.wrong_prompt)
+        return STAY
+
+    def _cancel_quietly(self, sid: str) -> None:
+        """No more tries on this call: the code must not work anywhere else either."""
+        with contextlib.suppress(NotFound, NotPending):
+            self.verifications.cancel(sid)
+
+    def _enter_language(self, turn: _Turn, node: model.LanguageNode) -> None:
+        self._gather_for(turn, node, repeat=False)
+
+    def _input_language(
+        self, turn: _Turn, node: model.LanguageNode, digits: str | None, _: Any
+    ) -> str:
+        if digits in node.options:
+            turn.state.locale = self.prompts.catalog(node.options[digits]).locale
+            return node.next
+        return node.next if turn.state.count("failures") >= node.tries else STAY
+
+    def _input_agent(
+        self, turn: _Turn, node: model.AgentNode, _digits: str | None, dial_status: str | None
+    ) -> Going:
+        """A <Dial> ended: on to no_answer unless somebody answered (then the call is over)."""
+        if dial_status == "completed" or not node.no_answer:
+            self._flush(turn, turn.response)
+            turn.response.hangup()
+            return None
+        return node.no_answer
+
+
+def _fullmatch(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text) is not None
+
+
+def _spoken_ending(number: str) -> str:
+    """The last two digits of a number, spaced so TTS reads them one by one ("6 1")."""
+    return " ".join(number[-2:])
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+__all__ = ["CallInfo", "FlowEngine", "FlowError"]

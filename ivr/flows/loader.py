@@ -1,0 +1,260 @@
+"""Flow files on disk: parsed, validated, linted, and reloaded when they change.
+
+Every worker keeps its own `FlowLibrary`. On a request it looks at the folder at most once per
+`RELOAD_INTERVAL_SECONDS` (a stat per file, no reading), and reloads only the files whose size or
+modification time changed. A file that no longer validates is refused, logged loudly, and the
+last good version of that flow keeps serving, so a typo saved mid-day never takes the IVR down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ivr.flows.model import Flow
+from ivr.flows.problems import Problem, errors
+
+log = logging.getLogger(__name__)
+
+RELOAD_INTERVAL_SECONDS = 1.0
+FLOW_SUFFIX = ".yaml"
+
+
+class FlowFileError(Exception):
+    """A flow file that cannot serve, with every problem found in it."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(problem) for problem in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedFlow:
+    """A flow and what was found while loading it (warnings only: errors refuse the file)."""
+
+    flow: Flow
+    path: Path
+    warnings: list[Problem] = field(default_factory=list)
+    node_lines: dict[str, int] = field(default_factory=dict)
+
+
+def _line_of(root: yaml.Node | None, location: Iterable[Any]) -> int | None:
+    """The line of the YAML node at a pydantic error location (tags of unions are skipped)."""
+    if root is None:
+        return None
+    node = root
+    line = node.start_mark.line + 1
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if match is None:
+                continue  # a union's tag ("menu") or a missing key: stay on the mapping
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _node_lines(root: yaml.Node | None) -> dict[str, int]:
+    """Node id -> the line where its definition starts."""
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    nodes = next((v for k, v in root.value if getattr(k, "value", None) == "nodes"), None)
+    if not isinstance(nodes, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in nodes.value}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """A pydantic error as one line an IVR designer understands."""
+    location = ".".join(str(part) for part in error["loc"])
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting (a typo?)"
+    elif error["type"] == "union_tag_invalid":
+        message = "unknown node type; expected one of: " + error["ctx"]["expected_tags"]
+    elif error["type"] == "string_pattern_mismatch":
+        message = f"{error['input']!r} does not have the expected form"
+    return f"{location}: {message}" if location else message
+
+
+def parse_flow_file(path: Path) -> tuple[Flow, dict[str, int]]:
+    """A flow file read and validated against the schema: the flow and its node lines.
+
+    Raises FlowFileError with a problem per schema error, each with its line.
+    """
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlowFileError([Problem("error", f"cannot read the file: {exc}", name)]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FlowFileError([Problem("error", f"not valid YAML: {problem}", name, line)]) from None
+    if not isinstance(data, dict):
+        raise FlowFileError(
+            [Problem("error", "a flow file is a mapping (name, start, nodes…)", name, 1)]
+        )
+    data.setdefault("name", path.stem)
+    if data["name"] != path.stem:
+        line = _line_of(root, ["name"])
+        message = f"name {data['name']!r} differs from the file name {path.stem!r}"
+        raise FlowFileError([Problem("error", message, name, line)])
+    try:
+        flow = Flow.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            Problem("error", _describe(error), name, _line_of(root, error["loc"]))
+            for error in exc.errors(include_url=False)
+        ]
+        raise FlowFileError(problems) from None
+    return flow, _node_lines(root)
+
+
+Linter = Callable[[Flow, str, dict[str, int], set[str]], list[Problem]]
+
+
+def load_flow_file(path: Path, linter: Linter | None, flow_names: set[str]) -> LoadedFlow:
+    """Parse, validate and lint one file. Raises FlowFileError if anything is an error."""
+    flow, lines = parse_flow_file(path)
+    problems = linter(flow, str(path), lines, flow_names) if linter else []
+    if errors(problems):
+        raise FlowFileError(problems)
+    return LoadedFlow(flow, path, problems, lines)
+
+
+class FlowLibrary:
+    """The flows of one folder, by name and by called number; reloads changed files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        linter: Linter | None = None,
+        *,
+        reload_interval: float = RELOAD_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.directory = Path(directory)
+        self.linter = linter
+        self.reload_interval = reload_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[Path, tuple[int, int]] = {}  # path -> (mtime_ns, size) last read
+        self._flows: dict[str, LoadedFlow] = {}
+        self._refused: dict[Path, list[Problem]] = {}
+        self._checked_at = float("-inf")
+        self.refresh(force=True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Flow | None:
+        self.refresh()
+        loaded = self._flows.get(name)
+        return loaded.flow if loaded else None
+
+    def for_number(self, called: str) -> Flow | None:
+        """The flow answering `called` (Twilio's To): the one naming it, else the default."""
+        self.refresh()
+        flows = [loaded.flow for loaded in self._flows.values()]
+        for flow in flows:
+            if called in flow.numbers:
+                return flow
+        for flow in flows:
+            if flow.default:
+                return flow
+        fallback = self._flows.get("default")
+        return fallback.flow if fallback else None
+
+    @property
+    def flows(self) -> dict[str, LoadedFlow]:
+        self.refresh()
+        return dict(self._flows)
+
+    @property
+    def refused(self) -> dict[Path, list[Problem]]:
+        """Files whose current version was refused (their last good version, if any, serves)."""
+        return dict(self._refused)
+
+    # -- reloading -------------------------------------------------------------------------
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Reload changed files, at most once per reload interval (unless forced)."""
+        now = self._clock()
+        if not force and now - self._checked_at < self.reload_interval:
+            return
+        with self._lock:
+            if not force and now - self._checked_at < self.reload_interval:
+                return
+            self._checked_at = now
+            self._reload_changed()
+
+    def _stat_all(self) -> dict[Path, tuple[int, int]]:
+        found = {}
+        try:
+            paths = sorted(self.directory.glob(f"*{FLOW_SUFFIX}"))
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found[path] = (stat.st_mtime_ns, stat.st_size)
+        return found
+
+    def _reload_changed(self) -> None:
+        current = self._stat_all()
+        changed = [path for path, mark in current.items() if self._seen.get(path) != mark]
+        removed = [path for path in self._seen if path not in current]
+        if not changed and not removed:
+            return
+        for path in removed:
+            self._seen.pop(path, None)
+            self._refused.pop(path, None)
+            loaded = self._flows.get(path.stem)
+            if loaded and loaded.path == path:
+                del self._flows[path.stem]
+                log.warning("flow %s: file removed; no longer served", path.stem)
+        names = {path.stem for path in current}
+        for path in changed:
+            self._seen[path] = current[path]
+            try:
+                loaded = load_flow_file(path, self.linter, names)
+            except FlowFileError as exc:
+                self._refused[path] = exc.problems
+                serving = (
+                    "the last good version keeps serving"
+                    if path.stem in self._flows
+                    else ("it is not served")
+                )
+                log.error(
+                    "flow %s: REFUSED, %s:\n  %s",
+                    path.stem,
+                    serving,
+                    "\n  ".join(str(p) for p in errors(exc.problems)),
+                )
+                continue
+            self._refused.pop(path, None)
+            previous = path.stem in self._flows
+            self._flows[path.stem] = loaded
+            log.info("flow %s: %s from %s", path.stem, "reloaded" if previous else "loaded", path)
+            for warning in loaded.warnings:
+                log.warning("flow %s: %s", path.stem, warning)

@@ -1,0 +1,259 @@
+"""Each node type through signed webhooks, with small flows written for the test."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from ivr.simulator import PhoneSimulator
+from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, twilio_post, twiml
+
+CALLER = "+14155550123"
+
+
+@pytest.fixture
+def flow_app(make_app, tmp_path):
+    """An app serving the flows written by `write(name, yaml)`; returns (app, write)."""
+    folder = tmp_path / "flows"
+    folder.mkdir()
+
+    def write(name: str, text: str) -> None:
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+
+    write("default", "default: true\nstart: bye\nnodes:\n  bye: {type: hangup}\n")
+    app = make_app(flows_dir=str(folder))
+    return app, write
+
+
+def run(app, keys=(), to=CALLER_ID, from_=CALLER):
+    library = app.extensions["ivr"].flows.library
+    library.refresh(force=True)
+    phone = PhoneSimulator(app, AUTH_TOKEN)
+    return phone.call(f"{PUBLIC_BASE_URL}/voice/incoming", from_=from_, to=to, keys=list(keys))
+
+
+def kinds(transcript):
+    return [event.kind for event in transcript.events]
+
+
+def test_say_and_play_speak_every_prompt_then_go_on(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: hello
+        nodes:
+          hello: {type: say, prompt: [flow.welcome, flow.opening_hours], next: done}
+          done: {type: play, prompt: flow.goodbye, next: bye}
+          bye: {type: hangup}
+        """,
+    )
+    transcript = run(app)
+    assert transcript.spoken == [
+        "Thank you for calling Acme.",
+        "Our agents are available every day, around the clock, except on public holidays.",
+        "Thank you for calling. Goodbye.",
+    ]
+    assert transcript.ended_by == "hangup"
+
+
+def test_goto_jumps_and_the_called_number_picks_the_flow(flow_app):
+    app, write = flow_app
+    write(
+        "sales",
+        """
+        numbers: ["+14155550188"]
+        start: jump
+        nodes:
+          jump: {type: goto, target: bye}
+          bye: {type: hangup, prompt: flow.goodbye}
+        """,
+    )
+    assert run(app, to="+14155550188").spoken == ["Thank you for calling. Goodbye."]
+    assert run(app).spoken == [], "other numbers reach the default flow"
+
+
+def test_collect_stores_valid_digits_and_retries_invalid_ones(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: card
+        nodes:
+          card:
+            type: collect
+            prompt: flow.card.ask_last_digits
+            store_as: last4
+            min_digits: 4
+            max_digits: 4
+            pattern: "[0-9]{3}[1-9]"
+            tries: 2
+            next: thanks
+            on_failure: bye
+          thanks: {type: hangup, prompt: flow.card.transfer}
+          bye: {type: hangup, prompt: flow.goodbye}
+        """,
+    )
+    good = run(app, ["1234#"])
+    assert good.spoken[-1].startswith("Thank you. We are transferring")
+    state = app.extensions["ivr"].flows.states.load(good.call_sid)
+    assert state.variables["last4"] == "1234"
+    bad = run(app, ["1230#", "12#"])
+    assert bad.spoken.count("Sorry, that is not a valid entry.") == 2
+    assert bad.spoken[-1] == "Thank you for calling. Goodbye."
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (datetime(2026, 11, 23, 14, 0, tzinfo=UTC), "open"),  # Monday 09:00 in New York
+        (datetime(2026, 11, 23, 12, 0, tzinfo=UTC), "closed"),  # Monday 07:00 in New York
+        (datetime(2026, 11, 28, 14, 0, tzinfo=UTC), "closed"),  # Saturday
+        (datetime(2026, 12, 25, 16, 0, tzinfo=UTC), "closed"),  # a holiday
+    ],
+)
+def test_hours_branch_on_the_schedule_in_its_time_zone(flow_app, moment, expected):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: hours
+        nodes:
+          hours:
+            type: hours
+            timezone: America/New_York
+            weekly: {mon-fri: "08:00-20:00"}
+            holidays: [2026-12-25]
+            open: open
+            closed: closed
+          open: {type: hangup, prompt: flow.welcome}
+          closed: {type: hangup, prompt: flow.agents_closed}
+        """,
+    )
+    app.extensions["ivr"].flows.clock = lambda: moment
+    spoken = run(app).spoken
+    assert ("calling Acme" in spoken[0]) == (expected == "open")
+
+
+def test_language_switches_every_later_prompt(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: lang
+        nodes:
+          lang: {type: language, options: {1: en-US, 2: es-ES}, next: bye}
+          bye: {type: hangup, prompt: flow.goodbye}
+        """,
+    )
+    transcript = run(app, ["2"])
+    offers = [e for e in transcript.events if e.kind == "say"][:2]
+    assert [e.attributes["language"] for e in offers] == ["en-US", "es-ES"]
+    assert transcript.spoken[-1] == "Gracias por su llamada. Adiós."
+    silent = run(app, ["", ""])
+    assert silent.spoken[-1] == "Thank you for calling. Goodbye.", "no choice: keeps English"
+
+
+def test_transfer_dials_a_number_or_continues_in_another_flow(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: menu
+        nodes:
+          menu:
+            type: menu
+            greeting: flow.main_menu.long
+            options: {1: out, 2: other}
+            exit: bye
+          out: {type: transfer, prompt: flow.card.transfer, to_number: "+18005550199"}
+          other: {type: transfer, to_flow: second}
+          bye: {type: hangup}
+        """,
+    )
+    write("second", "start: hi\nnodes:\n  hi: {type: hangup, prompt: flow.goodbye}\n")
+    dialed = run(app, ["1"])
+    assert dialed.events[-1].kind == "dial"
+    assert dialed.events[-1].attributes["number"] == "+18005550199"
+    moved = run(app, ["2"])
+    assert moved.spoken[-1] == "Thank you for calling. Goodbye."
+
+
+def test_agent_dial_to_a_client_carries_parameters_and_sip_carries_headers(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: menu
+        nodes:
+          menu:
+            type: menu
+            greeting: flow.main_menu.long
+            options: {1: client, 2: sip}
+            exit: bye
+          client:
+            type: agent
+            dial: {client: agent_desk}
+            attributes: {skill: cards}
+          sip:
+            type: agent
+            prompt: null
+            dial: {sip: "sip:queue@pbx.example.com"}
+          bye: {type: hangup}
+        """,
+    )
+    client = run(app, ["1"]).events[-1]
+    assert client.kind == "dial"
+    assert client.attributes["identity"] == "agent_desk"
+    assert client.attributes["parameter:verified"] == "false"
+    assert client.attributes["parameter:skill"] == "cards"
+    assert client.attributes["parameter:language"] == "en-US"
+    sip = run(app, ["2"]).events[-1]
+    query = parse_qs(urlsplit(sip.attributes["sip"]).query)
+    assert query["X-IVR-verified"] == ["false"]
+    assert query["X-IVR-language"] == ["en-US"]
+
+
+def test_a_dial_nobody_answers_goes_to_no_answer(flow_app):
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: agent
+        nodes:
+          agent:
+            type: agent
+            dial: {number: "+14155550199", timeout_seconds: 10}
+            no_answer: sorry
+          sorry: {type: hangup, prompt: flow.agents_closed}
+        """,
+    )
+    app.extensions["ivr"].flows.library.refresh(force=True)
+    client = app.test_client()
+    params = {"CallSid": "CA" + "6" * 32, "From": CALLER, "To": CALLER_ID}
+    root = twiml(twilio_post(client, "/voice/incoming", params))
+    dial = root.find("Dial")
+    assert dial.get("action") == f"{PUBLIC_BASE_URL}/voice/flow/1/dial"
+    after = twiml(twilio_post(client, "/voice/flow/1/dial", params | {"DialCallStatus": "busy"}))
+    assert "not available" in " ".join(after.itertext())
+
+
+def test_a_broken_edit_is_refused_and_the_last_good_flow_keeps_serving(flow_app, caplog):
+    app, write = flow_app
+    assert run(app).ended_by == "hangup"
+    time.sleep(0.01)
+    write("default", "default: true\nstart: nowhere\nnodes:\n  bye: {type: hangup}\n")
+    transcript = run(app)
+    assert transcript.ended_by == "hangup", "the last good version answered"
+    assert "REFUSED" in caplog.text

@@ -1,0 +1,265 @@
+"""The default flow, end to end: signed webhooks in, TwiML out, codes caught at the stand-in
+for Twilio's REST API, in English and Spanish."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from ivr.simulator import CallTranscript, PhoneSimulator
+from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, twilio_post, twiml
+
+ON_FILE = "+14155550161"
+OTHER_PHONE = "+14155550177"
+ACCOUNT = "12345678"
+VOICE_ONLY_ACCOUNT = "87654321"
+VOICE_ONLY_PHONE = "+14155550142"
+ENGLISH, SPANISH = "1", "2"
+ACCOUNT_HELP = "1"
+
+
+@pytest.fixture
+def ivr_app(app, api):
+    api.client.put(
+        f"/v1/customers/{ACCOUNT}",
+        json={"phone": ON_FILE, "name": "Ada Lovelace", "sms": True},
+        headers=api.headers,
+    )
+    api.client.put(
+        f"/v1/customers/{VOICE_ONLY_ACCOUNT}",
+        json={"phone": VOICE_ONLY_PHONE, "name": "Grace Hopper", "sms": False},
+        headers=api.headers,
+    )
+    # An ordinary weekday, away from the default flow's holidays.
+    app.extensions["ivr"].flows.clock = lambda: datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    return app
+
+
+class Caller:
+    """A phone calling our number; `code` in the keys types what the phone on file received."""
+
+    def __init__(self, app, twilio_api):
+        self.app = app
+        self.twilio_api = twilio_api
+        self.phone = PhoneSimulator(app, AUTH_TOKEN)
+
+    def call(self, keys, from_=ON_FILE) -> CallTranscript:
+        remaining = list(keys)
+
+        def press(_transcript: CallTranscript) -> str | None:
+            pressed = remaining.pop(0) if remaining else None
+            if pressed == "code":
+                return self.received_code() + "#"
+            return pressed or None
+
+        return self.phone.call(
+            f"{PUBLIC_BASE_URL}/voice/incoming", from_=from_, to=CALLER_ID, keys=press
+        )
+
+    def received_code(self) -> str:
+        """The code as the phone on file got it: the SMS text, or the voice call's reading."""
+        sent = self.twilio_api.requests[-1]
+        if sent.path.endswith("/Messages.json"):
+            return re.search(r"\d{6}", sent.value("Body")).group(0)
+        heard = self.phone.call(
+            sent.value("Url"),
+            from_=sent.value("From"),
+            to=sent.value("To"),
+            keys=["5"],
+            call_sid=self.twilio_api.last_sid,
+            direction="outbound-api",
+        )
+        return re.search(r"(?:\d ){5}\d", " ".join(heard.spoken)).group(0).replace(" ", "")
+
+
+@pytest.fixture
+def caller(ivr_app, twilio_api):
+    return Caller(ivr_app, twilio_api)
+
+
+def last_handover(transcript: CallTranscript) -> dict:
+    event = transcript.events[-1]
+    assert event.kind == "enqueue", transcript.to_dict()
+    return event.attributes
+
+
+def said(transcript: CallTranscript) -> str:
+    return " ".join(transcript.spoken)
+
+
+def test_a_caller_from_the_phone_on_file_is_verified_and_queued(caller, twilio_api):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"])
+    text = said(transcript)
+    assert "Thank you for calling Acme" in text
+    assert "ending in 6 1" in text
+    assert "you are verified" in text
+    assert transcript.ended_by == "enqueue"
+    [sms] = twilio_api.messages()
+    assert sms.value("To") == ON_FILE
+    assert transcript.events[-1].text == "support"
+
+
+def test_from_another_phone_the_account_is_asked_and_the_code_goes_to_the_phone_on_file(
+    caller, twilio_api
+):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, ACCOUNT + "#", "code"], from_=OTHER_PHONE)
+    text = said(transcript)
+    assert "enter your account number" in text
+    assert "you are verified" in text
+    [sms] = twilio_api.messages()
+    assert sms.value("To") == ON_FILE, "never to the calling phone"
+
+
+def test_three_wrong_codes_hand_the_caller_over_unverified(caller, ivr_app):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "000000#", "111111#", "222222#"])
+    text = said(transcript)
+    assert text.count("not right") == 2
+    assert "could not verify you" in text
+    assert transcript.ended_by == "enqueue"
+    summary = ivr_app.extensions["ivr"].flows.states.load(transcript.call_sid).summary()
+    assert summary["verified"] is False
+    assert summary["customer_id"] == ACCOUNT
+
+
+def test_the_right_code_marks_the_call_verified(caller, ivr_app):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"])
+    summary = ivr_app.extensions["ivr"].flows.states.load(transcript.call_sid).summary()
+    assert summary | {"node": None} == {
+        "flow": "default",
+        "node": None,
+        "language": "en-US",
+        "verified": True,
+        "customer_id": ACCOUNT,
+        "customer_name": "Ada Lovelace",
+        "identified_by": "caller_id",
+        "auth_method": "sms_otp",
+    }
+
+
+def test_a_customer_without_sms_gets_the_code_by_voice_call(caller, twilio_api):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"], from_=VOICE_ONLY_PHONE)
+    assert "calling your phone ending in 4 2" in said(transcript)
+    assert "you are verified" in said(transcript)
+    assert twilio_api.calls()[0].value("To") == VOICE_ONLY_PHONE
+    assert not twilio_api.messages()
+
+
+def test_the_whole_flow_speaks_spanish_once_chosen(caller):
+    transcript = caller.call([SPANISH, ACCOUNT_HELP, "code"])
+    after_choice = [e for e in transcript.events if e.kind == "say"][3:]
+    assert after_choice, transcript.to_dict()
+    assert {e.attributes["language"] for e in after_choice} == {"es-ES"}
+    assert "su identidad está verificada" in said(transcript)
+
+
+def test_silence_at_the_menu_repeats_it_short_then_says_goodbye(caller):
+    transcript = caller.call([ENGLISH, "", "", ""])
+    text = said(transcript)
+    assert text.count("For help with your account") == 1, "the long greeting once"
+    assert text.count("For account help, press 1") == 2, "then the short one"
+    assert text.endswith("Thank you for calling. Goodbye.")
+    assert transcript.ended_by == "hangup"
+
+
+def test_wrong_keys_at_the_menu_are_told_and_end_after_three(caller):
+    transcript = caller.call([ENGLISH, "7", "8", "5"])
+    assert said(transcript).count("not one of the options") == 3
+    assert transcript.ended_by == "hangup"
+
+
+def test_prompts_before_a_question_are_nested_in_its_gather_for_barge_in(ivr_app):
+    root = twiml(
+        twilio_post(
+            ivr_app.test_client(),
+            "/voice/incoming",
+            {"CallSid": "CA" + "1" * 32, "From": ON_FILE, "To": CALLER_ID},
+        )
+    )
+    assert [child.tag for child in root] == ["Gather"]
+    gather = root.find("Gather")
+    assert "Thank you for calling Acme" in " ".join(gather.itertext())
+    assert gather.get("action") == f"{PUBLIC_BASE_URL}/voice/flow/1"
+    assert gather.get("actionOnEmptyResult") == "true"
+
+
+def test_a_replayed_step_changes_nothing(ivr_app):
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "2" * 32, "From": ON_FILE, "To": CALLER_ID}
+    twilio_post(client, "/voice/incoming", params)
+    first = twilio_post(client, "/voice/flow/1", params | {"Digits": ENGLISH}).get_data()
+    again = twiml(twilio_post(client, "/voice/flow/1", params | {"Digits": SPANISH}))
+    state = ivr_app.extensions["ivr"].flows.states.load(params["CallSid"])
+    assert state.locale == "en-US" and state.step == 2
+    assert again.find("Gather").get("action").endswith("/voice/flow/2")
+    assert b"/voice/flow/2" in first
+
+
+@pytest.mark.parametrize("digits", ["", "x" * 40, "<Say>", "\u202e1", "99999999999999999999"])
+def test_garbage_digits_never_break_the_call(ivr_app, digits):
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "3" * 32, "From": ON_FILE, "To": CALLER_ID}
+    twilio_post(client, "/voice/incoming", params)
+    root = twiml(twilio_post(client, "/voice/flow/1", params | {"Digits": digits}))
+    assert root.find("Gather") is not None or root[-1].tag == "Hangup"
+
+
+def test_an_unknown_call_or_step_is_told_politely(ivr_app):
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "4" * 32, "From": ON_FILE, "To": CALLER_ID, "Digits": "1"}
+    root = twiml(twilio_post(client, "/voice/flow/7", params))
+    assert "Sorry" in " ".join(root.itertext())
+    assert root[-1].tag == "Hangup"
+    garbage = twiml(twilio_post(client, "/voice/flow/1", {"Digits": "1"}))
+    assert garbage[-1].tag == "Hangup"
+
+
+def test_when_redis_fails_mid_call_the_caller_goes_to_the_flows_on_error_agent(make_app):
+    app = make_app(redis_url="redis://127.0.0.1:1/0")
+    root = twiml(
+        twilio_post(
+            app.test_client(),
+            "/voice/incoming",
+            {"CallSid": "CA" + "5" * 32, "From": ON_FILE, "To": CALLER_ID},
+        )
+    )
+    assert "something went wrong" in " ".join(root.itertext())
+    assert root.find("Enqueue").text == "support"
+
+
+def test_taskrouter_attributes_carry_verified_and_the_customer(make_app, tmp_path, api, twilio_api):
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "bank.yaml").write_text(
+        """
+default: true
+start: who
+nodes:
+  who: {type: identify, found: auth, not_found: agent}
+  auth: {type: authenticate, success: agent, failure: agent}
+  agent:
+    type: agent
+    queue: support
+    workflow_sid: WW0123456789abcdef0123456789abcdef
+    attributes: {skill: cards}
+"""
+    )
+    app = make_app(flows_dir=str(flows))
+    app.test_client().put(
+        f"/v1/customers/{ACCOUNT}",
+        json={"phone": ON_FILE, "name": "Ada Lovelace"},
+        headers=api.headers,
+    )
+    caller = Caller(app, twilio_api)
+    transcript = caller.call(["code"])
+    attributes = last_handover(transcript)
+    assert attributes["workflowSid"] == "WW0123456789abcdef0123456789abcdef"
+    task = json.loads(attributes["task"])
+    assert task["verified"] is True
+    assert task["customer_id"] == ACCOUNT
+    assert task["auth_method"] == "sms_otp"
+    assert task["identified_by"] == "caller_id"
+    assert task["skill"] == "cards"
+    assert task["language"] == "en-US"
