@@ -263,3 +263,23 @@ nodes:
     assert task["identified_by"] == "caller_id"
     assert task["skill"] == "cards"
     assert task["language"] == "en-US"
+
+
+def test_twilio_asking_again_for_an_answered_call_repeats_the_question(ivr_app):
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "7" * 32, "From": ON_FILE, "To": CALLER_ID}
+    first = twiml(twilio_post(client, "/voice/incoming", params))
+    again = twiml(twilio_post(client, "/voice/incoming", params))
+    assert again.find("Gather").get("action") == first.find("Gather").get("action")
+    assert ivr_app.extensions["ivr"].flows.states.load(params["CallSid"]).step == 1
+
+
+def test_agent_desktops_read_who_is_on_the_call(caller, api):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"])
+    response = api.get(f"/v1/calls/{transcript.call_sid}")
+    assert response.status_code == 200
+    assert response.get_json()["verified"] is True
+    assert response.get_json()["customer_id"] == ACCOUNT
+    assert api.get("/v1/calls/CA" + "0" * 32).status_code == 404
+    assert api.get("/v1/calls/not-a-sid").status_code == 400
+    assert api.client.get(f"/v1/calls/{transcript.call_sid}").status_code == 401

@@ -126,10 +126,9 @@ class FlowEngine:
     # -- the two ways a turn starts ------------------------------------------------------------
 
     def answer(self, call: CallInfo) -> VoiceResponse:
-        """A new call: pick the flow by the called number, start it."""
-        existing = self.states.load(call.call_sid)
-        if existing is not None:  # Twilio asked again for a call we already answered
-            return self._repeat_current(existing)
+        """A new call: pick the flow by the called number, start it. One Redis round trip: the
+        state is created only if the call has none (if Twilio asks again for a call already
+        answered, the save fails and the current question is repeated)."""
         flow = self.library.for_number(call.called)
         if flow is None:
             log.error("call %s: no flow answers %s", call.call_sid, phone.masked(call.called))

@@ -259,6 +259,24 @@ def delete_customer(customer_id: str) -> Response:
     return Response(status=204)
 
 
+# -- calls in the IVR ------------------------------------------------------------------------------
+
+
+_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
+
+
+@blueprint.get("/calls/<call_sid>")
+def get_call(call_sid: str) -> Response:
+    """Who is on an IVR call and how they were verified: for agent desktops whose handover
+    (a plain queue, a number) carries nothing with the call."""
+    if not _CALL_SID.fullmatch(call_sid):
+        return problem(400, "invalid_call_sid", "Invalid CallSid", "expected CA + 32 hex digits")
+    state = services().flows.states.load(call_sid)
+    if state is None:
+        return problem(404, "not_found", "Not found", "no IVR call with this CallSid (or it ended)")
+    return jsonify({"call_sid": call_sid, **state.summary()})
+
+
 # -- the simulated carrier's handsets ----------------------------------------------------------
 
 

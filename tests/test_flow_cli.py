@@ -1,0 +1,136 @@
+"""`ivr flows check | show | schema` and `ivr simulate`, as a call-center team uses them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ivr.cli import main
+from ivr.config import DEFAULT_FLOWS_DIR
+from ivr.flows.model import json_schema
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+@pytest.fixture
+def team_flows(tmp_path, monkeypatch):
+    """A copy of the shipped flows the test may edit, as FLOWS_DIR."""
+    folder = tmp_path / "flows"
+    shutil.copytree(DEFAULT_FLOWS_DIR, folder)
+    monkeypatch.setenv("FLOWS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def simulation_env(redis_url, redis_client, tmp_path, monkeypatch, team_flows):
+    """Settings for a simulated call: a real Redis, an instance folder of the test's own."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
+    monkeypatch.setenv("SECRET_KEY", "simulation-secret-" + "s" * 32)
+    monkeypatch.setenv("APP_NAME", "Acme")
+    return team_flows
+
+
+def test_the_shipped_flows_check_clean():
+    result = run("flows", "check", str(DEFAULT_FLOWS_DIR))
+    assert result.exit_code == 0, result.output
+    assert "0 error(s), 0 warning(s)" in result.output
+
+
+def test_the_published_json_schema_is_current():
+    published = json.loads((DEFAULT_FLOWS_DIR / "flow.schema.json").read_text(encoding="utf-8"))
+    assert published == json_schema(), "regenerate: ivr flows schema > flows/flow.schema.json"
+    assert json.loads(run("flows", "schema").output) == published
+
+
+def test_check_names_the_file_and_line_of_a_schema_error(team_flows):
+    path = team_flows / "default.yaml"
+    text = path.read_text(encoding="utf-8").replace("    max_timeouts: 3", "    max_timouts: 3")
+    path.write_text(text, encoding="utf-8")
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "max_timouts" in row)
+    result = run("flows", "check")
+    assert result.exit_code == 1
+    assert f"{path}:{line}: error: nodes.main_menu.menu.max_timouts: unknown setting" in (
+        result.output
+    )
+
+
+def test_check_reports_lint_errors_until_the_flow_is_right(team_flows):
+    path = team_flows / "default.yaml"
+    original = path.read_text(encoding="utf-8")
+    path.write_text(original.replace("      3: opening_hours", "      3: opening_hour"), "utf-8")
+    result = run("flows", "check")
+    assert result.exit_code == 1
+    assert "'opening_hour', which is not a node; did you mean 'opening_hours'?" in result.output
+    path.write_text(original, encoding="utf-8")
+    assert run("flows", "check").exit_code == 0
+
+
+def test_check_catches_a_number_claimed_by_two_flows(team_flows):
+    for name in ("sales", "support"):
+        (team_flows / f"{name}.yaml").write_text(
+            'numbers: ["+14155550188"]\nstart: bye\nnodes:\n  bye: {type: hangup}\n',
+            encoding="utf-8",
+        )
+    result = run("flows", "check")
+    assert result.exit_code == 1
+    assert "+14155550188 is claimed by several flows: sales, support" in result.output
+
+
+@pytest.mark.parametrize("output", ["text", "mermaid", "dot"])
+def test_show_draws_the_default_flow(output):
+    result = run("flows", "show", "default", "--format", output)
+    assert result.exit_code == 0, result.output
+    assert "main_menu" in result.output and "authenticate_caller" in result.output
+    if output == "mermaid":
+        assert result.output.startswith("flowchart TD")
+    if output == "dot":
+        assert result.output.startswith("digraph")
+
+
+def test_show_an_unknown_flow_says_so():
+    result = run("flows", "show", "nothing-here")
+    assert result.exit_code == 1
+    assert "no flow 'nothing-here'" in result.output
+
+
+def test_simulate_walks_a_caller_through_keypad_authentication_to_the_queue(simulation_env):
+    imported = simulation_env.parent / "customers.csv"
+    imported.write_text("id,phone,name,sms\n12345678,+14155550161,Ada Lovelace,yes\n")
+    assert run("customers", "import", str(imported)).exit_code == 0
+    result = run("simulate", "default", "--from", "+14155550161", "--keys", "1,1,code")
+    assert result.exit_code == 0, result.output
+    assert "ending in 6 1" in result.output
+    assert "you are verified" in result.output
+    assert "-> waits in queue 'support'" in result.output
+    assert "verified=True" in result.output and "customer_id=12345678" in result.output
+
+
+def test_simulate_is_interactive_without_keys(simulation_env):
+    result = run("simulate", input="2\n\n\n\n")
+    assert result.exit_code == 0, result.output
+    assert "Para español" in result.output
+    assert "Gracias por su llamada. Adiós." in result.output
+
+
+def test_simulate_refuses_keys_a_phone_cannot_press(simulation_env):
+    result = run("simulate", "--keys", "1,a")
+    assert result.exit_code == 2
+    assert "keys are 0-9, * and #" in result.output
+
+
+def test_a_saved_edit_is_served_without_a_restart(make_app, team_flows):
+    app = make_app(flows_dir=str(team_flows))
+    library = app.extensions["ivr"].flows.library
+    path = team_flows / "default.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace("      9: main_menu_again", "      8: goodbye\n      9: main_menu_again")
+    )
+    library.refresh(force=True)  # what the next request does once a second has passed
+    assert "8" in library.get("default").nodes["main_menu"].options
