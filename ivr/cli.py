@@ -201,6 +201,11 @@ def prompts_check() -> None:
         click.echo(
             f"{locale}: placeholders differ from {settings.default_locale} in {', '.join(keys)}"
         )
+    for locale, files in catalogs.stray_recordings().items():
+        problems += len(files)
+        click.echo(f"{locale}: recordings named after no prompt: {', '.join(files)}")
+    for locale, keys in catalogs.missing_recordings().items():
+        click.echo(f"{locale}: no recording (text-to-speech is used) for {', '.join(keys)}")
     click.echo(
         f"{len(catalogs.locales)} locales: {', '.join(catalogs.locales)}; {problems} problem(s)"
     )

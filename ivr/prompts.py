@@ -214,6 +214,27 @@ class PromptCatalogs:
             if reference - set(catalog.prompts)
         }
 
+    def missing_recordings(self) -> dict[str, list[str]]:
+        """Per locale, prompt keys recorded in another locale but not in this one (they are
+        spoken by TTS here: worth knowing when a team records its prompts)."""
+        recorded = {key for catalog in self.catalogs.values() for key in catalog.audio}
+        return {
+            locale: missing
+            for locale, catalog in self.catalogs.items()
+            if (missing := sorted(k for k in recorded - set(catalog.audio) if k in catalog.prompts))
+        }
+
+    def stray_recordings(self) -> dict[str, list[str]]:
+        """Per locale, audio files named after no prompt key (a typo: never played)."""
+        return {
+            locale: sorted(catalog.audio[key] for key in stray)
+            for locale, catalog in self.catalogs.items()
+            if (stray := set(catalog.audio) - set(self._all_keys()))
+        }
+
+    def _all_keys(self) -> set[str]:
+        return {key for catalog in self.catalogs.values() for key in catalog.prompts}
+
     def placeholder_mismatches(self) -> dict[str, list[str]]:
         """Per locale, keys whose {placeholders} differ from the default locale's text."""
         reference = self.catalogs[self.default_locale].prompts

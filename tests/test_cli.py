@@ -334,6 +334,18 @@ def test_prompts_check_lists_a_placeholder_mismatch(prompts_dir):
     assert "otp.call.greeting" in result.stdout
 
 
+def test_prompts_check_lists_recordings_missing_per_locale_and_stray_files(prompts_dir):
+    (prompts_dir / "audio" / "en-US").mkdir(parents=True)
+    (prompts_dir / "audio" / "en-US" / "flow.welcome.mp3").write_bytes(b"ID3")
+    result = run("prompts", "check")
+    assert result.exit_code == 0, "a missing recording is spoken by TTS: information only"
+    assert "es-ES: no recording (text-to-speech is used) for flow.welcome" in result.stdout
+    (prompts_dir / "audio" / "en-US" / "flow.welcom.mp3").write_bytes(b"ID3")
+    result = run("prompts", "check")
+    assert result.exit_code == 1
+    assert "en-US: recordings named after no prompt: flow.welcom.mp3" in result.stdout
+
+
 def test_prompts_check_names_a_broken_catalog(prompts_dir):
     (prompts_dir / "fr-FR.yaml").write_text("locale: fr-FR\nprompts: [\n", encoding="utf-8")
     result = run("prompts", "check")
