@@ -143,3 +143,65 @@ def test_the_fallback_socket_folder_must_be_private(tmp_path, monkeypatch):
     shared.chmod(0o777)
     with pytest.raises(RuntimeError, match="not a private folder"):
         EmbeddedRedis(tmp_path / ("d" * 60) / ("e" * 60))
+
+
+def _signed_call(base: str, token: str, to: str = "+15005550006") -> str:
+    """A new inbound call to our running server, signed as Twilio signs it; the TwiML text."""
+    from urllib.parse import urlencode
+
+    from twilio.request_validator import RequestValidator
+
+    url = f"{base}/voice/incoming"
+    params = {"CallSid": "CA" + os.urandom(16).hex(), "From": "+14155550123", "To": to}
+    signature = RequestValidator(token).compute_signature(url, params)
+    request = urllib.request.Request(
+        url, data=urlencode(params).encode(), headers={"X-Twilio-Signature": signature}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
+    import shutil
+
+    from ivr.config import DEFAULT_FLOWS_DIR
+
+    flows = tmp_path / "flows"
+    shutil.copytree(DEFAULT_FLOWS_DIR, flows)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TWILIO_"))}
+    env |= {
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "FLOWS_DIR": str(flows),
+        "APP_NAME": "Acme",
+    }
+    server = subprocess.Popen(  # noqa: S603
+        GUNICORN, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                _get(f"{base}/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        token = (tmp_path / "instance" / "webhook_auth_token").read_text().strip()
+        assert all("Thank you for calling Acme" in _signed_call(base, token) for _ in range(4))
+        path = flows / "default.yaml"
+        original = path.read_text(encoding="utf-8")
+        path.write_text(original.replace("prompt: flow.welcome", "prompt: flow.opening_hours"))
+        time.sleep(1.2)  # each worker looks at the folder at most once a second
+        answers = [_signed_call(base, token) for _ in range(6)]  # keep-alive off: both workers
+        assert all("around the clock" in answer for answer in answers), answers
+        path.write_text(original.replace("start: welcome", "start: nowhere"))
+        time.sleep(1.2)
+        assert all("around the clock" in _signed_call(base, token) for _ in range(4)), (
+            "a broken edit is refused; the last good version keeps serving"
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0].decode()
+    assert "REFUSED" in output, output
