@@ -1,0 +1,107 @@
+"""Flow files on disk: errors with their lines, reloading, the last good version."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivr.flows.loader import FlowFileError, FlowLibrary, parse_flow_file
+
+HANGUP = "start: bye\nnodes:\n  bye: {type: hangup}\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write(folder, name, text):
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path) -> list[str]:
+    with pytest.raises(FlowFileError) as caught:
+        parse_flow_file(path)
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_a_yaml_syntax_error_is_reported_with_its_line(tmp_path):
+    path = write(tmp_path, "broken", "start: bye\nnodes:\n  bye: {type: hangup\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:4: error: not valid YAML")
+
+
+@pytest.mark.parametrize("text", ["", "- a list\n", "just words\n"])
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, text):
+    [problem] = problems_of(write(tmp_path, "odd", text))
+    assert "a flow file is a mapping" in problem
+
+
+def test_the_name_inside_must_match_the_file_name(tmp_path):
+    [problem] = problems_of(write(tmp_path, "sales", "name: support\n" + HANGUP))
+    assert problem.endswith("name 'support' differs from the file name 'sales'")
+    assert ":1: error" in problem
+
+
+def test_schema_errors_point_at_their_lines(tmp_path):
+    text = "start: bye\nnodes:\n  bye:\n    type: hangup\n  menu:\n    type: menu\n    greting: x\n"
+    problems = problems_of(write(tmp_path, "f", text))
+    assert any(":7: error: nodes.menu.menu.greting: unknown setting" in p for p in problems)
+    assert any("nodes.menu.menu.greeting: Field required" in p for p in problems)
+    unknown_type = problems_of(write(tmp_path, "g", "start: a\nnodes:\n  a: {type: dance}\n"))
+    assert "unknown node type; expected one of:" in unknown_type[0]
+
+
+def test_the_library_picks_flows_by_called_number_then_the_default(tmp_path):
+    write(tmp_path, "sales", 'numbers: ["+14155550188"]\n' + HANGUP)
+    write(tmp_path, "main", "default: true\n" + HANGUP)
+    library = FlowLibrary(tmp_path)
+    assert library.for_number("+14155550188").name == "sales"
+    assert library.for_number("+14155550100").name == "main"
+
+
+def test_without_a_default_a_flow_named_default_answers(tmp_path):
+    write(tmp_path, "default", HANGUP)
+    write(tmp_path, "sales", 'numbers: ["+14155550188"]\n' + HANGUP)
+    assert FlowLibrary(tmp_path).for_number("+1999").name == "default"
+    (tmp_path / "default.yaml").unlink()
+    assert FlowLibrary(tmp_path).for_number("+1999") is None
+
+
+def test_changes_are_read_once_the_interval_has_passed(tmp_path):
+    clock = Clock()
+    write(tmp_path, "main", "default: true\n" + HANGUP)
+    library = FlowLibrary(tmp_path, clock=clock)
+    write(tmp_path, "extra", 'numbers: ["+14155550188"]\n' + HANGUP)
+    assert library.get("extra") is None, "not looked at again within the interval"
+    clock.now = 1.5
+    assert library.get("extra") is not None
+    (tmp_path / "extra.yaml").unlink()
+    clock.now = 3.0
+    assert library.get("extra") is None, "a removed file is no longer served"
+
+
+def test_a_broken_new_file_is_not_served_and_a_broken_edit_keeps_the_last_good(tmp_path):
+    clock = Clock()
+    path = write(tmp_path, "main", "default: true\n" + HANGUP)
+    library = FlowLibrary(tmp_path, clock=clock)
+    write(tmp_path, "new", "start: [\n")
+    path.write_text("default: true\nstart: bye\nnodes: {}\n", encoding="utf-8")
+    clock.now = 2.0
+    assert library.get("new") is None
+    assert library.get("main").nodes["bye"].type == "hangup", "the last good version"
+    assert set(library.refused) == {tmp_path / "new.yaml", path}
+    path.write_text("default: true\n" + HANGUP.replace("bye", "end"), encoding="utf-8")
+    clock.now = 4.0
+    assert "end" in library.get("main").nodes
+    assert set(library.refused) == {tmp_path / "new.yaml"}
+
+
+def test_a_missing_folder_serves_nothing_and_does_not_fail(tmp_path):
+    library = FlowLibrary(tmp_path / "absent")
+    assert library.flows == {}
+    assert library.for_number("+14155550100") is None
