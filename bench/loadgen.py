@@ -61,6 +61,11 @@ class RequestFeed:
         self._cursor += 1
         return request
 
+    @property
+    def wrapped(self) -> int:
+        """Requests handed out after the last one: repeats of earlier ones."""
+        return max(0, self._cursor - len(self._requests))
+
 
 @dataclass
 class Sample:
@@ -161,7 +166,9 @@ NETWORK_ERRORS = (
 # Who serves each connection: server worker id -> our local ports on it (every worker listed,
 # [] when it serves none); {} when the server cannot tell.
 ConnectionOwners = Callable[[Sequence[int]], dict[int, list[int]]]
-_MAX_REOPENS = 64
+# Connections reopened at most to even out the workers. Each open sends one request of the
+# feed, so a run takes up to `connections + MAX_REOPENS` requests before its clock starts.
+MAX_REOPENS = 64
 
 
 async def _open_evenly(
@@ -176,7 +183,7 @@ async def _open_evenly(
     if owners is None:
         return []
     counts: dict[int, int] = {}
-    for _ in range(_MAX_REOPENS):
+    for _ in range(MAX_REOPENS):
         spread = owners([connection.local_port for connection in pool])
         if not spread:
             return []

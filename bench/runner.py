@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import sys
@@ -26,6 +27,8 @@ from bench.baseline_app import REDIS_URL_VARIABLE
 from bench.servers import HOST, GunicornServer, ServerFailed
 from bench.workload import (
     ENDPOINTS,
+    ENGLISH,
+    MENU_AGAIN,
     REVEALS_PER_CALL,
     Endpoint,
     SetupError,
@@ -73,6 +76,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=1000,
         help="verifications worn out by the check endpoint",
+    )
+    # Stateful feeds (a new CallSid per /voice/incoming request, a step per menu request) must
+    # not repeat a request on our app: sized for this rate over every run, above anything our
+    # app reaches here (the bare baseline does ~4500 rps, the Redis reference ~2700).
+    parser.add_argument(
+        "--feed-rps",
+        type=int,
+        default=4000,
+        help="requests/s the stateful feeds are sized for (beyond it they wrap: the notes say)",
+    )
+    parser.add_argument(
+        "--menu-calls",
+        type=int,
+        default=2000,
+        help="calls answered for the menu steps, taken round-robin (many more than the "
+        "connections, so that no two requests in flight are for one call)",
     )
     parser.add_argument(
         "--redis",
@@ -172,6 +191,15 @@ def _stop_embedded_redis(directory: Path) -> None:
     client.close()
 
 
+def _requests_per_feed(args: argparse.Namespace) -> int:
+    """The most requests one server may take from one feed over the whole run, at
+    --feed-rps: a warm-up and every round, each run also opening (and evening out) its
+    connections with requests of the feed."""
+    timed = (WARMUP_SECONDS + args.rounds * args.seconds) * args.feed_rps
+    opening = (1 + args.rounds) * (args.connections + loadgen.MAX_REOPENS)
+    return math.ceil(timed) + opening
+
+
 def _measure(
     server: GunicornServer,
     feed: loadgen.RequestFeed,
@@ -195,10 +223,11 @@ def _run_rounds(
     targets: dict[str, Target],
     state: State,
     args: argparse.Namespace,
-) -> dict[str, dict[str, list[loadgen.Sample]]]:
+) -> tuple[dict[str, dict[str, list[loadgen.Sample]]], dict[str, int]]:
     """Warm up, then per round and endpoint the baseline and the endpoint's server back to
     back, taking turns at going first. Returns samples by endpoint name and column ("baseline",
-    "ours"; the reference row's server sits in the "ours" column)."""
+    "ours"; the reference row's server sits in the "ours" column), and by endpoint name how
+    many requests our app's feed handed out again after its last one (repeats)."""
     plan = {
         endpoint.name: {
             column: servers[name]
@@ -234,7 +263,8 @@ def _run_rounds(
                     f"{server.name:<9} {sample.rps:8.1f} rps",
                     flush=True,
                 )
-    return samples
+    wrapped = {e.name: feeds[e.name, "ours"].wrapped for e in ENDPOINTS if e.server == "ours"}
+    return samples, wrapped
 
 
 def _rows(samples: dict[str, dict[str, list[loadgen.Sample]]]) -> list[report.Row]:
@@ -253,9 +283,47 @@ def _rows(samples: dict[str, dict[str, list[loadgen.Sample]]]) -> list[report.Ro
     return rows
 
 
-def _notes(rows: Sequence[report.Row], state: State) -> list[str]:
+def _notes(rows: Sequence[report.Row], state: State, wrapped: dict[str, int]) -> list[str]:
     notes = []
     for row in rows:
+        if row.endpoint == "/voice/incoming":
+            new, answered = row.ours["marked"], row.ours["requests"]
+            notes.append(
+                f"incoming: {new} of {answered} answers started a new call (welcome, language "
+                f"question, call state saved), each request with a CallSid of its own "
+                f"({state.incoming_calls} built)"
+                + (
+                    f"; {answered - new} did not: "
+                    + (
+                        f"the feed wrapped ({wrapped[row.endpoint]} requests, warm-up "
+                        "included, repeated a CallSid: 'Twilio asked again')"
+                        if wrapped[row.endpoint]
+                        else "none repeated a CallSid, so these are errors or fallbacks"
+                    )
+                    if new < answered
+                    else ""
+                )
+            )
+        if row.endpoint.startswith("/voice/flow/"):
+            real, answered = row.ours["marked"], row.ours["requests"]
+            notes.append(
+                f"menu: {real} of {answered} answers were real menu steps (the menu asked "
+                f"anew, the step bumped), round-robin over {len(state.flow_calls)} calls x "
+                f"{state.menu_steps} steps ({ENGLISH} for English at step 1, then "
+                f"{MENU_AGAIN} to hear the options again)"
+                + (
+                    f"; {answered - real} were not: "
+                    + (
+                        f"the feed wrapped ({wrapped[row.endpoint]} requests, warm-up "
+                        "included, replayed a step: the question repeated)"
+                        if wrapped[row.endpoint]
+                        else "the feed did not wrap, so these are replays of a raced step, "
+                        "errors or fallbacks"
+                    )
+                    if real < answered
+                    else ""
+                )
+            )
         if row.endpoint.endswith("/reveal"):
             heard, answered = row.ours["marked"], row.ours["requests"]
             notes.append(
@@ -300,6 +368,10 @@ def _document(
             "call_verifications": len({call.sid for call in state.calls}),
             "calls": len(state.calls),
             "check_verifications": len(state.check_sids),
+            "feed_rps": args.feed_rps,
+            "incoming_calls": state.incoming_calls,
+            "menu_calls": len(state.flow_calls),
+            "menu_steps_per_call": state.menu_steps,
         },
         "targets": {"min_ratio": report.MIN_RATIO, "max_p99_ms": report.MAX_P99_MS, "errors": 0},
         "endpoints": [
@@ -338,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             webhook_token = (Path(tmp) / "instance" / "webhook_auth_token").read_text().strip()
             servers = {server.name: server for server in (baseline, ours, reference)}
             targets = {
-                name: Target(HOST, server.port, webhook_token, API_TOKEN)
+                name: Target(HOST, server.port, webhook_token, API_TOKEN, name == "ours")
                 for name, server in servers.items()
             }
             prepared = time.monotonic()
@@ -347,15 +419,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 call_numbers=args.call_numbers,
                 sends_per_number=args.sends_per_number,
                 check_numbers=args.check_numbers,
+                menu_calls=args.menu_calls,
+                requests_per_feed=_requests_per_feed(args),
                 connections=args.connections,
             )
             print(
                 f"bench: {len(state.calls)} calls for {args.call_numbers} verifications and "
-                f"{len(state.check_sids)} verifications to check, made through the API in "
+                f"{len(state.check_sids)} verifications to check, made through the API, and "
+                f"{len(state.flow_calls)} inbound calls answered, in "
                 f"{time.monotonic() - prepared:.1f} s",
                 flush=True,
             )
-            samples = _run_rounds(servers, targets, state, args)
+            samples, wrapped = _run_rounds(servers, targets, state, args)
     except ServerFailed as exc:
         print(f"bench: a server failed to start: {exc}", file=sys.stderr)
         return 1
@@ -368,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
 
     rows = _rows(samples)
-    notes = _notes(rows, state)
+    notes = _notes(rows, state, wrapped)
     print()
     print(report.render_table(rows, args.connections))
     for note in notes:

@@ -7,6 +7,7 @@ our app does its full signature check and the baseline receives byte-for-byte th
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,15 +51,31 @@ REVEALS_PER_CALL = 4  # CodePolicy.max_reveals_per_call: later reveals hear "no 
 WRONG_CODE = "000000"
 _OUTBOX_PAGE = 50  # GET /v1/simulator/outbox shows the newest 50 entries
 
+# The default flow (flows/default.yaml): an answer says the welcome, then asks for a language at
+# step 1; 1 picks English and goes to the main menu; there 9 ("hear these options again") goes
+# back to the menu, which asks anew with its long greeting and bumps the step. A repeated
+# request (Twilio asking again for a call already answered, a replayed step) changes nothing
+# and repeats the current question: no welcome, and the menu's short greeting. These markers
+# tell the two apart in the answers; prepare_state checks that they still do.
+ENGLISH = "1"
+MENU_AGAIN = "9"
+INCOMING_MARKER = b"Thank you for calling"  # flow.welcome (en-US), said on a new call only
+MENU_MARKER = b"To hear these options again"  # flow.main_menu.long (en-US), not the short one
+# Where a server keeps none of the benchmark's state (the baseline, the reference), a stateful
+# feed is this many of the same requests, cycling: same sizes, no need for thousands.
+SAMPLE_REQUESTS = 1024
+
 
 @dataclass(frozen=True)
 class Target:
-    """Where one server listens, and the tokens its requests carry."""
+    """Where one server listens, and the tokens its requests carry. `keeps_state`: our app,
+    which holds the benchmark's state, so its stateful feeds must not repeat a request."""
 
     host: str
     port: int
     webhook_token: str
     api_token: str
+    keeps_state: bool = False
 
     @property
     def base_url(self) -> str:
@@ -77,9 +94,20 @@ class CodeCall:
 
 
 @dataclass(frozen=True)
+class FlowCall:
+    """An inbound call answered by the default flow, waiting for its language at step 1."""
+
+    call_sid: str
+    caller: str
+
+
+@dataclass(frozen=True)
 class State:
     calls: list[CodeCall]  # for the answer, reveal and status webhooks (stay pending)
     check_sids: list[str]  # worn out by the check endpoint, kept apart from `calls`
+    incoming_calls: int  # distinct CallSids the /voice/incoming feed brings to our app
+    flow_calls: list[FlowCall]  # for the menu steps, each taking `menu_steps` of them
+    menu_steps: int
 
 
 class SetupError(RuntimeError):
@@ -140,19 +168,82 @@ def _outbox_calls(target: Target) -> dict[str, tuple[str, str]]:
     return calls
 
 
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+def _webhook(target: Target, path: str, form: dict[str, str], what: str) -> bytes:
+    """One signed webhook sent to `target`; its body, SetupError unless HTTP 200."""
+    [response] = fetch_all(
+        target.host, target.port, [_signed_form(target, path, form)], connections=1
+    )
+    if response.status != 200:
+        raise SetupError(f"{what}: HTTP {response.status} {response.body[:300]!r}")
+    return response.body
+
+
+def _check_flow_markers(target: Target) -> None:
+    """Walk one call through the default flow to make sure the markers still tell a new call
+    from Twilio asking again, and a real menu step from a replayed one (a flow or prompt edit
+    would otherwise make the notes count wrong)."""
+    caller = test_numbers(1)[0]
+    call = FlowCall(new_call_sid(), caller)
+    expectations = (  # path, Digits, marker, whether the answer has it, what it is
+        ("/voice/incoming", None, INCOMING_MARKER, True, "a new call"),
+        ("/voice/incoming", None, INCOMING_MARKER, False, "Twilio asking again"),
+        ("/voice/flow/1", ENGLISH, MENU_MARKER, True, "English chosen at step 1"),
+        ("/voice/flow/1", ENGLISH, MENU_MARKER, False, "step 1 replayed"),
+        ("/voice/flow/2", MENU_AGAIN, MENU_MARKER, True, f"{MENU_AGAIN} at the menu, step 2"),
+    )
+    for path, digits, marker, expected, what in expectations:
+        body = _webhook(target, path, _flow_form(call, digits), f"default flow, {what}")
+        if b"<Gather" not in body or (marker in body) != expected:
+            raise SetupError(
+                f"default flow, {what}: the answer {'lacks' if expected else 'has'} "
+                f"{marker!r} (bench/workload.py expects flows/default.yaml and its en-US "
+                f"prompts as they were): {body[:600]!r}"
+            )
+
+
+def _answer_flow_calls(target: Target, count: int, connections: int) -> list[FlowCall]:
+    """`count` calls answered by the default flow through /voice/incoming, each now waiting
+    for its language at step 1."""
+    callers = test_numbers(len(AREA_CODES) * 100)
+    calls = [FlowCall(new_call_sid(), callers[i % len(callers)]) for i in range(count)]
+    requests = [_signed_form(target, "/voice/incoming", _flow_form(c, None)) for c in calls]
+    responses = fetch_all(target.host, target.port, requests, connections=connections)
+    for call, response in zip(calls, responses, strict=True):
+        if (
+            response.status != 200
+            or INCOMING_MARKER not in response.body
+            or b'/voice/flow/1"' not in response.body
+        ):
+            raise SetupError(
+                f"answer {call.call_sid}: HTTP {response.status} {response.body[:300]!r}"
+            )
+    return calls
+
+
 def prepare_state(
     target: Target,
     *,
     call_numbers: int,
     sends_per_number: int,
     check_numbers: int,
+    menu_calls: int,
+    requests_per_feed: int,
     connections: int,
 ) -> State:
-    """Create the verifications the webhooks and the check endpoint will be pointed at.
+    """Create the verifications the webhooks and the check endpoint will be pointed at, and
+    the inbound calls the menu steps will be pointed at.
 
     Each of `call_numbers` numbers gets `sends_per_number` calls (a re-send adds a call to the
     same verification), each call may hear its code REVEALS_PER_CALL times. CallSids are read
     from the simulator's outbox, as a test handset would, a page of sends at a time.
+
+    `requests_per_feed`: the most requests one server may be sent from one stateful feed over
+    the whole run; /voice/incoming gets that many CallSids, and the `menu_calls` calls enough
+    steps each, so that neither repeats a request.
     """
     numbers = test_numbers(call_numbers + check_numbers)
     calls: list[CodeCall] = []
@@ -167,7 +258,15 @@ def prepare_state(
                 call_sid, answer_path = placed[sid]
                 calls.append(CodeCall(sid, call_sid, number, answer_path))
     check_sids = _start_verifications(target, numbers[call_numbers:], connections)
-    return State(calls, check_sids)
+    _check_flow_markers(target)
+    flow_calls = _answer_flow_calls(target, menu_calls, connections)
+    return State(
+        calls,
+        check_sids,
+        incoming_calls=requests_per_feed,
+        flow_calls=flow_calls,
+        menu_steps=math.ceil(requests_per_feed / menu_calls),
+    )
 
 
 # -- the requests replayed under load -----------------------------------------------------------
@@ -210,15 +309,45 @@ def _call_form(call: CodeCall, status: str) -> dict[str, str]:
     return twilio_voice_form(call.call_sid, CALLER_ID, call.to, status, "outbound-api")
 
 
-def incoming_requests(target: Target) -> list[bytes]:
-    """Calls to our number from a spread of callers (one request per caller)."""
-    requests = []
-    for caller in test_numbers(64):
-        form = twilio_voice_form(
-            "CA" + secrets.token_hex(16), caller, CALLER_ID, "ringing", "inbound"
+def _flow_form(call: FlowCall, digits: str | None) -> dict[str, str]:
+    """An inbound call to our number: ringing when answered, in progress at its steps."""
+    if digits is None:
+        return twilio_voice_form(call.call_sid, call.caller, CALLER_ID, "ringing", "inbound")
+    form = twilio_voice_form(call.call_sid, call.caller, CALLER_ID, "in-progress", "inbound")
+    return form | {"Digits": digits}
+
+
+def incoming_requests(target: Target, state: State) -> list[bytes]:
+    """New calls to our number from a spread of callers, each with a CallSid of its own: a
+    CallSid seen before would not start a call but repeat its question ("Twilio asked
+    again"). Enough of them for the whole run on our app (state.incoming_calls), a sample
+    elsewhere."""
+    count = state.incoming_calls if target.keeps_state else SAMPLE_REQUESTS
+    callers = test_numbers(len(AREA_CODES) * 100)
+    return [
+        _signed_form(
+            target,
+            "/voice/incoming",
+            _flow_form(FlowCall(new_call_sid(), callers[i % len(callers)]), None),
         )
-        requests.append(_signed_form(target, "/voice/incoming", form))
-    return requests
+        for i in range(count)
+    ]
+
+
+def menu_requests(target: Target, state: State) -> list[bytes]:
+    """Each flow call's steps: English at step 1, then "hear these options again" at steps
+    2..menu_steps, each a real menu turn (one load, one compare-and-set save). Round-robin:
+    every call's step k before any call's step k+1, so the requests in flight never race on
+    one call. Our app gets them all (sized not to wrap); elsewhere a spread-out sample."""
+    turns = [(call, step) for step in range(1, state.menu_steps + 1) for call in state.flow_calls]
+    if not target.keeps_state:
+        turns = turns[:: max(1, len(turns) // SAMPLE_REQUESTS)]
+    return [
+        _signed_form(
+            target, f"/voice/flow/{step}", _flow_form(call, ENGLISH if step == 1 else MENU_AGAIN)
+        )
+        for call, step in turns
+    ]
 
 
 def answer_requests(target: Target, state: State) -> list[bytes]:
@@ -272,7 +401,10 @@ class Endpoint:
 
 
 ENDPOINTS = (
-    Endpoint("/voice/incoming", lambda t, _s: incoming_requests(t), 200, compare=True),
+    # Only a new call hears the welcome; a CallSid seen before would not (none should be).
+    Endpoint("/voice/incoming", incoming_requests, 200, compare=True, marker=INCOMING_MARKER),
+    # Only a real step asks the menu anew (long greeting); a replay repeats it short.
+    Endpoint("/voice/flow/<step> (menu)", menu_requests, 200, compare=True, marker=MENU_MARKER),
     Endpoint("/voice/code/<sid>/<locale>/", answer_requests, 200, compare=True),
     # Only a reading of the code offers to repeat it (a <Gather>); the cap's answer does not.
     Endpoint(
@@ -283,10 +415,6 @@ ENDPOINTS = (
     # Not ours: bare Flask plus one Redis read, fed the /voice/incoming requests. The most a
     # webhook that must touch Redis could reach here (bench/baseline_app.py).
     Endpoint(
-        "(bare Flask + 1 Redis read)",
-        lambda t, _s: incoming_requests(t),
-        200,
-        compare=True,
-        server="reference",
+        "(bare Flask + 1 Redis read)", incoming_requests, 200, compare=True, server="reference"
     ),
 )
