@@ -27,8 +27,12 @@ def code(tag: str, sid: str) -> str:
     return f"{number_prefix(tag)}code:{sid}"
 
 
-def pending(tag: str, e164: str) -> str:
-    """String: sid of the number's pending verification; expires with it."""
+def pending(tag: str, e164: str, scope: str | None = None) -> str:
+    """String: sid of the number's pending verification; expires with it. A `scope` (an IVR
+    call) keeps a pointer of its own, so API clients and calls never re-send or adopt each
+    other's verifications."""
+    if scope:
+        return f"{number_prefix(tag)}pending:{scope}:{e164}"
     return f"{number_prefix(tag)}pending:{e164}"
 
 

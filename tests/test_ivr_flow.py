@@ -140,11 +140,34 @@ def test_the_right_code_marks_the_call_verified(caller, ivr_app):
 
 
 def test_a_customer_without_sms_gets_the_code_by_voice_call(caller, twilio_api):
-    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"], from_=VOICE_ONLY_PHONE)
-    assert "calling your phone ending in 4 2" in said(transcript)
+    keys = [ENGLISH, ACCOUNT_HELP, VOICE_ONLY_ACCOUNT + "#", "code"]
+    transcript = caller.call(keys, from_=OTHER_PHONE)
+    assert "sent a code to the phone we have on file" in said(transcript)
+    assert "ending in" not in said(transcript), "not read to someone who typed an account"
     assert "you are verified" in said(transcript)
     assert twilio_api.calls()[0].value("To") == VOICE_ONLY_PHONE
     assert not twilio_api.messages()
+
+
+def test_no_code_call_goes_to_the_line_the_caller_is_on(caller, twilio_api):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP], from_=VOICE_ONLY_PHONE)
+    assert "cannot send a code to the phone you are calling from" in said(transcript)
+    assert transcript.ended_by == "enqueue"
+    assert not twilio_api.requests
+
+
+def test_ivr_codes_never_mix_with_an_apps_verifications(caller, api, twilio_api):
+    """An app's pending verification for the same phone is neither re-sent, checked nor
+    canceled by a caller typing that customer's account number."""
+    app_verification = api.start(to=ON_FILE, channel="sms").get_json()
+    caller.call(
+        [ENGLISH, ACCOUNT_HELP, ACCOUNT + "#", "000000#", "111111#", "222222#"], from_=OTHER_PHONE
+    )
+    ivr_sms = twilio_api.messages()[-1]
+    assert twilio_api.messages()[0].value("Body") != ivr_sms.value("Body"), "a code of its own"
+    still = api.get(f"/v1/verifications/{app_verification['sid']}").get_json()
+    assert still["status"] == "pending"
+    assert still["check_attempts"] == 0, "the caller's wrong codes were checked elsewhere"
 
 
 def test_the_whole_flow_speaks_spanish_once_chosen(caller):
@@ -206,12 +229,12 @@ def test_garbage_digits_never_break_the_call(ivr_app, digits):
     assert root.find("Gather") is not None or root[-1].tag == "Hangup"
 
 
-def test_an_unknown_call_or_step_is_told_politely(ivr_app):
+def test_an_unknown_call_goes_where_the_flow_says_on_error(ivr_app):
     client = ivr_app.test_client()
     params = {"CallSid": "CA" + "4" * 32, "From": ON_FILE, "To": CALLER_ID, "Digits": "1"}
     root = twiml(twilio_post(client, "/voice/flow/7", params))
-    assert "Sorry" in " ".join(root.itertext())
-    assert root[-1].tag == "Hangup"
+    assert "Sorry, something went wrong" in " ".join(root.itertext())
+    assert root.find("Enqueue").text == "support", "the default flow's on_error: an agent"
     garbage = twiml(twilio_post(client, "/voice/flow/1", {"Digits": "1"}))
     assert garbage[-1].tag == "Hangup"
 

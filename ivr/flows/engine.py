@@ -85,6 +85,8 @@ class _Turn:
     flow: model.Flow
     state: CallState
     next_step: int  # the step the caller's answer to this turn will carry
+    call_sid: str = ""
+    stateless: bool = False  # nothing of this turn is saved: offer no way back into it
     response: VoiceResponse = field(default_factory=VoiceResponse)
     pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
 
@@ -135,7 +137,7 @@ class FlowEngine:
             return self._goodbye(self.prompts.default_locale, "call.error")
         locale = flow.locale or self.prompts.resolve_locale(None, call.caller_country)
         state = CallState(flow=flow.name, node=flow.start, locale=locale, caller=call.caller)
-        turn = _Turn(flow, state, next_step=1)
+        turn = _Turn(flow, state, next_step=1, call_sid=call.call_sid)
         try:
             self._walk(turn, STAY)
         except FlowError as exc:
@@ -149,9 +151,9 @@ class FlowEngine:
     ) -> VoiceResponse:
         """The caller's answer to the question asked at `step` (digits, or None on silence)."""
         state = self.states.load(call.call_sid)
-        if state is None:
+        if state is None:  # expired, or never ours: the flow's on_error takes the call
             log.warning("call %s: step %s for a call with no state", call.call_sid, step)
-            return self._goodbye(self.prompts.default_locale, "call.error")
+            return self.fallback(call)
         if state.step != step:
             log.info("call %s: step %s replayed (now at %s)", call.call_sid, step, state.step)
             return self._repeat_current(state)
@@ -159,7 +161,7 @@ class FlowEngine:
         if flow is None or state.node not in flow.nodes:
             return self._on_error(flow, state, "the call's flow or node is gone")
         read_step = state.step
-        turn = _Turn(flow, state, next_step=read_step + 1)
+        turn = _Turn(flow, state, next_step=read_step + 1, call_sid=call.call_sid)
         try:
             node = flow.nodes[state.node]
             answer = getattr(self, f"_input_{node.type}", None)
@@ -199,10 +201,15 @@ class FlowEngine:
             return
         if isinstance(going, str):
             state.move_to(going)
+        acted: set[str] = set()  # nodes with side effects (lookups, sends) entered this turn
         for _ in range(MAX_HOPS):
             node = turn.flow.nodes.get(state.node)
             if node is None:
                 raise FlowError(f"node {state.node!r} is not in flow {turn.flow.name!r}")
+            if isinstance(node, model.IdentifyNode | model.AuthenticateNode):
+                if state.node in acted:
+                    raise FlowError(f"node {state.node!r} entered twice in one turn: a loop")
+                acted.add(state.node)
             enter = getattr(self, f"_enter_{node.type}")
             going = enter(turn, node)
             if going is None:
@@ -232,7 +239,7 @@ class FlowEngine:
         )
         if flow is None or target is None or not hands_over:
             return self._goodbye(state.locale, "call.error")
-        turn = _Turn(flow, state, next_step=state.step + 1)
+        turn = _Turn(flow, state, next_step=state.step + 1, stateless=True)
         turn.say("call.error_transfer")
         getattr(self, f"_enter_{target.type}")(turn, target)
         return turn.response
@@ -277,25 +284,23 @@ class FlowEngine:
             self._gather(turn, num_digits=1, timeout=node.timeout_seconds, finish_on_key="")
         elif isinstance(node, model.CollectNode):
             turn.say(node.prompt)
+            # With a finish key, the caller ends the entry: a numDigits would end it first and
+            # leave their "#" to cut the next question short.
+            size = {} if node.finish_on_key else {"num_digits": node.max_digits}
             self._gather(
-                turn,
-                num_digits=node.max_digits,
-                timeout=node.timeout_seconds,
-                finish_on_key=node.finish_on_key,
+                turn, timeout=node.timeout_seconds, finish_on_key=node.finish_on_key, **size
             )
         elif isinstance(node, model.IdentifyNode):
             turn.say(node.ask_prompt)
-            self._gather(
-                turn, num_digits=node.max_digits, timeout=node.timeout_seconds, finish_on_key="#"
-            )
+            self._gather(turn, timeout=node.timeout_seconds, finish_on_key="#")
         elif isinstance(node, model.AuthenticateNode):
             if repeat or not turn.pending:
                 turn.say(node.enter_code_prompt)
-            self._gather(
-                turn, num_digits=self.code_length, timeout=node.timeout_seconds, finish_on_key="#"
-            )
+            self._gather(turn, timeout=node.timeout_seconds, finish_on_key="#")
         elif isinstance(node, model.LanguageNode):
-            gather = self._gather(turn, num_digits=1, timeout=node.timeout_seconds)
+            gather = self._gather(
+                turn, num_digits=1, timeout=node.timeout_seconds, finish_on_key=""
+            )
             for key, locale in node.options.items():
                 self.prompts.speak(gather, locale, node.prompt, app_name=self.app_name, digit=key)
 
@@ -349,7 +354,7 @@ class FlowEngine:
         target = node.dial
         assert target is not None  # the model requires queue or dial
         dial_options: dict[str, Any] = {"timeout": target.timeout_seconds}
-        if node.no_answer:
+        if node.no_answer and not turn.stateless:
             dial_options["action"] = self.urls.flow_dial_result(turn.next_step)
             dial_options["method"] = "POST"
         dial = Dial(**dial_options)
@@ -368,7 +373,7 @@ class FlowEngine:
         else:
             dial.number(target.number)
         turn.response.append(dial)
-        if not node.no_answer:
+        if "action" not in dial_options:
             turn.response.hangup()
         return
 
@@ -458,15 +463,15 @@ class FlowEngine:
         state.identified_by = how
         state.verified = False
         state.auth_method = None
-        state.variables["customer_phone"] = customer.phone
-        state.variables["customer_sms"] = "1" if customer.sms else "0"
+        state.customer_phone = customer.phone
+        state.customer_sms = customer.sms
 
     def _enter_authenticate(self, turn: _Turn, node: model.AuthenticateNode) -> Going:
         state = turn.state
         if state.verified:
             return node.success
         if "verification" not in state.here:
-            to = state.variables.get("customer_phone")
+            to = state.customer_phone
             if not state.customer_id or not to:
                 log.warning(
                     "flow %s: authenticate at %s with nobody identified", state.flow, state.node
@@ -475,19 +480,35 @@ class FlowEngine:
                 return node.failure
             channel = node.channel
             if channel == "auto":
-                channel = "sms" if state.variables.get("customer_sms") == "1" else "call"
+                channel = "sms" if state.customer_sms else "call"
+            if channel == "call" and _same_number(to, state.caller):
+                # The caller is on that very line: a code call would find it busy, and the
+                # code must never be read on the inbound leg (caller ID can be spoofed).
+                turn.say(node.same_line_prompt)
+                return node.failure
             try:
                 verification = self.verifications.start(
-                    to=to, channel=channel, locale=state.locale, client_id=f"flow:{state.flow}"
+                    to=to,
+                    channel=channel,
+                    locale=state.locale,
+                    # Limits: per number and prefix as always, and per caller: one phone
+                    # cannot pump codes to many accounts. The scope keeps this call's code its
+                    # own: never a re-send of (or a check against) an app's verification.
+                    client_id=f"ivr-caller:{state.caller or 'withheld'}",
+                    scope=f"call:{turn.call_sid}",
                 )
             except (InvalidRequest, RateLimited, DeliveryFailed) as exc:
-                log.warning("flow %s: no code sent to the phone on file: %s", state.flow, exc)
+                reason = getattr(exc, "reason", None) or getattr(exc, "scope", None)
+                log.warning("flow %s: no code sent to the phone on file (%s)", state.flow, reason)
                 turn.say(node.unavailable_prompt)
                 return node.failure
             state.here["verification"] = verification.sid
             state.here["channel"] = channel
-            sent = node.sent_sms_prompt if channel == "sms" else node.sent_call_prompt
-            turn.say(sent, ending=_spoken_ending(to))
+            if state.identified_by == "caller_id":  # they hold that phone: its ending helps
+                sent = node.sent_sms_prompt if channel == "sms" else node.sent_call_prompt
+                turn.say(sent, ending=_spoken_ending(to))
+            else:  # a typed account number: say nothing of the number on file
+                turn.say(node.sent_on_file_prompt)
         self._gather_for(turn, node, repeat=False)
         return None
 
@@ -547,6 +568,13 @@ class FlowEngine:
 
 def _fullmatch(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern, text) is not None
+
+
+def _same_number(on_file: str, caller: str) -> bool:
+    try:
+        return phone.parse(caller, None).e164 == on_file
+    except phone.NumberRefused:
+        return False
 
 
 def _spoken_ending(number: str) -> str:

@@ -169,6 +169,12 @@ class IdentifyNode(_Node):
     found: NodeId
     not_found: NodeId
 
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> IdentifyNode:
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits is larger than max_digits")
+        return self
+
     def exits(self) -> dict[str, str]:
         return {"found": self.found, "not found": self.not_found}
 
@@ -190,6 +196,15 @@ class AuthenticateNode(_Node):
     )
     sent_sms_prompt: PromptKey = "flow.auth.sent_sms"
     sent_call_prompt: PromptKey = "flow.auth.sent_call"
+    sent_on_file_prompt: PromptKey = Field(
+        "flow.auth.sent_on_file",
+        description="Said when the caller typed an account number: the ending of the phone on "
+        "file is not read to someone who may not hold it.",
+    )
+    same_line_prompt: PromptKey = Field(
+        "flow.auth.same_line",
+        description="The code would be a call to the very line the caller is on: failure.",
+    )
     enter_code_prompt: PromptKey = "flow.auth.enter_code"  # when the question is repeated
     wrong_prompt: PromptKey = "flow.auth.wrong_code"
     verified_prompt: PromptKey = "flow.auth.verified"
@@ -211,6 +226,8 @@ class AuthenticateNode(_Node):
         return [
             self.sent_sms_prompt,
             self.sent_call_prompt,
+            self.sent_on_file_prompt,
+            self.same_line_prompt,
             self.enter_code_prompt,
             self.wrong_prompt,
             self.verified_prompt,

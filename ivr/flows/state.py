@@ -30,6 +30,8 @@ class CallState:
     step: int = 0
     customer_id: str | None = None
     customer_name: str | None = None
+    customer_phone: str | None = None  # the phone on file: where codes go
+    customer_sms: bool = True  # False when the record says the phone takes no SMS
     identified_by: str | None = None  # caller_id | account_number
     verified: bool = False
     auth_method: str | None = None  # sms_otp | voice_otp

@@ -178,8 +178,10 @@ class VerificationService:
         locale: object = None,
         country: object = None,
         client_id: str = "anonymous",
+        scope: str | None = None,
     ) -> Verification:
-        """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one.
+        """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one
+        (the pending one of `scope` when given: an IVR call's codes are its own).
 
         Raises InvalidRequest, RateLimited or DeliveryFailed.
         """
@@ -208,6 +210,7 @@ class VerificationService:
             sealed=self.secrets.seal(new_sid, code),
             ttl_ms=self.code_policy.ttl_seconds * 1000,
             retention_ms=self.code_policy.retention_seconds * 1000,
+            scope=scope,
         )
         sid = started.verification.sid
         if not started.created:

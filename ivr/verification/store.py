@@ -29,7 +29,7 @@ _LUA_FINISH = """
 local function finish(prefix, vkey, sid, number, status, now_s)
   redis.call('HSET', vkey, 'status', status, 'updated_at', now_s)
   redis.call('DEL', prefix .. 'code:' .. sid)
-  local pointer = prefix .. 'pending:' .. number
+  local pointer = redis.call('HGET', vkey, 'pointer') or (prefix .. 'pending:' .. number)
   if redis.call('GET', pointer) == sid then redis.call('DEL', pointer) end
 end
 """
@@ -63,7 +63,8 @@ end
 local expires_s = string.format('%d', now + tonumber(ARGV[8]))
 redis.call('HSET', KEYS[2], 'sid', ARGV[2], 'to', ARGV[3], 'channel', ARGV[4],
            'locale', ARGV[5], 'status', 'pending', 'created_at', now_s, 'updated_at', now_s,
-           'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}))
+           'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}),
+           'pointer', KEYS[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[8]) + tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'digest', ARGV[6], 'sealed', ARGV[7])
 redis.call('PEXPIRE', KEYS[3], ARGV[8])
@@ -312,10 +313,13 @@ class VerificationStore:
         sealed: str,
         ttl_ms: int,
         retention_ms: int,
+        scope: str | None = None,
     ) -> StartResult:
-        """Create a verification, or add an attempt to the number's pending one."""
+        """Create a verification, or add an attempt to the pending one of the number (in
+        `scope`, when given: see keys.pending)."""
+        pointer = keys.pending(tag, to, scope)
         outcome, _sid, index, flat, sealed_code = self._start(
-            keys=[keys.pending(tag, to), keys.verification(tag, new_sid), keys.code(tag, new_sid)],
+            keys=[pointer, keys.verification(tag, new_sid), keys.code(tag, new_sid)],
             args=[
                 keys.number_prefix(tag),
                 new_sid,
