@@ -53,6 +53,7 @@ class Services:
     flows: FlowEngine  # the IVR: flow files from FLOWS_DIR, call state in Redis
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
+    rendered_twiml_version: int = 0  # the prompts' version those documents were rendered from
 
 
 def services() -> Services:

@@ -8,8 +8,12 @@ English words read by a Spanish voice.
 
 from __future__ import annotations
 
+import logging
 import re
 import string
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,10 @@ from urllib.parse import quote
 import yaml
 from twilio.twiml import TwiML
 
+log = logging.getLogger(__name__)
+
 AUDIO_SUFFIXES = (".mp3", ".wav")
+RELOAD_INTERVAL_SECONDS = 1.0
 # Pause between digits when reading a code: long enough to write each one down, short enough
 # that six digits end well within eight seconds of the key press.
 DIGIT_PAUSE = "350ms"
@@ -83,15 +90,75 @@ class LocaleCatalog:
 
 
 class PromptCatalogs:
-    """All catalogs in a folder, loaded once; renders prompts into TwiML."""
+    """All catalogs in a folder; renders prompts into TwiML.
 
-    def __init__(self, directory: Path, default_locale: str, audio_base_url: str = ""):
+    `refresh()` reloads them when a catalog or a recording folder changed (looked at most once
+    per second), so a team's new prompt or recording is live without a restart. Catalogs that
+    no longer load are refused, logged loudly, and the last good ones keep serving. `version`
+    goes up on every reload, for whoever keeps renderings or lint results derived from them.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        default_locale: str,
+        audio_base_url: str = "",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.directory = Path(directory)
         self.default_locale = default_locale
         self.audio_base_url = audio_base_url.rstrip("/")
-        self.catalogs = {c.locale: c for c in self._load_all()}
-        if default_locale not in self.catalogs:
-            raise CatalogError(f"no catalog for the default locale {default_locale} in {directory}")
+        self.version = 0
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._signature = self._files_signature()
+        self._checked_at = clock()
+        self.catalogs = self._load_checked()
+
+    def _load_checked(self) -> dict[str, LocaleCatalog]:
+        catalogs = {c.locale: c for c in self._load_all()}
+        if self.default_locale not in catalogs:
+            raise CatalogError(
+                f"no catalog for the default locale {self.default_locale} in {self.directory}"
+            )
+        return catalogs
+
+    def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
+        """What changes when a catalog is edited or a recording added or removed."""
+        marks = []
+        paths = [*self.directory.glob("*.yaml"), *self.directory.glob("audio/*")]
+        for path in sorted(paths):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            marks.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(marks)
+
+    def refresh(self) -> bool:
+        """Reload if anything changed since the last look (at most one look per second);
+        True when new catalogs are now serving."""
+        now = self._clock()
+        if now - self._checked_at < RELOAD_INTERVAL_SECONDS:
+            return False
+        with self._lock:
+            if now - self._checked_at < RELOAD_INTERVAL_SECONDS:
+                return False
+            self._checked_at = now
+            signature = self._files_signature()
+            if signature == self._signature:
+                return False
+            self._signature = signature
+            try:
+                catalogs = self._load_checked()
+            except CatalogError as exc:
+                log.error("prompts: REFUSED, the last good catalogs keep serving: %s", exc)
+                return False
+            self.catalogs = catalogs
+            self.version += 1
+            log.info("prompts: reloaded from %s (%s)", self.directory, ", ".join(self.locales))
+            return True
 
     def _load_all(self) -> list[LocaleCatalog]:
         catalogs = []

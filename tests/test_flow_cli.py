@@ -134,3 +134,46 @@ def test_a_saved_edit_is_served_without_a_restart(make_app, team_flows):
     )
     library.refresh(force=True)  # what the next request does once a second has passed
     assert "8" in library.get("default").nodes["main_menu"].options
+
+
+def test_a_new_menu_option_with_a_new_spanish_prompt_goes_live_without_a_restart(
+    make_app, team_flows, tmp_path
+):
+    """The issue's "done when": edit the default flow (a new option and its prompt), check it
+    until it is right, and the running server serves it."""
+    import time
+
+    from ivr.config import DEFAULT_PROMPTS_DIR
+    from ivr.simulator import PhoneSimulator
+    from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL
+
+    prompts = tmp_path / "voice_prompts"
+    shutil.copytree(DEFAULT_PROMPTS_DIR, prompts)
+    app = make_app(flows_dir=str(team_flows), voice_prompts_dir=str(prompts))
+    flow = team_flows / "default.yaml"
+    flow.write_text(
+        flow.read_text(encoding="utf-8")
+        .replace("      9: main_menu_again", "      4: branches\n      9: main_menu_again")
+        .replace(
+            "  goodbye:\n",
+            "  branches:\n    type: hangup\n    prompt: flow.branches\n\n  goodbye:\n",
+        ),
+        encoding="utf-8",
+    )
+    checked = run("flows", "check", str(team_flows))
+    assert checked.exit_code == 1
+    assert "prompt 'flow.branches'" in checked.output
+    for locale, text in (
+        ("en-US", "Our branches open at nine."),
+        ("es-ES", "Abrimos a las nueve."),
+    ):
+        catalog = prompts / f"{locale}.yaml"
+        catalog.write_text(
+            catalog.read_text(encoding="utf-8") + f"  flow.branches: {text}\n", encoding="utf-8"
+        )
+    time.sleep(1.05)  # the server looks at its folders at most once a second
+    phone = PhoneSimulator(app, AUTH_TOKEN)
+    transcript = phone.call(
+        f"{PUBLIC_BASE_URL}/voice/incoming", from_="+14155550123", to=CALLER_ID, keys=["2", "4"]
+    )
+    assert transcript.spoken[-1] == "Abrimos a las nueve."

@@ -22,7 +22,8 @@ def linter_for(prompts: PromptCatalogs | None) -> Linter:
 
 
 def open_library(directory: Path, prompts: PromptCatalogs | None) -> FlowLibrary:
-    return FlowLibrary(directory, linter_for(prompts))
+    """The flows of `directory`, linted against `prompts` and reloaded with them."""
+    return FlowLibrary(directory, linter_for(prompts), prompts=prompts)
 
 
 def cross_flow_problems(flows: dict[str, LoadedFlow]) -> list[Problem]:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ivr.flows.model import Flow
 from ivr.flows.problems import Problem, errors
+from ivr.prompts import PromptCatalogs
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,16 @@ class FlowLibrary:
         directory: Path,
         linter: Linter | None = None,
         *,
+        prompts: PromptCatalogs | None = None,
         reload_interval: float = RELOAD_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.directory = Path(directory)
         self.linter = linter
+        # The linter checks prompt keys against these: when they reload, every flow is
+        # checked again (a flow refused for a missing prompt is served once it exists).
+        self.prompts = prompts
+        self._prompts_version = prompts.version if prompts else 0
         self.reload_interval = reload_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -204,6 +210,11 @@ class FlowLibrary:
             if not force and now - self._checked_at < self.reload_interval:
                 return
             self._checked_at = now
+            if self.prompts is not None:
+                self.prompts.refresh()
+                if self.prompts.version != self._prompts_version:
+                    self._prompts_version = self.prompts.version
+                    self._seen.clear()  # every file is read and linted again
             self._reload_changed()
 
     def _stat_all(self) -> dict[Path, tuple[int, int]]:
@@ -221,6 +232,15 @@ class FlowLibrary:
         return found
 
     def _reload_changed(self) -> None:
+        """Read changed files into a new dict, swapped in whole: readers in other threads
+        never see it change size under them."""
+        flows = dict(self._flows)
+        try:
+            self._read_changed(flows)
+        finally:
+            self._flows = flows
+
+    def _read_changed(self, flows: dict[str, LoadedFlow]) -> None:
         current = self._stat_all()
         changed = [path for path, mark in current.items() if self._seen.get(path) != mark]
         removed = [path for path in self._seen if path not in current]
@@ -229,9 +249,9 @@ class FlowLibrary:
         for path in removed:
             self._seen.pop(path, None)
             self._refused.pop(path, None)
-            loaded = self._flows.get(path.stem)
+            loaded = flows.get(path.stem)
             if loaded and loaded.path == path:
-                del self._flows[path.stem]
+                del flows[path.stem]
                 log.warning("flow %s: file removed; no longer served", path.stem)
         names = {path.stem for path in current}
         for path in changed:
@@ -242,8 +262,8 @@ class FlowLibrary:
                 self._refused[path] = exc.problems
                 serving = (
                     "the last good version keeps serving"
-                    if path.stem in self._flows
-                    else ("it is not served")
+                    if path.stem in flows
+                    else "it is not served"
                 )
                 log.error(
                     "flow %s: REFUSED, %s:\n  %s",
@@ -253,8 +273,8 @@ class FlowLibrary:
                 )
                 continue
             self._refused.pop(path, None)
-            previous = path.stem in self._flows
-            self._flows[path.stem] = loaded
+            previous = path.stem in flows
+            flows[path.stem] = loaded
             log.info("flow %s: %s from %s", path.stem, "reloaded" if previous else "loaded", path)
             for warning in loaded.warnings:
                 log.warning("flow %s: %s", path.stem, warning)

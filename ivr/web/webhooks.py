@@ -108,6 +108,7 @@ def require_twilio_signature() -> None:
     if not signature or not (exact or validator.validate(url, params, signature)):
         log.warning("webhook %s refused: missing or invalid signature", request.path)
         abort(403, description="invalid or missing X-Twilio-Signature")
+    services().prompts.refresh()  # a team's edited prompt is live within a second
 
 
 def _field(name: str, limit: int = 64) -> str:
@@ -139,7 +140,11 @@ def call_locale(locale: str) -> str:
 def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
     """A TwiML document that depends only on `key` (its kind, prompt, locale): rendered once
     per app. Locales come from the catalogs, so the memo stays small."""
-    rendered = services().rendered_twiml
+    ivr = services()
+    rendered = ivr.rendered_twiml
+    if ivr.rendered_twiml_version != ivr.prompts.version:  # the prompts were reloaded
+        rendered.clear()
+        ivr.rendered_twiml_version = ivr.prompts.version
     text = rendered.get(key)
     if text is None:
         text = rendered[key] = str(build())
