@@ -23,6 +23,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -489,6 +491,10 @@ def sign_lookup(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+_CRM_THREADS = 8  # lookups in flight per worker process; more wait their turn
+_DEADLINE_GRACE_SECONDS = 0.2
+
+
 class CrmLookup:
     """Asks the team's CRM (CUSTOMER_LOOKUP_URL) for a customer the directory does not hold.
 
@@ -509,6 +515,9 @@ class CrmLookup:
         self._secret = secret.encode()
         self._resolve_locale = resolve_locale
         self._local = threading.local()  # a Session per thread: pooled, not shared across threads
+        # Lookups run here so the caller's wait has one hard limit, whatever the CRM does
+        # (requests' timeouts are per connect and per read: a trickling answer outlasts them).
+        self._pool = ThreadPoolExecutor(max_workers=_CRM_THREADS, thread_name_prefix="crm")
 
     def by_phone(self, e164: str) -> Customer | None:
         """The customer whose phone is `e164`, per the CRM; its answer must be for that phone."""
@@ -534,6 +543,15 @@ class CrmLookup:
         return session
 
     def _ask(self, query: dict[str, str], described: str) -> Customer | None:
+        """The CRM's answer within the timeout, or None (the late answer is dropped)."""
+        future = self._pool.submit(self._exchange, query, described)
+        try:
+            return future.result(timeout=self.timeout + _DEADLINE_GRACE_SECONDS)
+        except FutureTimeout:
+            log.warning("customer lookup for %s: no answer within %s s", described, self.timeout)
+            return None
+
+    def _exchange(self, query: dict[str, str], described: str) -> Customer | None:
         body = json.dumps(query, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
         headers = {
@@ -542,6 +560,9 @@ class CrmLookup:
             "X-IVR-Timestamp": timestamp,
             "X-IVR-Signature": sign_lookup(self._secret, timestamp, body),
         }
+        # One deadline for the whole exchange: requests' timeout is per connect and per read,
+        # so a CRM trickling bytes could otherwise hold the caller past Twilio's patience.
+        deadline = time.monotonic() + self.timeout
         try:
             with self._session().post(
                 self.url,
@@ -558,7 +579,7 @@ class CrmLookup:
                         "customer lookup for %s: CRM answered %s", described, response.status_code
                     )
                     return None
-                raw = _read_bounded(response)
+                raw = _read_bounded(response, deadline)
         except requests.RequestException as exc:
             log.warning("customer lookup for %s failed: %s", described, type(exc).__name__)
             return None
@@ -583,12 +604,15 @@ class CrmLookup:
         return None
 
 
-def _read_bounded(response: requests.Response) -> bytes:
-    """At most MAX_CRM_ANSWER_BYTES + 1 of the body (iter_content turns a stalled or broken
-    body into requests' own exceptions, which raw reads would not)."""
+def _read_bounded(response: requests.Response, deadline: float) -> bytes:
+    """At most MAX_CRM_ANSWER_BYTES + 1 of the body, read before `deadline` (monotonic), else
+    requests.Timeout (iter_content turns a stalled or broken body into requests' own
+    exceptions, which raw reads would not)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=8192):
+        if time.monotonic() > deadline:
+            raise requests.Timeout("the CRM took longer than CUSTOMER_LOOKUP_TIMEOUT_SECONDS")
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_CRM_ANSWER_BYTES:

@@ -162,7 +162,16 @@ def simulate(
     """Call a flow through the real webhooks, in-process and signed like Twilio; print what the
     caller hears and where the call ends. No phone, no Twilio: codes go to the simulated
     carrier (the configured Redis holds the call's state)."""
-    _settings()  # a bad configuration is reported before anything starts
+    settings = _settings()  # a bad configuration is reported before anything starts
+    if settings.uses_twilio:
+        # Its calls would touch this deployment's Redis: real customers' send limits, and
+        # codes printed on a terminal. Simulate against a development configuration.
+        click.echo(
+            "ivr simulate runs against a development setup: unset TWILIO_ACCOUNT_SID and "
+            "TWILIO_AUTH_TOKEN (and point REDIS_URL at a development Redis, or unset it)",
+            err=True,
+        )
+        sys.exit(2)
     key_list = _parse_keys(keys)
     try:
         simulation = FlowSimulation.open()

@@ -368,6 +368,17 @@ class FakeCrm:
         if self.mode == "hang":
             self.release.wait(10)
             return
+        if self.mode == "trickle":  # each byte in time for a per-read timeout, never done
+            body = json.dumps(self.RECORDS["+14155550177"]).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            for byte in body:
+                if self.release.wait(0.2):
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+            return
         record = self.RECORDS.get(query.get("phone") or query.get("account") or "")
         status, payload = 200, json.dumps(record).encode()
         if self.mode == "500":
@@ -433,7 +444,9 @@ def test_a_404_means_no_match(lookup, crm):
     assert len(crm.requests) == 2
 
 
-@pytest.mark.parametrize("mode", ["500", "garbage", "invalid", "other_phone", "huge", "hang"])
+@pytest.mark.parametrize(
+    "mode", ["500", "garbage", "invalid", "other_phone", "huge", "hang", "trickle"]
+)
 def test_a_failing_crm_answers_none_quickly_and_logs_no_number(lookup, crm, caplog, mode):
     crm.mode = mode
     caplog.set_level(logging.WARNING, logger="ivr")

@@ -124,6 +124,16 @@ def test_simulate_refuses_keys_a_phone_cannot_press(simulation_env):
     assert "keys are 0-9, * and #" in result.output
 
 
+def test_simulate_refuses_a_configuration_with_a_real_twilio_account(simulation_env, monkeypatch):
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "1" * 32)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "x" * 32)
+    monkeypatch.setenv("TWILIO_CALLER_ID", "+14155550100")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://ivr.example.test")
+    result = run("simulate", "--keys", "1")
+    assert result.exit_code == 2
+    assert "runs against a development setup" in result.output
+
+
 def test_a_saved_edit_is_served_without_a_restart(make_app, team_flows):
     app = make_app(flows_dir=str(team_flows))
     library = app.extensions["ivr"].flows.library
