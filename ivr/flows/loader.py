@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,15 @@ class FlowLibrary:
         try:
             self._read_changed(flows)
         finally:
+            changed = flows != self._flows
             self._flows = flows
+        if changed:
+            for problem in cross_flow_problems(flows):
+                log.log(
+                    logging.ERROR if problem.severity == "error" else logging.WARNING,
+                    "flows: %s",
+                    problem.message,
+                )
 
     def _read_changed(self, flows: dict[str, LoadedFlow]) -> None:
         current = self._stat_all()
@@ -278,3 +287,28 @@ class FlowLibrary:
             log.info("flow %s: %s from %s", path.stem, "reloaded" if previous else "loaded", path)
             for warning in loaded.warnings:
                 log.warning("flow %s: %s", path.stem, warning)
+
+
+def cross_flow_problems(flows: dict[str, LoadedFlow]) -> list[Problem]:
+    """What no single file shows: a number claimed twice, two defaults, or none."""
+    problems = []
+    claims: dict[str, list[str]] = defaultdict(list)
+    for name, loaded in sorted(flows.items()):
+        for number in loaded.flow.numbers:
+            claims[number].append(name)
+    for number, names in sorted(claims.items()):
+        if len(names) > 1:
+            problems.append(
+                Problem("error", f"{number} is claimed by several flows: {', '.join(names)}")
+            )
+    defaults = sorted(name for name, loaded in flows.items() if loaded.flow.default)
+    if len(defaults) > 1:
+        problems.append(Problem("error", f"several flows say default: true: {', '.join(defaults)}"))
+    if flows and not defaults and "default" not in flows:
+        problems.append(
+            Problem(
+                "warning",
+                "no flow says default: true: calls to numbers no flow names hear an apology",
+            )
+        )
+    return problems
