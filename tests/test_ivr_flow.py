@@ -306,3 +306,25 @@ def test_agent_desktops_read_who_is_on_the_call(caller, api):
     assert api.get("/v1/calls/CA" + "0" * 32).status_code == 404
     assert api.get("/v1/calls/not-a-sid").status_code == 400
     assert api.client.get(f"/v1/calls/{transcript.call_sid}").status_code == 401
+
+
+def test_a_landline_on_file_gets_its_code_by_call_even_if_the_record_says_sms(
+    caller, api, twilio_api
+):
+    api.client.put(
+        "/v1/customers/55556666",
+        json={"phone": "+442079460958", "name": "Mary Somerville", "sms": True},
+        headers=api.headers,
+    )
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "55556666#", "code"], from_=OTHER_PHONE)
+    assert "you are verified" in said(transcript)
+    assert twilio_api.calls()[0].value("To") == "+442079460958"
+    assert not twilio_api.messages()
+
+
+def test_silence_at_the_code_question_asks_again_without_calling_it_wrong(caller):
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "", "code"])
+    text = said(transcript)
+    assert "not right" not in text
+    assert "Please enter your code" in text
+    assert "you are verified" in text

@@ -444,7 +444,8 @@ class FlowEngine:
             if customer is not None:
                 self._identified(state, customer, "account_number")
                 return node.found
-        turn.say(node.not_found_prompt)
+        if digits:  # silence is simply asked again
+            turn.say(node.not_found_prompt)
         return node.not_found if state.count("failures") >= node.tries else STAY
 
     def _find_by_caller(self, caller: str) -> Customer | None:
@@ -481,6 +482,8 @@ class FlowEngine:
             channel = node.channel
             if channel == "auto":
                 channel = "sms" if state.customer_sms else "call"
+                if channel == "sms" and self._is_landline(to):
+                    channel = "call"  # the record says SMS, but a landline cannot take one
             if channel == "call" and _same_number(to, state.caller):
                 # The caller is on that very line: a code call would find it busy, and the
                 # code must never be read on the inbound leg (caller ID can be spoofed).
@@ -536,8 +539,16 @@ class FlowEngine:
             self._cancel_quietly(sid)
             turn.say(node.failed_prompt)
             return node.failure
-        turn.say(node.wrong_prompt)
+        if digits:  # silence: the question is simply asked again
+            turn.say(node.wrong_prompt)
         return STAY
+
+    def _is_landline(self, e164: str) -> bool:
+        try:
+            self.verifications.accept_number(e164, None, "sms")
+        except InvalidRequest as exc:
+            return exc.reason == "channel_unsupported"
+        return False
 
     def _cancel_quietly(self, sid: str) -> None:
         """No more tries on this call: the code must not work anywhere else either."""
