@@ -23,6 +23,7 @@ from urllib.parse import quote
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from ivr import phone
+from ivr.customers import Customer, CustomerFinder
 from ivr.flows import model
 from ivr.flows.hours import is_open
 from ivr.flows.loader import FlowLibrary
@@ -49,18 +50,6 @@ class _Stay:
 
 STAY = _Stay()
 Going = str | _Stay | None  # a node id, STAY, or None: the turn's document is complete
-
-
-class Customer(Protocol):
-    id: str
-    phone: str
-    name: str
-    sms: bool
-
-
-class CustomerFinder(Protocol):
-    def by_phone(self, e164: str) -> Customer | None: ...
-    def by_account(self, account: str) -> Customer | None: ...
 
 
 class FlowUrls(Protocol):
