@@ -13,8 +13,8 @@ import click
 import phonenumbers
 from flask import Flask
 
-from ivr.config import ConfigError, Settings, load_settings, redact_url
-from ivr.flow_cli import flows, simulate
+from ivr.config import ConfigError, Settings, redact_url
+from ivr.flow_cli import flows, settings_or_exit, simulate
 from ivr.prompts import PromptCatalogs, load_catalogs
 
 _SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token", "customer_lookup_secret"}
@@ -34,7 +34,7 @@ def serve(port: int | None, workers: int | None) -> None:
         os.environ["PORT"] = str(port)
     if workers:
         os.environ["WEB_CONCURRENCY"] = str(workers)
-    _fail_on_bad_config()
+    settings_or_exit()
     argv = [
         sys.executable,
         "-m",
@@ -44,14 +44,6 @@ def serve(port: int | None, workers: int | None) -> None:
         "ivr:create_app()",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - gunicorn replaces this process
-
-
-def _fail_on_bad_config() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
 
 
 def _catalogs_or_fail(settings: Settings) -> PromptCatalogs:
@@ -116,7 +108,7 @@ def production_gaps(settings: Settings) -> list[str]:
 @click.option("--production", is_flag=True, help="Exit 1 if production needs anything more.")
 def check_config(production: bool) -> None:
     """Print the effective configuration (secrets hidden) and what production still needs."""
-    settings = _fail_on_bad_config()
+    settings = settings_or_exit()
     _catalogs_or_fail(settings)
     click.echo("Effective configuration:")
     for name in Settings.model_fields:
@@ -187,7 +179,7 @@ def prompts() -> None:
 @prompts.command("check")
 def prompts_check() -> None:
     """List, per locale, prompt keys missing or whose placeholders differ from the default."""
-    settings = _fail_on_bad_config()
+    settings = settings_or_exit()
     try:
         catalogs = load_catalogs(settings.voice_prompts_dir, settings.default_locale)
     except ConfigError as exc:

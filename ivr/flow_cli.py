@@ -8,7 +8,6 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 from flask import Flask
@@ -27,7 +26,8 @@ from ivr.telephony import SimulatedCarrier
 CODE_KEY = "code"  # in --keys: type the one-time code the phone on file just received
 
 
-def _settings() -> Settings:
+def settings_or_exit() -> Settings:
+    """The settings, or every bad value on stderr and exit status 2 (for all `ivr` commands)."""
     try:
         return load_settings()
     except ConfigError as exc:
@@ -63,20 +63,14 @@ def flows_check(path: Path | None, require_audio: bool) -> None:
     Schema errors come with their line; then lint: unknown or unreachable nodes, menus with no
     way out, loops without an exit, prompts missing in a locale. Exits 1 on any error.
     """
-    settings = _settings()
+    settings = settings_or_exit()
     folder = path or settings.flows_dir
     files = _flow_files(folder)
     if not files:
         click.echo(f"{folder}: no flow files (*{FLOW_SUFFIX})", err=True)
         sys.exit(1)
     prompts = _catalogs(settings)
-    linter = linter_for(prompts)
-    if require_audio:
-        from ivr.flows.lint import lint
-
-        def linter(flow: Any, file: str, lines: dict[str, int], names: set[str]) -> list[Problem]:
-            return lint(flow, prompts, flow_names=names, file=file, lines=lines, require_audio=True)
-
+    linter = linter_for(prompts, require_audio=require_audio)
     names = {file.stem for file in _flow_files(folder if folder.is_dir() else folder.parent)}
     problems: list[Problem] = []
     loaded: dict[str, LoadedFlow] = {}
@@ -111,7 +105,7 @@ def flows_check(path: Path | None, require_audio: bool) -> None:
 )
 def flows_show(name: str, output: str) -> None:
     """Draw a flow (by name in FLOWS_DIR, or a file path): a text tree, Mermaid or Graphviz."""
-    settings = _settings()
+    settings = settings_or_exit()
     file = Path(name) if name.endswith(FLOW_SUFFIX) else settings.flows_dir / f"{name}{FLOW_SUFFIX}"
     if not file.is_file():
         click.echo(f"no flow {name!r} ({file} does not exist)", err=True)
@@ -162,7 +156,7 @@ def simulate(
     """Call a flow through the real webhooks, in-process and signed like Twilio; print what the
     caller hears and where the call ends. No phone, no Twilio: codes go to the simulated
     carrier (the configured Redis holds the call's state)."""
-    settings = _settings()  # a bad configuration is reported before anything starts
+    settings = settings_or_exit()  # a bad configuration is reported before anything starts
     if settings.uses_twilio:
         # Its calls would touch this deployment's Redis: real customers' send limits, and
         # codes printed on a terminal. Simulate against a development configuration.

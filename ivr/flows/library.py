@@ -13,11 +13,14 @@ __all__ = ["cross_flow_problems", "linter_for", "open_library"]
 from ivr.prompts import PromptCatalogs
 
 
-def linter_for(prompts: PromptCatalogs | None) -> Linter:
-    """The loader's linter: schema-valid flows checked against each other and the prompts."""
+def linter_for(prompts: PromptCatalogs | None, *, require_audio: bool = False) -> Linter:
+    """The loader's linter: schema-valid flows checked against each other and the prompts
+    (and, with `require_audio`, against the recordings)."""
 
     def run(flow: Flow, file: str, lines: dict[str, int], names: set[str]) -> list[Problem]:
-        return lint(flow, prompts, flow_names=names, file=file, lines=lines)
+        return lint(
+            flow, prompts, flow_names=names, file=file, lines=lines, require_audio=require_audio
+        )
 
     return run
 

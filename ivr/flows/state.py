@@ -10,12 +10,20 @@ one Lua call, so two concurrent requests for one call cannot both advance it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from ivr import keys
+
+_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
+
+
+def is_call_sid(value: object) -> bool:
+    """True for a Twilio CallSid (CA + 32 hex digits): what call state is keyed by."""
+    return isinstance(value, str) and _CALL_SID.fullmatch(value) is not None
 
 
 @dataclass

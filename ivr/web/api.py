@@ -19,6 +19,7 @@ from ivr.customers import (
     parse_sms_flag,
     valid_account_number,
 )
+from ivr.flows.state import is_call_sid
 from ivr.simulator import PhoneSimulator
 from ivr.telephony import SimulatedCarrier
 from ivr.verification.service import (
@@ -262,14 +263,11 @@ def delete_customer(customer_id: str) -> Response:
 # -- calls in the IVR ------------------------------------------------------------------------------
 
 
-_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
-
-
 @blueprint.get("/calls/<call_sid>")
 def get_call(call_sid: str) -> Response:
     """Who is on an IVR call and how they were verified: for agent desktops whose handover
     (a plain queue, a number) carries nothing with the call."""
-    if not _CALL_SID.fullmatch(call_sid):
+    if not is_call_sid(call_sid):
         return problem(400, "invalid_call_sid", "Invalid CallSid", "expected CA + 32 hex digits")
     state = services().flows.states.load(call_sid)
     if state is None:

@@ -25,6 +25,7 @@ from werkzeug.datastructures import MultiDict
 from ivr import phone
 from ivr.app import services
 from ivr.flows.engine import CallInfo, FlowEngine
+from ivr.flows.state import is_call_sid
 from ivr.verification.models import is_sid
 from ivr.web.errors import twiml
 
@@ -168,7 +169,7 @@ def _say_and_hang_up(locale: str, prompt: str) -> Response:
 def _call_info() -> CallInfo | None:
     """The call this request is about, or None when Twilio's CallSid is missing or garbage."""
     call_sid = _field("CallSid")
-    if not _TWILIO_SID.fullmatch(call_sid) or not call_sid.startswith("CA"):
+    if not is_call_sid(call_sid):
         return None
     return CallInfo(call_sid, _field("From"), _field("To"), caller_country())
 
