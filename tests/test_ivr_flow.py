@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from ivr.simulator import CallTranscript, PhoneSimulator
-from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, twilio_post, twiml
+from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, spoken, twilio_post, twiml
 
 ON_FILE = "+14155550161"
 OTHER_PHONE = "+14155550177"
@@ -204,7 +206,9 @@ def test_prompts_before_a_question_are_nested_in_its_gather_for_barge_in(ivr_app
     assert [child.tag for child in root] == ["Gather"]
     gather = root.find("Gather")
     assert "Thank you for calling Acme" in " ".join(gather.itertext())
-    assert gather.get("action") == f"{PUBLIC_BASE_URL}/voice/flow/1"
+    action = urlsplit(gather.get("action"))
+    assert f"{action.scheme}://{action.netloc}{action.path}" == f"{PUBLIC_BASE_URL}/voice/flow/1"
+    assert set(parse_qs(action.query)) == {"s"}, "the sealed state, and nothing else"
     assert gather.get("actionOnEmptyResult") == "true"
 
 
@@ -216,8 +220,8 @@ def test_a_replayed_step_changes_nothing(ivr_app):
     again = twiml(twilio_post(client, "/voice/flow/1", params | {"Digits": SPANISH}))
     state = ivr_app.extensions["ivr"].flows.states.load(params["CallSid"])
     assert state.locale == "en-US" and state.step == 2
-    assert again.find("Gather").get("action").endswith("/voice/flow/2")
-    assert b"/voice/flow/2" in first
+    assert urlsplit(again.find("Gather").get("action")).path == "/voice/flow/2"
+    assert b"/voice/flow/2?s=" in first
 
 
 @pytest.mark.parametrize("digits", ["", "x" * 40, "<Say>", "\u202e1", "99999999999999999999"])
@@ -293,7 +297,9 @@ def test_twilio_asking_again_for_an_answered_call_repeats_the_question(ivr_app):
     params = {"CallSid": "CA" + "7" * 32, "From": ON_FILE, "To": CALLER_ID}
     first = twiml(twilio_post(client, "/voice/incoming", params))
     again = twiml(twilio_post(client, "/voice/incoming", params))
-    assert again.find("Gather").get("action") == first.find("Gather").get("action")
+    assert path_of(again.find("Gather").get("action")) == path_of(
+        first.find("Gather").get("action")
+    )
     assert ivr_app.extensions["ivr"].flows.states.load(params["CallSid"]).step == 1
 
 
@@ -328,3 +334,110 @@ def test_silence_at_the_code_question_asks_again_without_calling_it_wrong(caller
     assert "not right" not in text
     assert "Please enter your code" in text
     assert "you are verified" in text
+
+
+def path_of(url: str) -> str:
+    return urlsplit(url).path
+
+
+def test_a_replayed_sealed_step_changes_nothing_and_repeats_the_question(ivr_app):
+    """The step's own URL (state sealed in it) posted twice: the second finds the call moved on."""
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "8" * 32, "From": ON_FILE, "To": CALLER_ID}
+    action = twiml(twilio_post(client, "/voice/incoming", params)).find("Gather").get("action")
+    twiml(twilio_post(client, action, params | {"Digits": ENGLISH}))
+    again = twiml(twilio_post(client, action, params | {"Digits": SPANISH}))
+    state = ivr_app.extensions["ivr"].flows.states.load(params["CallSid"])
+    assert state.locale == "en-US" and state.step == 2
+    assert path_of(again.find("Gather").get("action")) == "/voice/flow/2"
+    assert "To hear these options again" not in spoken(again), "the short greeting: a repeat"
+
+
+def test_a_replayed_authenticate_step_neither_checks_nor_sends(ivr_app, twilio_api):
+    """Side effects wait until the sealed state is confirmed current: a replayed wrong code
+    costs no try, and nothing is sent again."""
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "9" * 32, "From": ON_FILE, "To": CALLER_ID}
+    action = twiml(twilio_post(client, "/voice/incoming", params)).find("Gather").get("action")
+    for digits in (ENGLISH, ACCOUNT_HELP):
+        root = twiml(twilio_post(client, action, params | {"Digits": digits}))
+        action = root.find("Gather").get("action")
+    assert "sent a code" in spoken(root)
+    sent = len(twilio_api.requests)
+    wrong = twiml(twilio_post(client, action, params | {"Digits": "000000#"}))
+    assert "that code is not right" in spoken(wrong)
+    replayed = twiml(twilio_post(client, action, params | {"Digits": "000000#"}))
+    assert len(twilio_api.requests) == sent, "nothing sent again"
+    state = ivr_app.extensions["ivr"].flows.states.load(params["CallSid"])
+    assert state.here["failures"] == 1, "the replay counted no try"
+    assert path_of(replayed.find("Gather").get("action")) == f"/voice/flow/{state.step}"
+
+
+def test_a_tampered_or_foreign_sealed_state_is_ignored_and_redis_answers(ivr_app):
+    client = ivr_app.test_client()
+    mine = {"CallSid": "CA" + "a" * 32, "From": ON_FILE, "To": CALLER_ID}
+    other = {"CallSid": "CA" + "b" * 32, "From": OTHER_PHONE, "To": CALLER_ID}
+    twiml(twilio_post(client, "/voice/incoming", mine))
+    foreign = twiml(twilio_post(client, "/voice/incoming", other)).find("Gather").get("action")
+    token = parse_qs(urlsplit(foreign).query)["s"][0]
+    states = ivr_app.extensions["ivr"].flows.states
+    for bad in (token, token[:-4] + "AAAA", "not-a-token", "x" * 5000):
+        step = states.load(mine["CallSid"]).step
+        root = twiml(twilio_post(client, f"/voice/flow/{step}?s={bad}", mine | {"Digits": "9"}))
+        assert root.find("Gather") is not None
+        assert states.load(mine["CallSid"]).step == step + 1, "my call's own state answered"
+    assert states.load(mine["CallSid"]).caller == ON_FILE, "never the other call's state"
+    assert ivr_app.extensions["ivr"].flows.states.load(other["CallSid"]).step == 1
+
+
+def test_a_menu_step_makes_one_redis_round_trip(ivr_app, redis_client):
+    """The state comes sealed in the step's URL: the save's compare-and-set is the only call."""
+    client = ivr_app.test_client()
+    params = {"CallSid": "CA" + "c" * 32, "From": ON_FILE, "To": CALLER_ID}
+    action = twiml(twilio_post(client, "/voice/incoming", params)).find("Gather").get("action")
+    root = twiml(twilio_post(client, action, params | {"Digits": ENGLISH}))
+    before = command_calls(redis_client)
+    root = twiml(twilio_post(client, root.find("Gather").get("action"), params | {"Digits": "9"}))
+    after = command_calls(redis_client)
+    assert "To hear these options again" in spoken(root), "the menu asked anew"
+    sent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert sent.get("evalsha") == 1, "one script: the compare-and-set save"
+    assert sent.get("hmget", 0) == 0 and sent.get("hget") == 1, "no read but the script's own"
+
+
+def command_calls(client) -> dict[str, int]:
+    """How many times the server ran each command (scripts' own commands included)."""
+    return {
+        name.removeprefix("cmdstat_"): stats["calls"]
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+def test_a_call_whose_state_is_too_big_for_a_url_goes_on_through_redis(make_app, tmp_path):
+    """Collected digits fill the state past what a URL may carry: no sealed copy is offered,
+    and each step reads Redis instead."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    collects = "\n".join(
+        f"  c{i}: {{type: collect, prompt: flow.identify.ask_account, max_digits: 30,"
+        f" store_as: v{i}, next: c{i + 1}, on_failure: c12}}"
+        for i in range(12)
+    )
+    (flows / "long.yaml").write_text(
+        f"default: true\nstart: c0\nnodes:\n{collects}\n"
+        "  c12: {type: hangup, prompt: flow.goodbye}\n"
+    )
+    app = make_app(flows_dir=str(flows))
+    client = app.test_client()
+    params = {"CallSid": "CA" + "d" * 32, "From": ON_FILE, "To": CALLER_ID}
+    root = twiml(twilio_post(client, "/voice/incoming", params))
+    sealed_all_along = True
+    typed = [f"{secrets.randbelow(10**30):030d}" for _ in range(12)]  # zlib cannot shrink
+    for digits in typed:
+        action = root.find("Gather").get("action")
+        sealed_all_along &= "?s=" in action
+        root = twiml(twilio_post(client, action, params | {"Digits": digits}))
+    assert not sealed_all_along, "the state outgrew the URL"
+    assert root[-1].tag == "Hangup"
+    state = app.extensions["ivr"].flows.states.load(params["CallSid"])
+    assert [state.variables[f"v{i}"] for i in range(12)] == typed

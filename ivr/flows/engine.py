@@ -53,8 +53,8 @@ Going = str | _Stay | None  # a node id, STAY, or None: the turn's document is c
 
 
 class FlowUrls(Protocol):
-    def flow_step(self, step: int) -> str: ...
-    def flow_dial_result(self, step: int) -> str: ...
+    def flow_step(self, step: int, sealed: str | None) -> str: ...
+    def flow_dial_result(self, step: int, sealed: str | None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,30 @@ class _Turn:
     next_step: int  # the step the caller's answer to this turn will carry
     call_sid: str = ""
     stateless: bool = False  # nothing of this turn is saved: offer no way back into it
+    unconfirmed: bool = False  # the state came from the URL: not yet known to be current
     response: VoiceResponse = field(default_factory=VoiceResponse)
     pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    # Verbs whose action URL leads back into the flow: filled in once the turn's state is final.
+    links: list[tuple[Any, Callable[[int, str | None], str]]] = field(default_factory=list)
 
     def say(self, key: str | None, **values: object) -> None:
         if key:
             self.pending.append((key, values))
 
+    def link(self, verb: Any, url: Callable[[int, str | None], str]) -> None:
+        self.links.append((verb, url))
+
+    def fill_links(self, sealed: str | None) -> None:
+        for verb, url in self.links:
+            verb.attrs["action"] = url(self.next_step, sealed)
+
 
 class FlowError(Exception):
     """The flow cannot go on (a node vanished in an edit, a loop): the call takes on_error."""
+
+
+class _Stale(Exception):
+    """The state a turn opened from its URL is no longer the call's current one (a replay)."""
 
 
 class FlowEngine:
@@ -131,39 +145,68 @@ class FlowEngine:
             self._walk(turn, STAY)
         except FlowError as exc:
             return self._on_error(flow, state, str(exc))
-        if not self.states.save(call.call_sid, state, read_step=None):
-            return self._repeat_current(self.states.load(call.call_sid))
+        if not self._commit(turn):
+            return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
         return turn.response
 
     def step(
-        self, call: CallInfo, step: int, digits: str | None, dial_status: str | None = None
+        self,
+        call: CallInfo,
+        step: int,
+        digits: str | None,
+        dial_status: str | None = None,
+        sealed: str | None = None,
     ) -> VoiceResponse:
-        """The caller's answer to the question asked at `step` (digits, or None on silence)."""
-        state = self.states.load(call.call_sid)
-        if state is None:  # expired, or never ours: the flow's on_error takes the call
-            log.warning("call %s: step %s for a call with no state", call.call_sid, step)
-            return self.fallback(call)
-        if state.step != step:
-            log.info("call %s: step %s replayed (now at %s)", call.call_sid, step, state.step)
-            return self._repeat_current(state)
+        """The caller's answer to the question asked at `step` (digits, or None on silence).
+        `sealed`: the state that question was asked from, as its URL carried it; it spares
+        reading Redis before the save (which still checks it is current)."""
+        state = self.states.unseal(call.call_sid, sealed) if sealed else None
+        if state is None or state.step != step:
+            state = self.states.load(call.call_sid)
+            if state is None:  # expired, or never ours: the flow's on_error takes the call
+                log.warning("call %s: step %s for a call with no state", call.call_sid, step)
+                return self.fallback(call)
+            if state.step != step:
+                log.info("call %s: step %s replayed (now at %s)", call.call_sid, step, state.step)
+                return self._repeat_current(call.call_sid, state)
+            unconfirmed = False
+        else:
+            unconfirmed = True
         flow = self.library.get(state.flow)
         if flow is None or state.node not in flow.nodes:
             return self._on_error(flow, state, "the call's flow or node is gone")
-        read_step = state.step
-        turn = _Turn(flow, state, next_step=read_step + 1, call_sid=call.call_sid)
+        turn = _Turn(
+            flow, state, next_step=step + 1, call_sid=call.call_sid, unconfirmed=unconfirmed
+        )
         try:
             node = flow.nodes[state.node]
             answer = getattr(self, f"_input_{node.type}", None)
             going = answer(turn, node, digits, dial_status) if answer else STAY
             self._walk(turn, going)
+            saved = self._commit(turn)
         except FlowError as exc:
             return self._on_error(turn.flow, state, str(exc))
-        if not self.states.save(call.call_sid, state, read_step=read_step):
-            log.info(
-                "call %s: step %s lost a race; repeating the current node", call.call_sid, step
-            )
-            return self._repeat_current(self.states.load(call.call_sid))
+        except _Stale:
+            saved = False
+        if not saved:
+            log.info("call %s: step %s was replayed or raced; repeating", call.call_sid, step)
+            return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
         return turn.response
+
+    def _commit(self, turn: _Turn) -> bool:
+        """Save the turn's state as the call's next version, and point the document's actions
+        at it (sealed in their URLs); False if the call moved on since the turn began."""
+        replaces = self.states.advance(turn.state, turn.next_step)
+        turn.fill_links(self.states.seal(turn.call_sid, turn.state))
+        return self.states.save(turn.call_sid, turn.state, replaces=replaces)
+
+    def _confirm(self, turn: _Turn) -> None:
+        """Before a side effect (a lookup, a code sent, checked or canceled): make sure the
+        turn's state is the call's current one, so a replayed request does none of them."""
+        if turn.unconfirmed:
+            if not self.states.is_current(turn.call_sid, turn.state):
+                raise _Stale
+            turn.unconfirmed = False
 
     def fallback(self, call: CallInfo) -> VoiceResponse:
         """When a turn failed outright (the store is down…): the flow's on_error node, with
@@ -207,7 +250,7 @@ class FlowEngine:
                 state.move_to(going)
         raise FlowError(f"more than {MAX_HOPS} nodes in one turn: a loop without a question?")
 
-    def _repeat_current(self, state: CallState | None) -> VoiceResponse:
+    def _repeat_current(self, call_sid: str, state: CallState | None) -> VoiceResponse:
         """The current question again, with no side effects (a replayed or raced request)."""
         if state is None:
             return self._goodbye(self.prompts.default_locale, "call.error")
@@ -215,8 +258,9 @@ class FlowEngine:
         node = flow.nodes.get(state.node) if flow else None
         if flow is None or node is None or not node.waits_for_keys:
             return self._goodbye(state.locale, "call.error")
-        turn = _Turn(flow, state, next_step=state.step)
+        turn = _Turn(flow, state, next_step=state.step, call_sid=call_sid)
         self._gather_for(turn, node, repeat=True)
+        turn.fill_links(self.states.seal(call_sid, state))
         return turn.response
 
     def _on_error(self, flow: model.Flow | None, state: CallState, why: str) -> VoiceResponse:
@@ -244,13 +288,8 @@ class FlowEngine:
     def _gather(self, turn: _Turn, **options: Any) -> Gather:
         """A DTMF <Gather> for this turn's step, holding the prompts collected so far; its
         action is told about silence too (actionOnEmptyResult), so timeouts are counted."""
-        gather = Gather(
-            input="dtmf",
-            action=self.urls.flow_step(turn.next_step),
-            method="POST",
-            action_on_empty_result=True,
-            **options,
-        )
+        gather = Gather(input="dtmf", method="POST", action_on_empty_result=True, **options)
+        turn.link(gather, self.urls.flow_step)
         self._flush(turn, gather)
         turn.response.append(gather)
         return gather
@@ -342,11 +381,10 @@ class FlowEngine:
             return
         target = node.dial
         assert target is not None  # the model requires queue or dial
-        dial_options: dict[str, Any] = {"timeout": target.timeout_seconds}
-        if node.no_answer and not turn.stateless:
-            dial_options["action"] = self.urls.flow_dial_result(turn.next_step)
-            dial_options["method"] = "POST"
-        dial = Dial(**dial_options)
+        comes_back = bool(node.no_answer) and not turn.stateless
+        dial = Dial(timeout=target.timeout_seconds, method="POST" if comes_back else None)
+        if comes_back:
+            turn.link(dial, self.urls.flow_dial_result)
         as_text = {name: _text(value) for name, value in context.items() if value is not None}
         if target.client:
             client = dial.client()
@@ -362,9 +400,8 @@ class FlowEngine:
         else:
             dial.number(target.number)
         turn.response.append(dial)
-        if "action" not in dial_options:
+        if not comes_back:
             turn.response.hangup()
-        return
 
     def _agent_context(self, turn: _Turn, node: model.AgentNode) -> dict[str, Any]:
         """Who the caller is and how they were verified, for the agent's screen."""
@@ -417,6 +454,7 @@ class FlowEngine:
         state = turn.state
         if node.use_caller_id and not state.here.get("caller_id_tried"):
             state.here["caller_id_tried"] = True
+            self._confirm(turn)
             customer = self._find_by_caller(state.caller)
             if customer is not None:
                 self._identified(state, customer, "caller_id")
@@ -429,6 +467,7 @@ class FlowEngine:
     ) -> str:
         state = turn.state
         if digits and digits.isdigit() and node.min_digits <= len(digits) <= node.max_digits:
+            self._confirm(turn)
             customer = self.customers.by_account(digits) if self.customers else None
             if customer is not None:
                 self._identified(state, customer, "account_number")
@@ -478,6 +517,7 @@ class FlowEngine:
                 # code must never be read on the inbound leg (caller ID can be spoofed).
                 turn.say(node.same_line_prompt)
                 return node.failure
+            self._confirm(turn)
             try:
                 verification = self.verifications.start(
                     to=to,
@@ -511,6 +551,7 @@ class FlowEngine:
         sid = state.here.get("verification")
         if not sid:
             return STAY
+        self._confirm(turn)  # a check counts a try, and the last failure cancels the code
         if digits:
             try:
                 outcome = self.verifications.check(code=digits, sid=sid)

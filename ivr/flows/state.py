@@ -1,24 +1,41 @@
 """Where each call is in its flow, in Redis keyed by CallSid, so any worker on any host
 continues it.
 
-Each saved turn bumps a step number, and the <Gather> action URL of that turn carries it. A
-request whose step is not the current one (a replay, or a late duplicate) changes nothing: the
-engine answers it by repeating the current question. Saving is a compare-and-set on the step in
-one Lua call, so two concurrent requests for one call cannot both advance it.
+Each saved turn bumps a step number and draws a new version (the step plus random bits); the
+<Gather> action URL of that turn carries the step. Saving is a compare-and-set on the version in
+one Lua call, so two concurrent requests for one call cannot both advance it, and a request for
+a step that is not the current one (a replay, a late duplicate) changes nothing.
+
+One Redis round trip per turn: the action URL also carries the state it was asked from, sealed
+(AES-GCM, bound to the CallSid), so the next turn need not read Redis before it saves. Redis
+stays the truth: the save only succeeds if that sealed state is still the current version, and
+the engine confirms it is before anything with a side effect (a lookup, a code sent or checked).
+A state too big for a URL, or a token that does not open, costs one read instead.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from dataclasses import dataclass, field
+import secrets
+import zlib
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ivr import keys
+from ivr.verification.codes import derive_key
 
 _CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
+_NONCE_BYTES = 12
+# Sealed states longer than this are not put in URLs (the next turn reads Redis instead): with a
+# public base URL of up to ~100 characters, an action URL stays under 512, the shortest limit
+# Twilio states for a callback URL anywhere in its APIs.
+MAX_SEALED_CHARS = 384
 
 
 def is_call_sid(value: object) -> bool:
@@ -45,6 +62,7 @@ class CallState:
     auth_method: str | None = None  # sms_otp | voice_otp
     variables: dict[str, str] = field(default_factory=dict)
     here: dict[str, Any] = field(default_factory=dict)
+    version: str = ""  # "<step>.<random>", drawn at each save: what the compare-and-set compares
 
     def move_to(self, node: str) -> None:
         self.node = node
@@ -56,9 +74,13 @@ class CallState:
         return self.here[name]
 
     def to_json(self) -> str:
-        # vars(), not dataclasses.asdict: asdict deep-copies every value, a third of a turn's
-        # Python time. The fields hold only JSON values.
-        return json.dumps(vars(self), separators=(",", ":"))
+        """Only the fields that differ from their defaults: short enough to seal into a URL.
+        vars(), not dataclasses.asdict: asdict deep-copies every value, a third of a turn's
+        Python time. The fields hold only JSON values."""
+        return json.dumps(
+            {name: value for name, value in vars(self).items() if value != _DEFAULTS.get(name)},
+            separators=(",", ":"),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> CallState:
@@ -79,47 +101,87 @@ class CallState:
         }
 
 
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if callable(f.default_factory) else f.default
+    for f in fields(CallState)
+}
+
+
 # Save a call's state if nobody else advanced it since it was read.
 # KEYS[1] the call's state hash
-# ARGV[1] the step the caller read ("" when creating: the call must have no state yet)
-# ARGV[2] the new step   ARGV[3] the new state JSON   ARGV[4] time to live, ms
-# Returns 1 when saved, 0 when the step had moved on (or the call already had state).
+# ARGV[1] the version the turn started from ("" when creating: the call must have no state yet)
+# ARGV[2] the new version   ARGV[3] the new state JSON   ARGV[4] time to live, ms
+# Returns 1 when saved, 0 when the call had moved on (or, creating, already had state).
 SAVE_STATE = """
-local current = redis.call('HGET', KEYS[1], 'step')
+local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
   if current then return 0 end
 elseif current ~= ARGV[1] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'step', ARGV[2], 'state', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'state', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
 
 class CallStateStore:
-    """Typed access to call state; one Redis round trip per method."""
+    """Typed access to call state: one Redis round trip per method; sealing needs none."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int):
+    def __init__(self, client: redis.Redis, ttl_seconds: int, secret_key: bytes):
         self.redis = client
         self.ttl_ms = ttl_seconds * 1000
         self._save = client.register_script(SAVE_STATE)
+        self._seal = AESGCM(derive_key(secret_key, "call-state-seal"))
 
     def load(self, call_sid: str) -> CallState | None:
-        step, text = self.redis.hmget(keys.call_state(call_sid), "step", "state")
-        if step is None or text is None:
+        version, text = self.redis.hmget(keys.call_state(call_sid), "version", "state")
+        if version is None or text is None:
             return None
         state = CallState.from_json(text)
-        state.step = int(step)
+        state.version = version.decode() if isinstance(version, bytes) else version
         return state
 
-    def save(self, call_sid: str, state: CallState, *, read_step: int | None) -> bool:
-        """Store `state` as the next step; False if the call moved on meanwhile (or, when
-        `read_step` is None, if it already had state)."""
-        new_step = (read_step or 0) + 1
-        state.step = new_step
+    def is_current(self, call_sid: str, state: CallState) -> bool:
+        """True if `state` (say, opened from a URL) is still the call's saved version."""
+        current = self.redis.hget(keys.call_state(call_sid), "version")
+        if isinstance(current, bytes):
+            current = current.decode()
+        return bool(state.version) and current == state.version
+
+    @staticmethod
+    def advance(state: CallState, step: int) -> str:
+        """Make `state` the call's next version, asked at `step`; the version it replaces."""
+        replaced = state.version
+        state.step = step
+        state.version = f"{step}.{secrets.token_hex(6)}"
+        return replaced
+
+    def save(self, call_sid: str, state: CallState, *, replaces: str) -> bool:
+        """Store `state` (already advanced) if the call is still at version `replaces` (""
+        creates it: only if the call has no state yet). False if it moved on meanwhile."""
         saved = self._save(
             keys=[keys.call_state(call_sid)],
-            args=["" if read_step is None else read_step, new_step, state.to_json(), self.ttl_ms],
+            args=[replaces, state.version, state.to_json(), self.ttl_ms],
         )
         return bool(saved)
+
+    def seal(self, call_sid: str, state: CallState) -> str | None:
+        """`state` encrypted and bound to its call, for a URL; None when it would be too long."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        packed = zlib.compress(state.to_json().encode(), 9)
+        box = self._seal.encrypt(nonce, packed, call_sid.encode())
+        token = base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
+        return token if len(token) <= MAX_SEALED_CHARS else None
+
+    def unseal(self, call_sid: str, token: str) -> CallState | None:
+        """The state sealed in `token` for this call; None if it does not open (tampered, for
+        another call, another SECRET_KEY, or garbage)."""
+        if not token or len(token) > MAX_SEALED_CHARS:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            packed = self._seal.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], call_sid.encode())
+            return CallState.from_json(zlib.decompress(packed).decode())
+        except (InvalidTag, ValueError, TypeError, zlib.error, UnicodeDecodeError):
+            return None

@@ -56,11 +56,19 @@ class CallbackUrls:
     def sms_status(self, sid: str) -> str:
         return f"{self.base_url}/sms/status/{sid}"
 
-    def flow_step(self, step: int) -> str:
-        return f"{self.base_url}/voice/flow/{step}"
+    def flow_step(self, step: int, sealed: str | None = None) -> str:
+        return f"{self.base_url}/voice/flow/{step}{_sealed_query(sealed)}"
 
-    def flow_dial_result(self, step: int) -> str:
-        return f"{self.base_url}/voice/flow/{step}/dial"
+    def flow_dial_result(self, step: int, sealed: str | None = None) -> str:
+        return f"{self.base_url}/voice/flow/{step}/dial{_sealed_query(sealed)}"
+
+
+SEALED_STATE_PARAMETER = "s"
+
+
+def _sealed_query(sealed: str | None) -> str:
+    # URL-safe base64 without padding: nothing to escape.
+    return f"?{SEALED_STATE_PARAMETER}={sealed}" if sealed else ""
 
 
 def signed_url() -> str:
@@ -198,14 +206,23 @@ def incoming() -> Response:
 def flow_step(step: int) -> Response:
     """The caller's keys (or silence) for the question asked at `step`."""
     digits = _field("Digits", _MAX_DIGITS_FIELD)
-    return _flow_turn(lambda flows, call: flows.step(call, step, digits or None))
+    sealed = _sealed_state()
+    return _flow_turn(lambda flows, call: flows.step(call, step, digits or None, sealed=sealed))
 
 
 @blueprint.post("/voice/flow/<int:step>/dial")
 def flow_dial_result(step: int) -> Response:
     """A <Dial> to an agent ended (answered, busy, no answer…)."""
     status = _field("DialCallStatus")
-    return _flow_turn(lambda flows, call: flows.step(call, step, None, dial_status=status))
+    sealed = _sealed_state()
+    return _flow_turn(
+        lambda flows, call: flows.step(call, step, None, dial_status=status, sealed=sealed)
+    )
+
+
+def _sealed_state() -> str | None:
+    """The call state the step's URL carries (see flows.state); the engine checks it opens."""
+    return request.args.get(SEALED_STATE_PARAMETER) or None
 
 
 # -- the verification call -----------------------------------------------------------------------
