@@ -66,6 +66,11 @@ class RequestFeed:
         """Requests handed out after the last one: repeats of earlier ones."""
         return max(0, self._cursor - len(self._requests))
 
+    def answered(self, request: bytes, body: bytes) -> None:
+        """The server's answer to a request this feed handed out (a feed that follows the
+        server's answers, as Twilio follows a <Gather> action, builds its next request from
+        it); not called when the request failed on the network."""
+
 
 @dataclass
 class Sample:
@@ -179,7 +184,9 @@ async def _open_evenly(
     shares. Returns the connections per worker, [] when unknown."""
     for connection in pool:
         with contextlib.suppress(*NETWORK_ERRORS):
-            await connection.exchange(feed.next())  # answered, so accepted by some worker
+            request = feed.next()
+            _, body = await connection.exchange(request)  # answered: accepted by some worker
+            feed.answered(request, body)
     if owners is None:
         return []
     counts: dict[int, int] = {}
@@ -194,7 +201,9 @@ async def _open_evenly(
         moved = next(c for c in pool if c.local_port == spread[busiest][0])
         moved.close()
         with contextlib.suppress(*NETWORK_ERRORS):
-            await moved.exchange(feed.next())  # reconnects; lands on a worker at random
+            request = feed.next()
+            _, body = await moved.exchange(request)  # reconnects; lands on a worker at random
+            feed.answered(request, body)
     return sorted(counts.values(), reverse=True)
 
 
@@ -228,6 +237,7 @@ async def _measure(
                 continue
             latencies.append(clock() - sent)
             statuses[status] += 1
+            feed.answered(request, body)
             if marker is not None and marker in body:
                 sample.marked += 1
 

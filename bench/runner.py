@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from bench import loadgen, report
-from bench.baseline_app import REDIS_URL_VARIABLE
+from bench.baseline_app import REDIS_URL_VARIABLE, TOKEN_FILE_VARIABLE
 from bench.servers import HOST, GunicornServer, ServerFailed
 from bench.workload import (
     ENDPOINTS,
@@ -132,7 +132,7 @@ def _concurrency() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornServer, ...]]:
-    """The baseline, ours and the reference (bare Flask + one Redis read, on our Redis),
+    """The baseline, ours and the reference (bare Flask + signature + one Redis read),
     started and ready; stopped (with anything they started) on the way out."""
     base_env = _clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
     instance = workdir / "instance"
@@ -163,6 +163,7 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
         | {
             "REDIS_URL": "redis://unused.invalid/0",
             REDIS_URL_VARIABLE: redis_url or EmbeddedRedis(instance / "redis").url,
+            TOKEN_FILE_VARIABLE: str(instance / "webhook_auth_token"),
         },
         workdir / "reference.log",
     )
