@@ -91,7 +91,7 @@ def _cell(value: float | None, width: int, digits: int = 1) -> str:
 def render_table(rows: Sequence[Row], connections: int) -> str:
     """The compact text table printed at the end of a run."""
     header = (
-        f"{'POST endpoint':<36}{'rps base':>10}{'rps ours':>10}{'ratio':>7}"
+        f"{'POST endpoint':<42}{'rps base':>10}{'rps ours':>10}{'ratio':>7}"
         f"{'p50 base':>10}{'p50 ours':>10}{'p99 base':>10}{'p99 ours':>10}"
         f"{'err base':>9}{'err ours':>9}  result"
     )
@@ -111,7 +111,7 @@ def render_table(rows: Sequence[Row], connections: int) -> str:
         else:
             result = f"rps only: 2xx {ours['2xx']}, 4xx {ours['4xx']}"
         lines.append(
-            f"{row.endpoint:<36}{_cell(base and base['rps'], 10)}{_cell(ours['rps'], 10)}"
+            f"{row.endpoint:<42}{_cell(base and base['rps'], 10)}{_cell(ours['rps'], 10)}"
             f"{_cell(comparison and comparison['ratio'], 7, 2)}"
             f"{_cell(base and base['p50_ms'], 10)}{_cell(ours['p50_ms'], 10)}"
             f"{_cell(base and base['p99_ms'], 10)}{_cell(ours['p99_ms'], 10)}"
