@@ -118,6 +118,25 @@ class Settings(BaseSettings):
     customer_lookup_timeout_seconds: float = Field(2.0, gt=0, le=10)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Missed-call verification: the number(s) users ring (we reject the call), and how long a
+    # verification waits for that call.
+    missed_call_number: str | None = None
+    missed_call_numbers: Annotated[tuple[str, ...], NoDecode] = ()
+    missed_call_ttl_seconds: int = Field(300, ge=30, le=3600)
+    # The least STIR/SHAKEN attestation a missed call must carry to approve ("" = any, or none).
+    missed_call_min_attestation: Literal["", "A", "B", "C"] = ""
+    # Flash calls: the pool our calls come from; the code is the caller ID's last digits.
+    flash_call_numbers: Annotated[tuple[str, ...], NoDecode] = ()
+    flash_call_code_length: int = Field(4, ge=3, le=6)
+    flash_call_ring_seconds: int = Field(15, ge=5, le=20)
+    flash_call_max_attempts: int = Field(3, ge=1, le=10)
+    flash_call_ttl_seconds: int = Field(300, ge=30, le=3600)
+    # Events (verification.approved, …) POSTed to the app, signed per Standard Webhooks.
+    events_webhook_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    events_webhook_secret: SecretStr | None = None
+    events_webhook_timeout_seconds: float = Field(5.0, gt=0, le=30)
+    events_max_attempts: int = Field(10, ge=1, le=30)
+
     port: int = Field(5000, ge=1, le=65535)
     web_concurrency: int = Field(2, ge=1, le=64)
 

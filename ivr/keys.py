@@ -83,3 +83,18 @@ def customer_phones() -> str:
     in step touch one cluster slot (the price: the whole directory lives in that one slot).
     """
     return f"{NAMESPACE}:{{customers}}:phones"
+
+
+def events_due() -> str:
+    """Sorted set: event id → when it is next due for delivery (ms), the events outbox."""
+    return f"{NAMESPACE}:{{events}}:due"
+
+
+def event(event_id: str) -> str:
+    """Hash: one event waiting for delivery (type, body, attempts so far)."""
+    return f"{NAMESPACE}:{{events}}:event:{event_id}"
+
+
+def events_dead() -> str:
+    """Sorted set: event id → when delivery was given up (the app never took it)."""
+    return f"{NAMESPACE}:{{events}}:dead"
