@@ -26,7 +26,7 @@ from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
-from ivr.verification.service import CodePolicy, SendLimits, VerificationService
+from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
 from ivr.verification.store import VerificationStore
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -117,6 +117,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             per_client=settings.send_limit_per_token,
         ),
         sms_origin_domain=settings.sms_origin_domain,
+        call_channels=CallChannels(
+            missed_call_numbers=settings.missed_call_pool,
+            missed_call_ttl_seconds=settings.missed_call_ttl_seconds,
+            min_attestation=settings.missed_call_min_attestation,
+            flash_call_numbers=settings.flash_call_numbers,
+            flash_code_length=settings.flash_call_code_length,
+            flash_ring_seconds=settings.flash_call_ring_seconds,
+            flash_max_attempts=settings.flash_call_max_attempts,
+            flash_ttl_seconds=settings.flash_call_ttl_seconds,
+        ),
     )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))

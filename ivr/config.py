@@ -6,6 +6,8 @@ once with the variable's name, which is what an operator wants from a failed sta
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import secrets
@@ -16,7 +18,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -61,6 +70,16 @@ class Rate:
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.window_seconds}s"
+
+
+def _is_webhook_secret(value: str) -> bool:
+    """A Standard Webhooks secret: whsec_ + base64 of at least 24 random bytes."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) >= 24
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _validate_e164(value: str | None, name: str) -> str | None:
@@ -145,6 +164,19 @@ class Settings(BaseSettings):
     def _caller_id_is_e164(cls, value: str | None) -> str | None:
         return _validate_e164(value, "TWILIO_CALLER_ID")
 
+    @field_validator("missed_call_number")
+    @classmethod
+    def _missed_call_number_is_e164(cls, value: str | None) -> str | None:
+        return _validate_e164(value, "MISSED_CALL_NUMBER")
+
+    @field_validator("missed_call_numbers", "flash_call_numbers", mode="before")
+    @classmethod
+    def _parse_number_list(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
+        parts = value.split(",") if isinstance(value, str) else list(value or ())
+        name = (info.field_name or "").upper()
+        numbers = [_validate_e164(str(part).strip(), name) for part in parts if str(part).strip()]
+        return tuple(dict.fromkeys(n for n in numbers if n))  # in order, without repeats
+
     @field_validator("public_base_url", "twilio_api_base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
@@ -207,12 +239,49 @@ class Settings(BaseSettings):
                 "PUBLIC_BASE_URL: required when a Twilio account is configured: Twilio must "
                 "reach our webhooks, and signatures are checked against that URL"
             )
+        self._check_flash_call_pool()
+        if self.events_webhook_url and not self.events_webhook_secret:
+            raise ValueError(
+                "EVENTS_WEBHOOK_SECRET: required with EVENTS_WEBHOOK_URL: every event is signed "
+                "with it (Standard Webhooks); make one with `ivr events secret`"
+            )
+        if self.events_webhook_secret and not _is_webhook_secret(
+            self.events_webhook_secret.get_secret_value()
+        ):
+            raise ValueError(
+                "EVENTS_WEBHOOK_SECRET: expected whsec_ followed by at least 24 bytes in base64; "
+                "make one with `ivr events secret`"
+            )
         if self.customer_lookup_url and not self.customer_lookup_secret:
             raise ValueError(
                 "CUSTOMER_LOOKUP_SECRET: required with CUSTOMER_LOOKUP_URL: every lookup is "
                 "signed with it (HMAC-SHA256), so the CRM can tell our requests from others"
             )
         return self
+
+    def _check_flash_call_pool(self) -> None:
+        pool, length = self.flash_call_numbers, self.flash_call_code_length
+        if not pool:
+            return
+        if len(pool) < 2:
+            raise ValueError(
+                "FLASH_CALL_NUMBERS: at least 2 numbers: with one, every flash call carries the "
+                "same code"
+            )
+        suffixes: dict[str, str] = {}
+        for number in pool:
+            earlier = suffixes.setdefault(number[-length:], number)
+            if earlier != number:
+                raise ValueError(
+                    f"FLASH_CALL_NUMBERS: {earlier} and {number} end in the same "
+                    f"{length} digits (FLASH_CALL_CODE_LENGTH): their codes would be the same"
+                )
+
+    @property
+    def missed_call_pool(self) -> tuple[str, ...]:
+        """Every number users may ring for a missed-call verification."""
+        single = (self.missed_call_number,) if self.missed_call_number else ()
+        return tuple(dict.fromkeys(single + self.missed_call_numbers))
 
     @property
     def uses_twilio(self) -> bool:

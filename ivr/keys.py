@@ -98,3 +98,8 @@ def event(event_id: str) -> str:
 def events_dead() -> str:
     """Sorted set: event id → when delivery was given up (the app never took it)."""
     return f"{NAMESPACE}:{{events}}:dead"
+
+
+def missed_call_outcomes() -> str:
+    """Hash: outcome of calls to our missed-call numbers (approved, nothing_pending…) → count."""
+    return f"{NAMESPACE}:{{stats}}:missed-calls"

@@ -24,6 +24,14 @@ class Status(StrEnum):
 class Channel(StrEnum):
     CALL = "call"
     SMS = "sms"
+    MISSED_CALL = "missed_call"  # the user rings our number; we reject the call
+    FLASH_CALL = "flash_call"  # we ring the user; our caller ID's last digits are the code
+
+    @property
+    def family(self) -> str:
+        """Channels whose verifications can take each other's re-sends: a code read or texted
+        is one code; a flash call's code is a caller ID; a missed call has no code at all."""
+        return "otp" if self in (Channel.CALL, Channel.SMS) else self.value
 
 
 # "VE" + the number's 8-hex routing tag + 24 random hex: 32 hex digits, like a Twilio sid.
@@ -94,6 +102,9 @@ class Verification:
     updated_at: int
     check_attempts: int
     send_attempts: tuple[SendAttempt, ...] = field(default_factory=tuple)
+    call_to: str | None = None  # missed_call: the number the user rings
+    caller_id_attestation: str | None = None  # missed_call: STIR/SHAKEN of the call (A/B/C…)
+    code_length: int | None = None  # flash_call: how many last digits of the caller ID
 
     @classmethod
     def from_hash(cls, data: dict[str, str], now_ms: int | None = None) -> Verification:
@@ -116,6 +127,9 @@ class Verification:
             updated_at=int(data.get("updated_at") or data["created_at"]),
             check_attempts=int(data.get("check_attempts") or 0),
             send_attempts=tuple(SendAttempt.from_record(a) for a in attempts),
+            call_to=data.get("call_to") or None,
+            caller_id_attestation=data.get("attestation") or None,
+            code_length=int(data["code_length"]) if data.get("code_length") else None,
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -132,4 +146,12 @@ class Verification:
             "updated_at": iso_time(self.updated_at),
             "expires_at": iso_time(self.expires_at),
             "send_attempts": [attempt.to_api() for attempt in self.send_attempts],
+            **self._channel_fields(),
         }
+
+    def _channel_fields(self) -> dict[str, Any]:
+        if self.channel == Channel.MISSED_CALL:
+            return {"call_to": self.call_to, "caller_id_attestation": self.caller_id_attestation}
+        if self.channel == Channel.FLASH_CALL:
+            return {"code_length": self.code_length}
+        return {}

@@ -5,6 +5,7 @@ flow engine share. It knows nothing of Flask; the web edge turns its errors into
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,10 +14,11 @@ from ivr import phone
 from ivr.config import Rate
 from ivr.prompts import PromptCatalogs, UnknownLocale
 from ivr.telephony import Carrier, CarrierError, Receipt
+from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
 from ivr.verification.limits import SendLimiter, Window
 from ivr.verification.models import Channel, Status, Verification, is_sid
-from ivr.verification.store import VerificationStore
+from ivr.verification.store import StartResult, VerificationStore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ DELIVERY_STATUSES = frozenset(
     }
 )
 _CODE_LENGTHS = range(4, 11)
+_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
 
 
 class VerificationError(Exception):
@@ -84,6 +87,16 @@ class NotPending(VerificationError):
         self.status = status
 
 
+class NotCheckable(VerificationError):
+    """A missed-call verification: the user's call approves it, never a code."""
+
+    def __init__(self, sid: str):
+        super().__init__(
+            "not_checkable", "a missed-call verification is approved by the user's call, not a code"
+        )
+        self.sid = sid
+
+
 class DeliveryFailed(VerificationError):
     """The carrier did not take the call or SMS; the verification was left consistent."""
 
@@ -99,6 +112,13 @@ class CallbackUrls(Protocol):
     def call_answer(self, sid: str, locale: str) -> str: ...
     def call_status(self, sid: str) -> str: ...
     def sms_status(self, sid: str) -> str: ...
+    def flash_call_answer(self) -> str: ...
+
+
+class EventPublisher(Protocol):
+    """Where a verification's end is announced (ivr.events.EventOutbox)."""
+
+    def publish(self, event_type: str, data: dict[str, object]) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,21 @@ class CodePolicy:
     failure_budget: Rate  # wrong codes per number, across verifications
     retention_seconds: int  # how long a finished verification stays readable
     max_reveals_per_call: int = 4  # the first reading and up to three "press 1 to hear again"
+
+
+@dataclass(frozen=True)
+class CallChannels:
+    """The channels where a call is the proof: the numbers users ring (missed call) and the
+    pool our flash calls come from, whose last digits are the code."""
+
+    missed_call_numbers: tuple[str, ...] = ()
+    missed_call_ttl_seconds: int = 300
+    min_attestation: str = ""  # "", "C", "B" or "A": see callerid.assess
+    flash_call_numbers: tuple[str, ...] = ()
+    flash_code_length: int = 4
+    flash_ring_seconds: int = 15
+    flash_max_attempts: int = 3
+    flash_ttl_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -154,6 +189,8 @@ class VerificationService:
         code_policy: CodePolicy,
         send_limits: SendLimits,
         sms_origin_domain: str | None = None,
+        call_channels: CallChannels | None = None,
+        events: EventPublisher | None = None,
     ):
         self.store = store
         self.limiter = limiter
@@ -167,6 +204,8 @@ class VerificationService:
         self.code_policy = code_policy
         self.send_limits = send_limits
         self.sms_origin_domain = sms_origin_domain
+        self.call_channels = call_channels or CallChannels()
+        self.events = events
 
     # -- starting and sending ------------------------------------------------------------------
 
@@ -181,7 +220,8 @@ class VerificationService:
         scope: str | None = None,
     ) -> Verification:
         """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one
-        (the pending one of `scope` when given: an IVR call's codes are its own).
+        (the pending one of `scope` when given: an IVR call's codes are its own). A missed call
+        sends nothing: the verification waits for the user's call to `call_to`.
 
         Raises InvalidRequest, RateLimited or DeliveryFailed.
         """
@@ -190,31 +230,79 @@ class VerificationService:
                 "channel", "invalid_channel", f"channel must be one of: {', '.join(Channel)}"
             )
         channel = Channel(channel)
+        self._require_configured(channel)
         number = self.accept_number(to, country, channel)
         try:
             chosen_locale = self.prompts.resolve_locale(locale, number.country)
         except UnknownLocale as exc:
             raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
         self._count_send(number, client_id)
+        if channel is Channel.MISSED_CALL:
+            return self._await_missed_call(number, chosen_locale, scope)
 
-        code = generate_code(self.code_policy.length)
+        started, code = self._start_with_code(number, channel, chosen_locale, scope)
+        sid = started.verification.sid
+        try:
+            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
+        except CarrierError as exc:
+            log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
+            status = self.store.settle_send(
+                sid,
+                started.attempt_index,
+                status="failed",
+                error=exc.detail,
+            )
+            failed = self.store.get(sid)
+            if status is Status.FAILED and failed is not None:
+                self._announce(failed)
+            raise DeliveryFailed(exc, failed) from None
+        self.store.settle_send(
+            sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
+        )
+        return self._require(sid)
+
+    def _start_with_code(
+        self, number: phone.PhoneNumber, channel: Channel, locale: str, scope: str | None
+    ) -> tuple[StartResult, str]:
+        """Store a new verification with a fresh code, or take the pending one's code for a
+        re-send; the result and the code to deliver."""
         tag = self.secrets.routing_tag(number.e164)
         new_sid = f"VE{tag}{secrets.token_hex(12)}"
+        fields: dict[str, str | int] = {}
+        ttl_seconds = self.code_policy.ttl_seconds
+        if channel is Channel.FLASH_CALL:
+            flash = self.call_channels
+            code = secrets.choice(flash.flash_call_numbers)[-flash.flash_code_length :]
+            fields = {
+                "code_length": flash.flash_code_length,
+                "max_attempts": flash.flash_max_attempts,
+            }
+            ttl_seconds = flash.flash_ttl_seconds
+        else:
+            code = generate_code(self.code_policy.length)
         started = self.store.start_or_resend(
             tag=tag,
             new_sid=new_sid,
             to=number.e164,
             channel=channel,
-            locale=chosen_locale,
+            locale=locale,
             digest=self.secrets.digest(code),
             sealed=self.secrets.seal(new_sid, code),
-            ttl_ms=self.code_policy.ttl_seconds * 1000,
+            ttl_ms=ttl_seconds * 1000,
             retention_ms=self.code_policy.retention_seconds * 1000,
             scope=scope,
+            family=channel.family,
+            fields=fields,
         )
+        self._announce_replaced(started)
         sid = started.verification.sid
         if not started.created:
             code = self.secrets.unseal(sid, started.sealed_code)
+            if channel is Channel.FLASH_CALL and self._flash_number_for(code) is None:
+                # The pool was edited while this one was pending: no number of ours can call
+                # with its code any more. End it, and start anew.
+                self.cancel(sid)
+                return self._start_with_code(number, channel, locale, scope)
         log.info(
             "verification %s: %s via %s to %s",
             sid,
@@ -222,21 +310,50 @@ class VerificationService:
             channel,
             phone.masked(number.e164),
         )
-        try:
-            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
-        except CarrierError as exc:
-            log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
-            self.store.settle_send(
-                sid,
-                started.attempt_index,
-                status="failed",
-                error=exc.detail,
-            )
-            raise DeliveryFailed(exc, self.store.get(sid)) from None
-        self.store.settle_send(
-            sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
+        return started, code
+
+    def _await_missed_call(
+        self, number: phone.PhoneNumber, locale: str, scope: str | None
+    ) -> Verification:
+        """A verification that the user's call to one of our missed-call numbers approves."""
+        tag = self.secrets.routing_tag(number.e164)
+        started = self.store.start_or_resend(
+            tag=tag,
+            new_sid=f"VE{tag}{secrets.token_hex(12)}",
+            to=number.e164,
+            channel=Channel.MISSED_CALL,
+            locale=locale,
+            digest="",  # no code: only a call from the number approves it
+            sealed="",
+            ttl_ms=self.call_channels.missed_call_ttl_seconds * 1000,
+            retention_ms=self.code_policy.retention_seconds * 1000,
+            scope=scope,
+            family=Channel.MISSED_CALL.family,
+            first_status="awaiting_call",
+            # Spread over the pool; a re-send keeps the number the user was shown.
+            fields={"call_to": secrets.choice(self.call_channels.missed_call_numbers)},
         )
-        return self._require(sid)
+        self._announce_replaced(started)
+        verification = started.verification
+        log.info(
+            "verification %s: %s, awaiting a call from %s",
+            verification.sid,
+            "created" if started.created else "shown again",
+            phone.masked(number.e164),
+        )
+        return verification
+
+    def _require_configured(self, channel: Channel) -> None:
+        variable = {
+            Channel.MISSED_CALL: ("MISSED_CALL_NUMBER", self.call_channels.missed_call_numbers),
+            Channel.FLASH_CALL: ("FLASH_CALL_NUMBERS", self.call_channels.flash_call_numbers),
+        }.get(channel)
+        if variable is not None and not variable[1]:
+            raise InvalidRequest(
+                "channel",
+                "channel_unavailable",
+                f"{channel} is not set up on this server ({variable[0]} is unset)",
+            )
 
     def accept_number(self, to: object, country: object, channel: str) -> phone.PhoneNumber:
         """Parse and police a destination; InvalidRequest(field "to" or "country") if refused."""
@@ -263,6 +380,18 @@ class VerificationService:
             )
 
     def _deliver(self, sid: str, to: str, channel: Channel, locale: str, code: str) -> Receipt:
+        if channel is Channel.FLASH_CALL:
+            # Rings briefly from the pool number whose last digits are the code; hangs up if
+            # answered. The caller ID is the code: nothing else about it is sent.
+            from_ = self._flash_number_for(code)
+            assert from_ is not None  # _start_with_code made sure
+            return self.carrier.place_call(
+                to=to,
+                from_=from_,
+                url=self.urls.flash_call_answer(),
+                status_callback=self.urls.call_status(sid),
+                ring_seconds=self.call_channels.flash_ring_seconds,
+            )
         if channel is Channel.CALL:
             # The call's URL holds only the sid and the language: the code is fetched, sealed,
             # when the callee presses a key.
@@ -278,6 +407,10 @@ class VerificationService:
         return self.carrier.send_sms(
             to=to, from_=self.caller_id, body=body, status_callback=self.urls.sms_status(sid)
         )
+
+    def _flash_number_for(self, code: str) -> str | None:
+        pool = self.call_channels.flash_call_numbers
+        return next((number for number in pool if number.endswith(code)), None)
 
     # -- checking ----------------------------------------------------------------------------
 
@@ -310,6 +443,10 @@ class VerificationService:
         )
         if result.outcome == "not_found" or result.sid is None or result.status is None:
             raise NotFound()
+        if result.outcome == "not_checkable":
+            raise NotCheckable(result.sid)
+        if result.status is not Status.PENDING:
+            self._announce_sid(result.sid)
         if result.outcome == "not_pending":
             raise NotPending(result.sid, result.status)
         if result.outcome == "throttled":
@@ -337,10 +474,12 @@ class VerificationService:
         if result is None:
             raise NotFound()
         canceled, status = result
+        verification = self._require(str(sid))
+        self._announce(verification)
         if not canceled:
             raise NotPending(str(sid), status)
         log.info("verification %s: canceled", sid)
-        return self._require(str(sid))
+        return verification
 
     def _require(self, sid: str) -> Verification:
         verification = self.store.get(sid)
@@ -363,6 +502,72 @@ class VerificationService:
             log.error("verification %s: sealed code does not open (SECRET_KEY changed?)", sid)
             return Reveal("gone")
         return Reveal("ok", code, result.readings_left)
+
+    def missed_call(self, *, caller: str, called: str, call_sid: str, stir_verstat: str) -> str:
+        """A call to one of our missed-call numbers (already rejected, unanswered): approve the
+        caller's pending missed-call verification if the caller ID may be trusted. The outcome,
+        for logs and counters; nothing is ever said to the caller."""
+        outcome = self._match_missed_call(caller, called, call_sid, stir_verstat)
+        self.store.count_missed_call(outcome)
+        return outcome
+
+    def _match_missed_call(self, caller: str, called: str, call_sid: str, stir_verstat: str) -> str:
+        pool = self.call_channels.missed_call_numbers
+        if not _CALL_SID.fullmatch(call_sid):
+            return "invalid_call"
+        try:
+            ours = phone.parse(called, None).e164
+        except phone.NumberRefused:
+            return "unknown_number"
+        if ours not in pool:
+            return "unknown_number"
+        try:
+            number = phone.parse(caller, None)
+        except phone.NumberRefused:
+            return "invalid_caller"  # withheld, anonymous, garbage: nothing to match
+        trust = callerid.assess(stir_verstat, self.call_channels.min_attestation)
+        outcome, sid = self.store.approve_by_call(
+            tag=self.secrets.routing_tag(number.e164),
+            caller=number.e164,
+            called=ours,
+            call_sid=call_sid,
+            attestation=trust.attestation,
+            trusted=trust.trusted,
+        )
+        log.info(
+            "missed call from %s to %s: %s (caller ID attestation %s)%s",
+            phone.masked(number.e164),
+            phone.masked(ours),
+            outcome,
+            trust.attestation,
+            f", verification {sid}" if sid else "",
+        )
+        if sid and outcome in ("approved", "expired"):
+            self._announce_sid(sid)
+        return outcome
+
+    # -- announcing ends -----------------------------------------------------------------------
+
+    def _announce(self, verification: Verification) -> None:
+        """Tell the app (EVENTS_WEBHOOK_URL) that a verification ended; never fails the caller:
+        the app can always read GET /v1/verifications/{sid}."""
+        if self.events is None or verification.status is Status.PENDING:
+            return
+        try:
+            self.events.publish(f"verification.{verification.status}", verification.to_api())
+        except Exception:
+            log.exception("verification %s: event not queued", verification.sid)
+
+    def _announce_sid(self, sid: str) -> None:
+        if self.events is not None:
+            verification = self.store.get(sid)
+            if verification is not None:
+                self._announce(verification)
+
+    def _announce_replaced(self, started: StartResult) -> None:
+        if started.replaced_sid:
+            log.info("verification %s: canceled by a new one", started.replaced_sid)
+            self._announce_sid(started.replaced_sid)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""

@@ -8,6 +8,7 @@ number's slot (`ivr:{tag}:`): those keys share the hash tag, hence the cluster s
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -35,41 +36,55 @@ end
 """
 
 # Start a verification for a number, or add a send attempt to its pending one (a re-send keeps
-# the code, the expiry and the count of wrong checks: NIST SP 800-63B).
+# the code, the expiry and the count of wrong checks: NIST SP 800-63B). A pending verification
+# of another channel family (see Channel.family: a flash call's code is its caller ID, a missed
+# call has none) cannot take the re-send: it is canceled and a new one starts.
 # KEYS[1] the number's pending pointer   KEYS[2] new verification hash   KEYS[3] new code hash
 # ARGV[1] slot key prefix  ARGV[2] new sid  ARGV[3] number (E.164)  ARGV[4] channel
 # ARGV[5] locale  ARGV[6] code HMAC  ARGV[7] sealed code  ARGV[8] code lifetime ms
 # ARGV[9] retention ms: the record outlives the code by this much, so a verification stays
 # readable for at least that long after it ended
+# ARGV[10] channel family  ARGV[11] the first attempt's status
+# ARGV[12] JSON object of further fields a new verification keeps (call_to, code_length…)
 # Returns {"created"|"resent", sid, attempt index (0-based), HGETALL of the verification,
-# sealed code (the existing one on a re-send, so an SMS re-send carries the same code)}.
+# sealed code (the existing one on a re-send, so an SMS re-send carries the same code),
+# sid of a pending verification this one replaced (canceled), or ""}.
 START_OR_RESEND = (
     _LUA_NOW
+    + _LUA_FINISH
     + """
-local attempt = {channel = ARGV[4], status = 'requested', created_at = now, updated_at = now}
+local attempt = {channel = ARGV[4], status = ARGV[11], created_at = now, updated_at = now}
+local replaced = ''
 local sid = redis.call('GET', KEYS[1])
 if sid then
   local vkey = ARGV[1] .. 'verification:' .. sid
-  local current = redis.call('HMGET', vkey, 'status', 'expires_at', 'attempts')
+  local current = redis.call('HMGET', vkey, 'status', 'expires_at', 'attempts', 'family', 'to')
   local sealed = redis.call('HGET', ARGV[1] .. 'code:' .. sid, 'sealed')
   if current[1] == 'pending' and tonumber(current[2]) > now and sealed then
-    local attempts = cjson.decode(current[3])
-    table.insert(attempts, attempt)
-    redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'channel', ARGV[4],
-               'locale', ARGV[5], 'updated_at', now_s)
-    return {'resent', sid, #attempts - 1, redis.call('HGETALL', vkey), sealed}
+    if (current[4] or 'otp') == ARGV[10] then
+      local attempts = cjson.decode(current[3])
+      table.insert(attempts, attempt)
+      redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'channel', ARGV[4],
+                 'locale', ARGV[5], 'updated_at', now_s)
+      return {'resent', sid, #attempts - 1, redis.call('HGETALL', vkey), sealed, ''}
+    end
+    finish(ARGV[1], vkey, sid, current[5], 'canceled', now_s)
+    replaced = sid
   end
 end
 local expires_s = string.format('%d', now + tonumber(ARGV[8]))
 redis.call('HSET', KEYS[2], 'sid', ARGV[2], 'to', ARGV[3], 'channel', ARGV[4],
            'locale', ARGV[5], 'status', 'pending', 'created_at', now_s, 'updated_at', now_s,
            'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}),
-           'pointer', KEYS[1])
+           'pointer', KEYS[1], 'family', ARGV[10])
+for name, value in pairs(cjson.decode(ARGV[12])) do
+  redis.call('HSET', KEYS[2], name, tostring(value))
+end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[8]) + tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'digest', ARGV[6], 'sealed', ARGV[7])
 redis.call('PEXPIRE', KEYS[3], ARGV[8])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[8])
-return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7]}
+return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7], replaced}
 """
 )
 
@@ -159,10 +174,12 @@ return 2
 # constant-time comparison of HMACs, all at once; a right code approves exactly once.
 # KEYS[1] the verification hash (ARGV[2] = "sid") or the number's pending pointer ("to")
 # ARGV[1] slot key prefix  ARGV[2] "sid"|"to"  ARGV[3] HMAC of the submitted code
-# ARGV[4] max attempts  ARGV[5] failure budget count  ARGV[6] failure budget window ms
+# ARGV[4] max attempts (a verification's own max_attempts field, when it has one, wins)
+# ARGV[5] failure budget count  ARGV[6] failure budget window ms
 # ARGV[7] the number the verification must be for ("" when the caller gave only a sid)
 # Returns {outcome, sid, status, detail, number}: outcome is "approved", "wrong",
-# "not_pending", "throttled" (detail = ms until the budget allows a check) or "not_found".
+# "not_pending", "throttled" (detail = ms until the budget allows a check), "not_found" or
+# "not_checkable" (a missed-call verification: the call approves it, no code does).
 CHECK = (
     _LUA_NOW
     + _LUA_FINISH
@@ -179,10 +196,13 @@ if ARGV[2] == 'to' then
   if not sid then return {'not_found', '', '', 0, ''} end
   vkey = prefix .. 'verification:' .. sid
 end
-local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at')
+local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at', 'channel',
+                    'max_attempts')
 if not v[1] or (ARGV[7] ~= '' and v[2] ~= ARGV[7]) then return {'not_found', '', '', 0, ''} end
 sid = v[1]
+if v[5] == 'missed_call' then return {'not_checkable', sid, v[3], 0, v[2]} end
 if v[3] ~= 'pending' then return {'not_pending', sid, v[3], 0, v[2]} end
+local max_attempts = tonumber(v[6] or ARGV[4])
 local digest = redis.call('HGET', prefix .. 'code:' .. sid, 'digest')
 if now >= tonumber(v[4]) or not digest then
   finish(prefix, vkey, sid, v[2], 'expired', now_s)
@@ -202,7 +222,7 @@ end
 local attempts = redis.call('HINCRBY', vkey, 'check_attempts', 1)
 redis.call('ZADD', failures, now, now_s .. ':' .. sid .. ':' .. attempts)
 redis.call('PEXPIRE', failures, window)
-if attempts >= tonumber(ARGV[4]) then
+if attempts >= max_attempts then
   finish(prefix, vkey, sid, v[2], 'max_attempts_reached', now_s)
   return {'wrong', sid, 'max_attempts_reached', attempts, v[2]}
 end
@@ -256,12 +276,52 @@ return {'ok', sealed, tonumber(ARGV[2]) - heard}
 )
 
 
+# A call rang our missed-call number: approve the caller's pending missed-call verification
+# for that number, if the caller ID may be trusted. The call is rejected whatever this says.
+# KEYS[1] the caller's pending pointer
+# ARGV[1] slot key prefix  ARGV[2] the number called (E.164)  ARGV[3] CallSid
+# ARGV[4] attestation to record (A, B, C, "failed" or "none")  ARGV[5] "1" when the caller ID
+# may approve (policy passed), "0" when not (failed validation, or below the required level)
+# Returns {outcome, sid}: outcome "approved", "refused" (caller ID not trusted: the verification
+# stays pending, so a spoofer cannot spoil the real user's), "wrong_number" (rang another of our
+# numbers), "expired", "not_pending" (a replay, or already ended) or "nothing_pending".
+APPROVE_BY_CALL = (
+    _LUA_NOW
+    + _LUA_FINISH
+    + """
+local sid = redis.call('GET', KEYS[1])
+if not sid then return {'nothing_pending', ''} end
+local vkey = ARGV[1] .. 'verification:' .. sid
+local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at', 'channel', 'call_to',
+                    'attempts')
+if not v[1] or v[5] ~= 'missed_call' then return {'nothing_pending', ''} end
+if v[3] ~= 'pending' then return {'not_pending', sid} end
+if now >= tonumber(v[4]) then
+  finish(ARGV[1], vkey, sid, v[2], 'expired', now_s)
+  return {'expired', sid}
+end
+if v[6] ~= ARGV[2] then return {'wrong_number', sid} end
+local attempts = cjson.decode(v[7])
+local attempt = attempts[#attempts]
+attempt.provider_sid = ARGV[3]
+attempt.updated_at = now
+attempt.status = ARGV[5] == '1' and 'received' or 'refused'
+redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'attestation', ARGV[4],
+           'updated_at', now_s)
+if ARGV[5] ~= '1' then return {'refused', sid} end
+finish(ARGV[1], vkey, sid, v[2], 'approved', now_s)
+return {'approved', sid}
+"""
+)
+
+
 @dataclass(frozen=True)
 class StartResult:
     verification: Verification
     attempt_index: int
     created: bool  # False when an existing pending verification was re-sent
     sealed_code: str
+    replaced_sid: str | None = None  # a pending one of another channel family, now canceled
 
 
 @dataclass(frozen=True)
@@ -300,6 +360,7 @@ class VerificationStore:
         self._check = client.register_script(CHECK)
         self._cancel = client.register_script(CANCEL)
         self._reveal = client.register_script(REVEAL)
+        self._approve_by_call = client.register_script(APPROVE_BY_CALL)
 
     def start_or_resend(
         self,
@@ -314,11 +375,15 @@ class VerificationStore:
         ttl_ms: int,
         retention_ms: int,
         scope: str | None = None,
+        family: str = "otp",
+        first_status: str = "requested",
+        fields: dict[str, str | int] | None = None,
     ) -> StartResult:
         """Create a verification, or add an attempt to the pending one of the number (in
-        `scope`, when given: see keys.pending)."""
+        `scope`, when given: see keys.pending) if it is of the same channel `family`. `fields`:
+        what a new verification keeps besides the common ones (call_to, code_length…)."""
         pointer = keys.pending(tag, to, scope)
-        outcome, _sid, index, flat, sealed_code = self._start(
+        outcome, _sid, index, flat, sealed_code, replaced = self._start(
             keys=[pointer, keys.verification(tag, new_sid), keys.code(tag, new_sid)],
             args=[
                 keys.number_prefix(tag),
@@ -330,10 +395,15 @@ class VerificationStore:
                 sealed,
                 ttl_ms,
                 retention_ms,
+                family,
+                first_status,
+                json.dumps(fields or {}),
             ],
         )
         verification = Verification.from_hash(_pairs(flat), _now_ms())
-        return StartResult(verification, int(index), outcome == "created", sealed_code)
+        return StartResult(
+            verification, int(index), outcome == "created", sealed_code, replaced or None
+        )
 
     def settle_send(
         self,
@@ -421,6 +491,24 @@ class VerificationStore:
         )
         outcome, sealed, left = reply
         return RevealResult(outcome, sealed or None, int(left))
+
+    def approve_by_call(
+        self, *, tag: str, caller: str, called: str, call_sid: str, attestation: str, trusted: bool
+    ) -> tuple[str, str | None]:
+        """A call from `caller` to our number `called`: (outcome, sid) per APPROVE_BY_CALL."""
+        outcome, sid = self._approve_by_call(
+            keys=[keys.pending(tag, caller)],
+            args=[keys.number_prefix(tag), called, call_sid, attestation, "1" if trusted else "0"],
+        )
+        return outcome, sid or None
+
+    def count_missed_call(self, outcome: str) -> None:
+        """Count what calls to our missed-call numbers came to (strangers included)."""
+        self.redis.hincrby(keys.missed_call_outcomes(), outcome, 1)
+
+    def missed_call_outcomes(self) -> dict[str, int]:
+        counts = self.redis.hgetall(keys.missed_call_outcomes())
+        return {name: int(value) for name, value in counts.items()}
 
     def get(self, sid: str) -> Verification | None:
         """The verification, its status as of Redis' clock (the one the scripts use), so the

@@ -25,6 +25,7 @@ from ivr.telephony import SimulatedCarrier
 from ivr.verification.service import (
     DeliveryFailed,
     InvalidRequest,
+    NotCheckable,
     NotFound,
     NotPending,
     RateLimited,
@@ -126,6 +127,8 @@ def _verification_error(exc: VerificationError) -> Response:
         )
     if isinstance(exc, NotFound):
         return problem(404, "not_found", "Not found", exc.detail)
+    if isinstance(exc, NotCheckable):
+        return problem(409, exc.reason, "Not checked by code", exc.detail, sid=exc.sid)
     if isinstance(exc, NotPending):
         return problem(
             409,
@@ -172,7 +175,8 @@ def _phone_taken(exc: PhoneTaken) -> Response:
 
 @blueprint.post("/verifications")
 def start_verification() -> tuple[Response, int, dict[str, str]]:
-    """Send a code (or re-send the pending one) by call or SMS."""
+    """Send a code (or re-send the pending one) by call, SMS or flash call; or open a
+    missed-call verification (the response's call_to is the number the user rings)."""
     fields = body("to", "channel", "locale", "country")
     verification = services().verifications.start(
         to=_require(fields, "to"),
@@ -203,6 +207,13 @@ def check_verification() -> Response:
             "valid": outcome.valid,
         }
     )
+
+
+@blueprint.get("/stats/missed-calls")
+def missed_call_stats() -> Response:
+    """What calls to the missed-call numbers came to: approved, nothing_pending (strangers),
+    refused (caller ID not trusted), wrong_number, expired, invalid_caller…"""
+    return jsonify({"outcomes": services().verifications.store.missed_call_outcomes()})
 
 
 @blueprint.get("/verifications/<sid>")

@@ -56,6 +56,9 @@ class CallbackUrls:
     def sms_status(self, sid: str) -> str:
         return f"{self.base_url}/sms/status/{sid}"
 
+    def flash_call_answer(self) -> str:
+        return f"{self.base_url}/voice/flash-call"
+
     def flow_step(self, step: int, sealed: str | None = None) -> str:
         return f"{self.base_url}/voice/flow/{step}{_sealed_query(sealed)}"
 
@@ -287,6 +290,47 @@ def code_call_key_pressed(sid: str, locale: str) -> Response:
     ivr.prompts.speak(response, locale, "otp.call.goodbye")
     response.hangup()
     return twiml(response)
+
+
+# -- missed calls and flash calls ----------------------------------------------------------------
+
+
+def _reject_busy() -> Response:
+    def build() -> VoiceResponse:
+        response = VoiceResponse()
+        response.reject(reason="busy")
+        return response
+
+    return _memoized(("reject-busy",), build)
+
+
+@blueprint.post("/voice/missed-call")
+def missed_call() -> Response:
+    """A user rang our missed-call number. The answer is always <Reject reason="busy">, first
+    and only: Twilio never answers (nor bills) the call, and the caller learns nothing. The
+    caller ID, if it can be trusted, approves their pending missed-call verification."""
+    try:
+        services().verifications.missed_call(
+            caller=_field("From"),
+            called=_field("To"),
+            call_sid=_field("CallSid"),
+            stir_verstat=_field("StirVerstat"),
+        )
+    except Exception:  # Redis down…: the caller is still rejected, and may simply ring again
+        log.exception("missed call: not recorded")
+    return _reject_busy()
+
+
+@blueprint.post("/voice/flash-call")
+def flash_call_answered() -> Response:
+    """A flash call was answered before we hung up: hang up now (its caller ID was the code)."""
+
+    def build() -> VoiceResponse:
+        response = VoiceResponse()
+        response.hangup()
+        return response
+
+    return _memoized(("hang-up",), build)
 
 
 # -- delivery status -----------------------------------------------------------------------------
