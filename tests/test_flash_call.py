@@ -1,0 +1,144 @@
+"""Flash-call verification, end to end: we ring the user briefly from one of a pool of our
+numbers, and the last digits of that number are the code the app checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivr.config import ConfigError, load_settings
+from tests.conftest import PUBLIC_BASE_URL, Api, twilio_post, twiml
+
+POOL = ("+14155550121", "+14155550132", "+14155550143")
+USER = "+14155550123"
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(flash_call_numbers=",".join(POOL))
+
+
+def start(api: Api, to: str = USER) -> dict:
+    response = api.start(to=to, channel="flash_call")
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_we_ring_the_user_briefly_from_a_pool_number(api, twilio_api):
+    verification = start(api)
+    assert verification["channel"] == "flash_call"
+    assert verification["code_length"] == 4 and verification["status"] == "pending"
+    [call] = twilio_api.calls()
+    assert call.value("To") == USER
+    assert call.value("From") in POOL
+    assert int(call.value("Timeout")) <= 20, "a short ring: hung up before anyone answers"
+    assert call.value("Url") == f"{PUBLIC_BASE_URL}/voice/flash-call"
+    assert call.value("StatusCallback").endswith(f"/voice/status/{verification['sid']}")
+    assert verification["send_attempts"][0]["provider_sid"] == twilio_api.last_sid
+
+
+def test_the_last_digits_of_the_calling_number_approve_once(api, twilio_api):
+    verification = start(api)
+    code = twilio_api.calls()[-1].value("From")[-4:]
+    approved = api.check(code, to=USER)
+    assert approved.status_code == 200 and approved.get_json()["valid"] is True
+    assert api.check(code, sid=verification["sid"]).status_code == 409, "a code works once"
+
+
+def test_three_wrong_guesses_end_it(api, twilio_api):
+    verification = start(api)
+    code = twilio_api.calls()[-1].value("From")[-4:]
+    wrong = next(number[-4:] for number in POOL if number[-4:] != code)
+    statuses = [api.check(wrong, sid=verification["sid"]).get_json()["status"] for _ in range(3)]
+    assert statuses == ["pending", "pending", "max_attempts_reached"]
+    assert api.check(code, sid=verification["sid"]).status_code == 409
+
+
+def test_if_answered_the_call_hangs_up_at_once(client):
+    params = {"CallSid": "CA" + "1" * 32, "From": POOL[0], "To": USER, "CallStatus": "in-progress"}
+    root = twiml(twilio_post(client, "/voice/flash-call", params))
+    assert [child.tag for child in root] == ["Hangup"]
+    assert client.post("/voice/flash-call", data=params).status_code == 403, "signed only"
+
+
+def test_a_resend_rings_again_from_the_same_number(api, twilio_api):
+    first = start(api)
+    again = start(api)
+    assert again["sid"] == first["sid"]
+    one, two = twilio_api.calls()
+    assert one.value("From") == two.value("From"), "the code stays the same"
+    assert len(again["send_attempts"]) == 2
+
+
+def test_the_code_is_spread_over_the_pool(api, twilio_api):
+    callers = set()
+    for line in range(100, 130):
+        start(api, to=f"+1415555{line:04d}")
+        callers.add(twilio_api.calls()[-1].value("From"))
+    assert callers == set(POOL), "each number of the pool is used (secrets.choice)"
+
+
+def test_a_flash_call_does_not_take_an_sms_resend(api, twilio_api):
+    flash = start(api)
+    sms = api.start(to=USER, channel="sms").get_json()
+    assert sms["sid"] != flash["sid"]
+    assert api.get(f"/v1/verifications/{flash['sid']}").get_json()["status"] == "canceled"
+    assert len(twilio_api.messages()[-1].value("Body")) > 0
+
+
+def test_same_number_policy_and_limits(make_app):
+    api = Api(
+        make_app(flash_call_numbers=",".join(POOL), send_limit_per_number="1/10m").test_client()
+    )
+    premium = api.start(to="+19005550123", channel="flash_call")
+    assert premium.get_json()["type"].endswith("number_type_refused")
+    start(api)
+    assert api.start(to=USER, channel="flash_call").status_code == 429
+
+
+def test_the_channel_is_refused_where_no_pool_is_configured(make_app):
+    response = Api(make_app().test_client()).start(to=USER, channel="flash_call")
+    assert response.status_code == 400
+    assert "FLASH_CALL_NUMBERS" in response.get_json()["detail"]
+
+
+def test_the_carrier_refusing_the_call_fails_the_verification(api, twilio_api):
+    twilio_api.fail_next(status=400, body={"code": 21211, "message": "Invalid 'To' number"})
+    response = api.start(to=USER, channel="flash_call")
+    assert response.status_code >= 400
+    sid = response.get_json()["sid"]
+    assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "failed"
+
+
+def test_the_simulated_carrier_shows_the_caller_id_in_its_outbox(make_app):
+    app = make_app(
+        flash_call_numbers=",".join(POOL),
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        twilio_api_base_url=None,
+    )
+    api = Api(app.test_client())
+    verification = start(api)
+    [call] = api.get("/v1/simulator/outbox").get_json()["items"]
+    assert call["kind"] == "call" and call["to"] == USER and call["from"] in POOL
+    approved = api.check(call["from"][-4:], sid=verification["sid"]).get_json()
+    assert approved["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("pool", "complaint"),
+    [
+        ("+14155550121", "at least 2 numbers"),
+        ("+14155550121,+14165550121", "end in the same 4 digits"),
+        ("+14155550121,not-a-number", "E.164"),
+    ],
+)
+def test_the_pool_is_validated_at_start(pool, complaint):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"FLASH_CALL_NUMBERS": pool})
+    assert complaint in str(refused.value)
+
+
+def test_a_ring_longer_than_twenty_seconds_is_refused():
+    with pytest.raises(ConfigError, match="FLASH_CALL_RING_SECONDS"):
+        load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL), "FLASH_CALL_RING_SECONDS": "25"})

@@ -1,0 +1,244 @@
+"""Missed-call verification, end to end: the app opens one through the API, the user's phone
+rings our number (a signed Twilio webhook), we reject the call unanswered and the caller ID
+approves the verification, if it can be trusted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ivr import keys
+from tests.conftest import Api, twilio_post, twiml
+
+MISSED_CALL_NUMBER = "+14155550111"
+OTHER_POOL_NUMBER = "+14155550112"
+USER = "+14155550123"
+STRANGER = "+14155550199"
+CALL_SID = "CA" + "5" * 32
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(missed_call_numbers=f"{MISSED_CALL_NUMBER},{OTHER_POOL_NUMBER}")
+
+
+def ring(client, caller: str = USER, to: str = MISSED_CALL_NUMBER, **extra: str):
+    """The user's phone rings our number: Twilio's voice webhook, signed."""
+    params = {
+        "CallSid": CALL_SID,
+        "From": caller,
+        "To": to,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        **extra,
+    }
+    return twilio_post(client, "/voice/missed-call", params)
+
+
+def assert_rejected_busy(response) -> None:
+    """The first verb, and the only one: <Reject reason="busy">. Twilio never answers."""
+    root = twiml(response)
+    assert [child.tag for child in root] == ["Reject"]
+    assert root[0].get("reason") == "busy"
+
+
+def start(api: Api, to: str = USER) -> dict:
+    response = api.start(to=to, channel="missed_call")
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_the_app_gets_a_number_to_show_and_nothing_is_sent(api, twilio_api):
+    before = datetime.now(UTC)
+    verification = start(api)
+    assert verification["channel"] == "missed_call"
+    assert verification["status"] == "pending"
+    assert verification["call_to"] in (MISSED_CALL_NUMBER, OTHER_POOL_NUMBER)
+    expires = datetime.fromisoformat(verification["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(minutes=4) < expires - before <= timedelta(minutes=5, seconds=1)
+    assert verification["caller_id_attestation"] is None
+    assert twilio_api.requests == [], "no call, no SMS: the user does the calling"
+
+
+def test_the_users_call_is_rejected_and_approves_the_verification(api, client):
+    verification = start(api)
+    response = ring(client, to=verification["call_to"], StirVerstat="TN-Validation-Passed-A")
+    assert_rejected_busy(response)
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "approved" and seen["valid"] is True
+    assert seen["caller_id_attestation"] == "A"
+    [attempt] = seen["send_attempts"]
+    assert attempt["status"] == "received" and attempt["provider_sid"] == CALL_SID
+
+
+def test_a_call_without_stir_shaken_approves_unless_a_level_is_required(api, client, make_app):
+    verification = start(api)
+    assert_rejected_busy(ring(client, to=verification["call_to"]))
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "approved" and seen["caller_id_attestation"] == "none"
+
+
+@pytest.mark.parametrize(
+    "verstat", ["TN-Validation-Failed-A", "TN-Validation-Failed", "No-TN-Validation", "garbage"]
+)
+def test_a_caller_id_that_failed_validation_never_approves(api, client, verstat):
+    verification = start(api)
+    assert_rejected_busy(ring(client, to=verification["call_to"], StirVerstat=verstat))
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "pending", "a spoofer cannot spoil the real user's verification"
+    assert seen["caller_id_attestation"] == "failed"
+    assert seen["send_attempts"][-1]["status"] == "refused"
+    # The real user then rings, with a good attestation: approved.
+    real = ring(client, to=verification["call_to"], StirVerstat="TN-Validation-Passed-B")
+    assert_rejected_busy(real)
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "approved" and seen["caller_id_attestation"] == "B"
+
+
+def test_a_policy_can_require_attestation_a(make_app):
+    app = make_app(missed_call_number=MISSED_CALL_NUMBER, missed_call_min_attestation="A")
+    client = app.test_client()
+    api = Api(client)
+    sid = start(api)["sid"]
+    for weaker in ("TN-Validation-Passed-B", "TN-Validation-Passed-C", ""):
+        extra = {"StirVerstat": weaker} if weaker else {}
+        assert_rejected_busy(ring(client, **extra))
+        assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "pending"
+    assert_rejected_busy(ring(client, StirVerstat="TN-Validation-Passed-A"))
+    assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "approved"
+
+
+def test_a_strangers_call_is_rejected_the_same_way_and_counted(api, client):
+    verification = start(api)
+    assert_rejected_busy(ring(client, caller=STRANGER, to=verification["call_to"]))
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
+    outcomes = api.get("/v1/stats/missed-calls").get_json()["outcomes"]
+    assert outcomes == {"nothing_pending": 1}
+
+
+def test_ringing_another_of_our_numbers_does_not_approve(api, client):
+    verification = start(api)
+    other = next(n for n in (MISSED_CALL_NUMBER, OTHER_POOL_NUMBER) if n != verification["call_to"])
+    assert_rejected_busy(ring(client, to=other))
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
+    assert api.get("/v1/stats/missed-calls").get_json()["outcomes"] == {"wrong_number": 1}
+
+
+def test_a_replayed_call_changes_nothing(api, client):
+    verification = start(api)
+    first = ring(client, to=verification["call_to"])
+    again = ring(client, to=verification["call_to"])
+    assert first.get_data() == again.get_data()
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "approved" and len(seen["send_attempts"]) == 1
+    # Approved, the verification is no longer pending for that number: the replay matches none.
+    assert api.get("/v1/stats/missed-calls").get_json()["outcomes"] == {
+        "approved": 1,
+        "nothing_pending": 1,
+    }
+
+
+def test_a_call_after_the_window_does_not_approve(api, client, redis_client):
+    verification = start(api)
+    sid = verification["sid"]
+    # Move the verification's expiry into the past (the shortest window is 30 s).
+    key = keys.verification(sid[2:10], sid)
+    redis_client.hset(key, "expires_at", str(int(redis_client.time()[0]) * 1000 - 1000))
+    assert_rejected_busy(ring(client, to=verification["call_to"]))
+    assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "expired"
+
+
+def test_asking_again_shows_the_same_number_and_keeps_the_verification(api):
+    first = start(api)
+    again = start(api)
+    assert again["sid"] == first["sid"] and again["call_to"] == first["call_to"]
+    assert again["expires_at"] == first["expires_at"]
+
+
+def test_another_channel_replaces_a_pending_missed_call(api):
+    missed = start(api)
+    sms = api.start(to=USER, channel="sms")
+    assert sms.status_code == 201
+    assert sms.get_json()["sid"] != missed["sid"]
+    assert api.get(f"/v1/verifications/{missed['sid']}").get_json()["status"] == "canceled"
+
+
+def test_no_code_checks_a_missed_call_verification(api):
+    verification = start(api)
+    for lookup in ({"sid": verification["sid"]}, {"to": USER}):
+        response = api.check("123456", **lookup)
+        assert response.status_code == 409
+        assert response.get_json()["type"].endswith("not_checkable")
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
+
+
+def test_the_channel_is_refused_where_no_number_is_configured(make_app):
+    api = Api(make_app().test_client())
+    response = api.start(to=USER, channel="missed_call")
+    assert response.status_code == 400
+    assert response.get_json()["type"].endswith("channel_unavailable")
+    assert "MISSED_CALL_NUMBER" in response.get_json()["detail"]
+
+
+def test_same_number_policy_and_send_limits_as_calls_and_sms(make_app):
+    app = make_app(missed_call_number=MISSED_CALL_NUMBER, send_limit_per_number="2/10m")
+    api = Api(app.test_client())
+    premium = api.start(to="+19005550123", channel="missed_call")
+    assert premium.status_code == 400
+    assert premium.get_json()["type"].endswith("number_type_refused")
+    assert start(api)["status"] == "pending"
+    start(api)  # asking again counts as a send too: it is what an attacker would repeat
+    limited = api.start(to=USER, channel="missed_call")
+    assert limited.status_code == 429 and limited.get_json()["scope"] == "number"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # nothing at all
+        {"CallSid": CALL_SID, "To": MISSED_CALL_NUMBER},  # no From
+        {"CallSid": CALL_SID, "From": "anonymous", "To": MISSED_CALL_NUMBER},
+        {"CallSid": CALL_SID, "From": "+1", "To": MISSED_CALL_NUMBER},
+        {"CallSid": CALL_SID, "From": "x" * 5000, "To": MISSED_CALL_NUMBER},
+        {"CallSid": CALL_SID, "From": USER, "To": "+15005550006"},  # not our missed-call number
+        {"CallSid": CALL_SID, "From": USER, "To": "sip:x@example.com"},
+        {"CallSid": "not-a-sid", "From": USER, "To": MISSED_CALL_NUMBER},
+        {"CallSid": CALL_SID, "From": USER, "To": MISSED_CALL_NUMBER, "StirVerstat": "\u202e"},
+    ],
+)
+def test_garbage_is_rejected_and_approves_nothing(api, client, params):
+    verification = start(api)
+    assert_rejected_busy(twilio_post(client, "/voice/missed-call", params))
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
+
+
+def test_unsigned_or_wrongly_signed_calls_are_refused(api, client):
+    verification = start(api)
+    params = {"CallSid": CALL_SID, "From": USER, "To": verification["call_to"]}
+    assert client.post("/voice/missed-call", data=params).status_code == 403
+    forged = twilio_post(client, "/voice/missed-call", params, token="not-the-auth-token")
+    assert forged.status_code == 403
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
+
+
+def test_when_redis_is_down_the_caller_is_still_rejected(make_app):
+    app = make_app(missed_call_number=MISSED_CALL_NUMBER, redis_url="redis://127.0.0.1:1/0")
+    assert_rejected_busy(ring(app.test_client()))
+
+
+def test_the_simulated_carrier_path_works_too(make_app):
+    app = make_app(
+        missed_call_number=MISSED_CALL_NUMBER,
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        twilio_api_base_url=None,
+    )
+    client = app.test_client()
+    api = Api(client)
+    verification = start(api)
+    token = app.extensions["ivr"].secrets.webhook_auth_token
+    params = {"CallSid": CALL_SID, "From": USER, "To": verification["call_to"]}
+    assert_rejected_busy(twilio_post(client, "/voice/missed-call", params, token=token))
+    assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "approved"
