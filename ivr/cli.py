@@ -3,8 +3,11 @@ customer directory."""
 
 from __future__ import annotations
 
+import base64
 import io
+import math
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,13 @@ from ivr.config import ConfigError, Settings, redact_url
 from ivr.flow_cli import flows, settings_or_exit, simulate
 from ivr.prompts import PromptCatalogs, load_catalogs
 
-_SECRET_FIELDS = {"twilio_auth_token", "secret_key", "ivr_api_token", "customer_lookup_secret"}
+_SECRET_FIELDS = {
+    "twilio_auth_token",
+    "secret_key",
+    "ivr_api_token",
+    "customer_lookup_secret",
+    "events_webhook_secret",
+}
 
 
 @click.group()
@@ -61,9 +70,44 @@ def _shown(name: str, value: Any) -> str:
         return "(set, hidden)"
     if isinstance(value, frozenset):
         return ",".join(sorted(value))
+    if isinstance(value, tuple):
+        return ",".join(value) or "(none)"
     if name.endswith("_url"):
         return redact_url(str(value))
     return str(value)
+
+
+# A flash-call verification a guesser may pass this often, at most, before we warn.
+WEAK_FLASH_CALL_ODDS = 0.01
+
+
+def call_channel_notes(settings: Settings) -> list[str]:
+    """What the missed-call and flash-call set-up amounts to, in plain words: the numbers, and
+    for flash calls the odds that someone who never got the call guesses the code."""
+    notes = []
+    if settings.missed_call_pool:
+        level = settings.missed_call_min_attestation or "any (or none)"
+        notes.append(
+            f"\nMissed calls: users ring {', '.join(settings.missed_call_pool)}; caller ID "
+            f"attestation accepted: {level}; window {settings.missed_call_ttl_seconds} s."
+        )
+    pool, tries = settings.flash_call_numbers, settings.flash_call_max_attempts
+    if pool:
+        odds = min(1.0, tries / len(pool))
+        notes.append(
+            f"\nFlash calls: {len(pool)} numbers, codes of {settings.flash_call_code_length} "
+            f"digits. The code can only be one of the pool's endings, so a guess is right 1 time "
+            f"in {len(pool)}; with {tries} attempt(s), a guesser passes up to {odds:.0%} of the "
+            "verifications they try."
+        )
+        if odds > WEAK_FLASH_CALL_ODDS:
+            needed = math.ceil(tries / WEAK_FLASH_CALL_ODDS)
+            notes.append(
+                f"WARNING: weak odds. For at most 1 in {round(1 / WEAK_FLASH_CALL_ODDS)}, "
+                f"use {needed} or more numbers (FLASH_CALL_NUMBERS) or fewer attempts "
+                "(FLASH_CALL_MAX_ATTEMPTS), or use flash calls only with another factor."
+            )
+    return notes
 
 
 def production_gaps(settings: Settings) -> list[str]:
@@ -96,12 +140,25 @@ def production_gaps(settings: Settings) -> list[str]:
         gaps.append(
             "CUSTOMER_LOOKUP_URL is not https: customer lookups would travel in clear text."
         )
+    if settings.events_webhook_url and not settings.events_webhook_url.startswith("https://"):
+        gaps.append("EVENTS_WEBHOOK_URL is not https: events would travel in clear text.")
     if settings.otp_ttl_seconds < 60:
         gaps.append(
             f"OTP_TTL_SECONDS is {settings.otp_ttl_seconds}: codes expire before most "
             "people can type them."
         )
     return gaps
+
+
+@main.group()
+def events() -> None:
+    """The events webhook (EVENTS_WEBHOOK_URL)."""
+
+
+@events.command("secret")
+def events_secret() -> None:
+    """Print a new EVENTS_WEBHOOK_SECRET (Standard Webhooks format: whsec_ + 32 random bytes)."""
+    click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
 
 
 @main.command("check-config")
@@ -115,6 +172,8 @@ def check_config(production: bool) -> None:
         click.echo(f"  {name.upper():<32} {_shown(name, getattr(settings, name))}")
     carrier = "twilio" if settings.uses_twilio else "simulated"
     click.echo(f"\nCarrier: {carrier}; Redis: {'REDIS_URL' if settings.redis_url else 'embedded'}")
+    for line in call_channel_notes(settings):
+        click.echo(line)
     gaps = production_gaps(settings)
     if gaps:
         click.echo("\nMissing for production:")

@@ -82,6 +82,40 @@ def test_check_config_hides_the_customer_lookup_secret(monkeypatch):
     assert "https://crm.example.test/ivr-lookup" in result.stdout
 
 
+def test_check_config_states_the_flash_call_odds_and_warns_when_weak(monkeypatch):
+    monkeypatch.setenv("FLASH_CALL_NUMBERS", "+14155550121,+14155550132,+14155550143")
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert "a guess is right 1 time in 3" in result.stdout
+    assert "with 3 attempt(s), a guesser passes up to 100%" in result.stdout
+    assert "WARNING: weak odds" in result.stdout
+    big_pool = ",".join(f"+1415555{line:04d}" for line in range(100, 400))
+    monkeypatch.setenv("FLASH_CALL_NUMBERS", big_pool)
+    monkeypatch.setenv("FLASH_CALL_MAX_ATTEMPTS", "1")
+    result = run("check-config")
+    assert "1 time in 300" in result.stdout and "WARNING" not in result.stdout
+
+
+def test_check_config_names_the_missed_call_numbers(monkeypatch):
+    monkeypatch.setenv("MISSED_CALL_NUMBERS", "+14155550111,+14155550112")
+    monkeypatch.setenv("MISSED_CALL_MIN_ATTESTATION", "A")
+    result = run("check-config")
+    assert "users ring +14155550111, +14155550112" in result.stdout
+    assert "attestation accepted: A" in result.stdout
+
+
+def test_events_secret_makes_a_secret_the_settings_accept(monkeypatch):
+    first, second = run("events", "secret").stdout.strip(), run("events", "secret").stdout.strip()
+    assert first.startswith("whsec_") and first != second
+    monkeypatch.setenv("EVENTS_WEBHOOK_URL", "https://app.example.test/ivr-events")
+    monkeypatch.setenv("EVENTS_WEBHOOK_SECRET", first)
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert first not in result.output
+    line = next(line for line in result.stdout.splitlines() if " EVENTS_WEBHOOK_SECRET " in line)
+    assert line.endswith("(set, hidden)")
+
+
 def test_check_config_hides_the_redis_password(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2-redis-pass@redis.internal:6379/0")
     result = run("check-config")
