@@ -445,9 +445,12 @@ class VerificationService:
             raise NotFound()
         if result.outcome == "not_checkable":
             raise NotCheckable(result.sid)
-        if result.status is not Status.PENDING:
+        ended_now = result.outcome in ("approved", "expired") or (
+            result.outcome == "wrong" and result.status is Status.MAX_ATTEMPTS_REACHED
+        )
+        if ended_now:
             self._announce_sid(result.sid)
-        if result.outcome == "not_pending":
+        if result.outcome in ("not_pending", "expired"):
             raise NotPending(result.sid, result.status)
         if result.outcome == "throttled":
             wait = max(1, -(-result.retry_after_ms // 1000))
@@ -473,10 +476,11 @@ class VerificationService:
         result = self.store.cancel(str(sid))
         if result is None:
             raise NotFound()
-        canceled, status = result
+        ended_now, status = result
         verification = self._require(str(sid))
-        self._announce(verification)
-        if not canceled:
+        if ended_now:
+            self._announce(verification)
+        if not ended_now or status is not Status.CANCELED:
             raise NotPending(str(sid), status)
         log.info("verification %s: canceled", sid)
         return verification

@@ -178,8 +178,9 @@ return 2
 # ARGV[5] failure budget count  ARGV[6] failure budget window ms
 # ARGV[7] the number the verification must be for ("" when the caller gave only a sid)
 # Returns {outcome, sid, status, detail, number}: outcome is "approved", "wrong",
-# "not_pending", "throttled" (detail = ms until the budget allows a check), "not_found" or
-# "not_checkable" (a missed-call verification: the call approves it, no code does).
+# "not_pending", "expired" (it was pending, and this check found it past its expiry),
+# "throttled" (detail = ms until the budget allows a check), "not_found" or "not_checkable" (a
+# missed-call verification: the call approves it, no code does).
 CHECK = (
     _LUA_NOW
     + _LUA_FINISH
@@ -206,7 +207,7 @@ local max_attempts = tonumber(v[6] or ARGV[4])
 local digest = redis.call('HGET', prefix .. 'code:' .. sid, 'digest')
 if now >= tonumber(v[4]) or not digest then
   finish(prefix, vkey, sid, v[2], 'expired', now_s)
-  return {'not_pending', sid, 'expired', 0, v[2]}
+  return {'expired', sid, 'expired', 0, v[2]}
 end
 local failures = prefix .. 'check-failures:' .. v[2]
 local window = tonumber(ARGV[6])
@@ -231,10 +232,12 @@ return {'wrong', sid, 'pending', attempts, v[2]}
 """
 )
 
-# Cancel a pending verification.
-# KEYS[1] verification hash   ARGV[1] slot key prefix
-# Returns {1, "canceled"} when this call canceled it, {0, status} when it had already ended
-# (or just expired), or false for an unknown verification.
+# Cancel a pending verification; with ARGV[2] = "expire", only end it if it is past its expiry
+# (the expiry sweeper).
+# KEYS[1] verification hash   ARGV[1] slot key prefix   ARGV[2] "cancel" | "expire"
+# Returns {1, status} when this call ended it (canceled, or expired: it was past its expiry),
+# {0, status} when it had already ended (or, expiring, is not due yet), or false for an
+# unknown verification.
 CANCEL = (
     _LUA_NOW
     + _LUA_FINISH
@@ -244,8 +247,9 @@ if not v[1] then return false end
 if v[3] ~= 'pending' then return {0, v[3]} end
 if now >= tonumber(v[4]) then
   finish(ARGV[1], KEYS[1], v[1], v[2], 'expired', now_s)
-  return {0, 'expired'}
+  return {1, 'expired'}
 end
+if ARGV[2] == 'expire' then return {0, 'pending'} end
 finish(ARGV[1], KEYS[1], v[1], v[2], 'canceled', now_s)
 return {1, 'canceled'}
 """
@@ -477,10 +481,14 @@ class VerificationStore:
             retry_after_ms=int(detail) if outcome == "throttled" else 0,
         )
 
-    def cancel(self, sid: str) -> tuple[bool, Status] | None:
-        """Cancel if pending: (whether this call canceled it, status after); None if unknown."""
+    def cancel(self, sid: str, *, only_if_expired: bool = False) -> tuple[bool, Status] | None:
+        """Cancel if pending (or, `only_if_expired`, end it only if past its expiry): (whether
+        this call ended it, status after); None if unknown."""
         tag = routing_tag_of(sid)
-        reply = self._cancel(keys=[keys.verification(tag, sid)], args=[keys.number_prefix(tag)])
+        reply = self._cancel(
+            keys=[keys.verification(tag, sid)],
+            args=[keys.number_prefix(tag), "expire" if only_if_expired else "cancel"],
+        )
         return (bool(reply[0]), Status(reply[1])) if reply else None
 
     def reveal(self, sid: str, call_sid: str, max_reveals: int) -> RevealResult:
