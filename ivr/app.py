@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from flask import Flask, current_app
 from ivr import phone, store
 from ivr.config import Secrets, Settings, load_settings, resolve_secrets
 from ivr.customers import CrmLookup, CustomerDirectory, CustomerFinder
+from ivr.events import EventDispatcher, EventOutbox
 from ivr.flows.engine import FlowEngine
 from ivr.flows.library import open_library
 from ivr.flows.state import CallStateStore
@@ -51,9 +53,23 @@ class Services:
     # Directory, then the CRM hook when CUSTOMER_LOOKUP_URL is set: what identifies a caller.
     customer_finder: CustomerFinder
     flows: FlowEngine  # the IVR: flow files from FLOWS_DIR, call state in Redis
+    # EVENTS_WEBHOOK_URL set: verification ends are queued here, and this delivers them.
+    events: EventDispatcher | None = None
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
     rendered_twiml_version: int = 0  # the prompts' version those documents were rendered from
+
+
+def start_background_work(app: object) -> threading.Event | None:
+    """Start this process's events thread (deliveries, and the expiry sweep that announces
+    verification.expired), if EVENTS_WEBHOOK_URL is set. Call it in each gunicorn worker, after
+    the fork; the returned event stops it. Any other WSGI app (the bench's baselines) has none."""
+    ivr = getattr(app, "extensions", {}).get("ivr")
+    dispatcher = ivr.events if isinstance(ivr, Services) else None
+    if dispatcher is None:
+        return None
+    _thread, stop = dispatcher.start()
+    return stop
 
 
 def services() -> Services:
@@ -94,6 +110,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)
+    outbox = EventOutbox(client) if settings.events_webhook_url else None
     verifications = VerificationService(
         store=VerificationStore(client),
         limiter=SendLimiter(client),
@@ -127,6 +144,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             flash_max_attempts=settings.flash_call_max_attempts,
             flash_ttl_seconds=settings.flash_call_ttl_seconds,
         ),
+        events=outbox,
     )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))
@@ -153,6 +171,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customers=customers,
         customer_finder=customer_finder,
         flows=flows,
+        events=_event_dispatcher(settings, outbox, verifications),
     )
 
     from ivr.web import api, errors, public, webhooks
@@ -173,6 +192,21 @@ def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets)
             timeout=settings.twilio_http_timeout,
         )
     return SimulatedCarrier(client, code_secrets)
+
+
+def _event_dispatcher(
+    settings: Settings, outbox: EventOutbox | None, verifications: VerificationService
+) -> EventDispatcher | None:
+    if outbox is None or not settings.events_webhook_url or not settings.events_webhook_secret:
+        return None
+    return EventDispatcher(
+        outbox,
+        url=settings.events_webhook_url,
+        secret=settings.events_webhook_secret.get_secret_value(),
+        timeout=settings.events_webhook_timeout_seconds,
+        max_attempts=settings.events_max_attempts,
+        chores=(verifications.expire_due,),
+    )
 
 
 def _crm_lookup(settings: Settings, prompts: PromptCatalogs) -> CrmLookup | None:

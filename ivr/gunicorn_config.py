@@ -2,7 +2,8 @@
 
 Binds 0.0.0.0:$PORT (5000), runs $WEB_CONCURRENCY workers (2) with threads, so a worker waiting
 on Twilio's REST API does not hold up webhooks. With REDIS_URL unset the master starts the
-embedded Redis before forking, so every worker shares one server, and stops it on exit.
+embedded Redis before forking, so every worker shares one server, and stops it on exit. Each
+worker runs the events thread (see ivr.events) when EVENTS_WEBHOOK_URL is set.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def on_starting(server: Any) -> None:
     _embedded = EmbeddedRedis(Path(instance_path).resolve() / "redis")
     url = _embedded.ensure_running()
     server.log.info("embedded redis serving on %s", url)
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, after the fork: the events thread (when EVENTS_WEBHOOK_URL is set)."""
+    from ivr.app import start_background_work
+
+    if start_background_work(worker.wsgi) is not None:
+        worker.log.info("events: delivering to EVENTS_WEBHOOK_URL")
 
 
 def on_exit(server: Any) -> None:

@@ -103,3 +103,9 @@ def events_dead() -> str:
 def missed_call_outcomes() -> str:
     """Hash: outcome of calls to our missed-call numbers (approved, nothing_pending…) → count."""
     return f"{NAMESPACE}:{{stats}}:missed-calls"
+
+
+def expiries() -> str:
+    """Sorted set: verification sid → its expiry (ms), for the sweep that announces
+    verification.expired when nobody checks (kept only while EVENTS_WEBHOOK_URL is set)."""
+    return f"{NAMESPACE}:{{events}}:expiries"

@@ -295,6 +295,7 @@ class VerificationService:
             fields=fields,
         )
         self._announce_replaced(started)
+        self._track(started)
         sid = started.verification.sid
         if not started.created:
             code = self.secrets.unseal(sid, started.sealed_code)
@@ -334,6 +335,7 @@ class VerificationService:
             fields={"call_to": secrets.choice(self.call_channels.missed_call_numbers)},
         )
         self._announce_replaced(started)
+        self._track(started)
         verification = started.verification
         log.info(
             "verification %s: %s, awaiting a call from %s",
@@ -561,6 +563,23 @@ class VerificationService:
             self.events.publish(f"verification.{verification.status}", verification.to_api())
         except Exception:
             log.exception("verification %s: event not queued", verification.sid)
+
+    def _track(self, started: StartResult) -> None:
+        """A new verification joins the expiry sweep (only when events are announced)."""
+        if self.events is not None and started.created:
+            self.store.track_expiry(started.verification)
+
+    def expire_due(self, limit: int = 100, lease_ms: int = 60_000) -> int:
+        """End verifications past their expiry that nobody checked, and announce
+        verification.expired for each; how many this call ended. Run by the events thread."""
+        ended = 0
+        for sid in self.store.claim_expired(limit, lease_ms):
+            result = self.store.cancel(sid, only_if_expired=True)
+            if result is not None and result[0]:
+                ended += 1
+                self._announce_sid(sid)
+            self.store.untrack_expiry(sid)  # ended now, earlier, or gone: off the list
+        return ended
 
     def _announce_sid(self, sid: str) -> None:
         if self.events is not None:

@@ -319,6 +319,22 @@ return {'approved', sid}
 )
 
 
+# Take verifications whose expiry has passed off the sweep's list for a while (a lease: if the
+# sweeping worker dies, they are due again after it), so two workers do not sweep the same.
+# KEYS[1] the expiries sorted set   ARGV[1] most to take   ARGV[2] lease ms
+# Returns the sids taken.
+CLAIM_EXPIRED = (
+    _LUA_NOW
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, sid in ipairs(due) do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), sid)
+end
+return due
+"""
+)
+
+
 @dataclass(frozen=True)
 class StartResult:
     verification: Verification
@@ -365,6 +381,7 @@ class VerificationStore:
         self._cancel = client.register_script(CANCEL)
         self._reveal = client.register_script(REVEAL)
         self._approve_by_call = client.register_script(APPROVE_BY_CALL)
+        self._claim_expired = client.register_script(CLAIM_EXPIRED)
 
     def start_or_resend(
         self,
@@ -509,6 +526,17 @@ class VerificationStore:
             args=[keys.number_prefix(tag), called, call_sid, attestation, "1" if trusted else "0"],
         )
         return outcome, sid or None
+
+    def track_expiry(self, verification: Verification) -> None:
+        """Put a new verification on the expiry sweep's list."""
+        self.redis.zadd(keys.expiries(), {verification.sid: verification.expires_at})
+
+    def claim_expired(self, limit: int, lease_ms: int) -> list[str]:
+        """Sids past their expiry on the sweep's list, taken for `lease_ms`."""
+        return list(self._claim_expired(keys=[keys.expiries()], args=[limit, lease_ms]))
+
+    def untrack_expiry(self, sid: str) -> None:
+        self.redis.zrem(keys.expiries(), sid)
 
     def count_missed_call(self, outcome: str) -> None:
         """Count what calls to our missed-call numbers came to (strangers included)."""

@@ -1,0 +1,480 @@
+"""Events for the app (verification.approved, …): an outbox in Redis and the thread that empties it.
+
+When a verification ends, the app that set EVENTS_WEBHOOK_URL gets a signed POST. Delivery has to
+survive the app being down, slow or wrong, so publishing and delivering are split:
+
+- Outbox. `EventOutbox.publish` stores the event (a hash holding the exact JSON bytes to POST) and
+  marks it due now in a sorted set, in one Lua call. Nothing is sent on the request's path: a slow
+  app never slows a check, and an event is never lost while Redis keeps it.
+- Lease. A dispatcher claims due events in one Lua call that also pushes each one's due time to
+  now + lease and tags it with a lease token. Other workers and threads skip it meanwhile; if the
+  worker dies mid-POST, the event is due again when the lease runs out. Settling a failure needs
+  the token, so a worker that lost its lease cannot reschedule an event someone else now holds.
+  A batch that would outrun its lease hands the events it has not POSTed back instead. Nothing is
+  sent twice on purpose; a crash between the app's 2xx and our delete can still repeat one, which
+  is why every POST carries the event id (`webhook-id`) for the app to drop duplicates by.
+- Backoff. A non-2xx answer (3xx too: redirects are not followed), a timeout or a refused
+  connection counts as a failed attempt; the event is due again after an exponential delay
+  (doubling from `base_delay_ms`, capped at `max_delay_ms`) with equal jitter, so a fleet of
+  workers does not hit a recovering app in step.
+- Dead letter. After `max_attempts` failures the event moves to a "dead" sorted set and its hash
+  is kept for 7 days for operators (`EventOutbox.dead`); the log names it, never its body.
+- Standard Webhooks (standardwebhooks.com): `webhook-id`, `webhook-timestamp` and
+  `webhook-signature` headers, signed by the `standardwebhooks` library, so the app verifies with
+  any Standard Webhooks library. The timestamp is the wall-clock time of each attempt, so a
+  retried delivery is not refused as a replay of an old one.
+
+Why a thread in each worker (`EventDispatcher.start`) rather than a queue process (rq, Celery):
+there is nothing more for operators to run or monitor, and it works with the embedded Redis,
+which only the app's own processes reach. Every worker may run one; the leases keep them apart.
+
+The schedule (due times, leases) uses the caller's clock, injectable for tests, not Redis' TIME:
+hosts kept in step by NTP only shift a retry by their skew. All keys share the `{events}` hash
+tag, so each script touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from ivr import keys
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = frozenset(
+    {
+        "verification.approved",
+        "verification.expired",
+        "verification.canceled",
+        "verification.max_attempts_reached",
+        "verification.failed",
+    }
+)
+
+DEAD_RETENTION_MS = 7 * 24 * 3600 * 1000  # how long a given-up event stays readable for ops
+USER_AGENT = "ivr-events/1"
+
+# Queue one event.
+# KEYS[1] due sorted set   KEYS[2] the event's hash
+# ARGV[1] event id  ARGV[2] type  ARGV[3] body (the JSON bytes to POST)  ARGV[4] now ms
+# Returns 1.
+PUBLISH = """
+redis.call('HSET', KEYS[2], 'type', ARGV[2], 'body', ARGV[3], 'attempts', '0',
+           'created_at', ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return 1
+"""
+
+# Claim up to ARGV[3] due events: each is due again at now + lease (if we never settle it, it is
+# retried then) and carries our lease token. An id whose hash is gone is dropped from the set.
+# The event hashes are derived from ARGV[1], the event key prefix (`ivr:{events}:event:`): they
+# share the `{events}` hash tag, hence the cluster slot, of KEYS[1].
+# KEYS[1] due sorted set
+# ARGV[1] event key prefix  ARGV[2] now ms  ARGV[3] limit  ARGV[4] lease ms  ARGV[5] lease token
+# Returns a flat list: id, type, body, attempts, for each claimed event, oldest due first.
+CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local lease_until = string.format('%d', tonumber(ARGV[2]) + tonumber(ARGV[4]))
+local claimed = {}
+for _, id in ipairs(ids) do
+  local ekey = ARGV[1] .. id
+  local e = redis.call('HMGET', ekey, 'type', 'body', 'attempts')
+  if e[1] then
+    redis.call('ZADD', KEYS[1], lease_until, id)
+    redis.call('HSET', ekey, 'lease', ARGV[5])
+    table.insert(claimed, id)
+    table.insert(claimed, e[1])
+    table.insert(claimed, e[2])
+    table.insert(claimed, e[3])
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return claimed
+"""
+
+# The app took the event (2xx): forget it. No lease check: delivered is delivered, even if our
+# lease ran out meanwhile (whoever holds it now finds the hash gone and does nothing).
+# KEYS[1] due sorted set   KEYS[2] dead sorted set   KEYS[3] the event's hash
+# ARGV[1] event id
+# Returns 1 when the event was still stored, else 0.
+DELIVERED = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[3])
+"""
+
+# An attempt failed: count it, then schedule the next one or give up. Only the lease holder may:
+# a worker whose lease ran out (and was taken over) changes nothing.
+# KEYS[1] due sorted set   KEYS[2] dead sorted set   KEYS[3] the event's hash
+# ARGV[1] event id  ARGV[2] lease token  ARGV[3] now ms  ARGV[4] next due ms (now + backoff)
+# ARGV[5] max attempts  ARGV[6] dead retention ms  ARGV[7] why it failed ("HTTP 500", "Timeout")
+# Returns {outcome, attempts}: outcome "retry", "dead", or "stale" (lease lost: nothing changed).
+FAILED = """
+if redis.call('HGET', KEYS[3], 'lease') ~= ARGV[2] then return {'stale', 0} end
+local attempts = redis.call('HINCRBY', KEYS[3], 'attempts', 1)
+redis.call('HSET', KEYS[3], 'last_error', ARGV[7], 'last_attempt_at', ARGV[3])
+redis.call('HDEL', KEYS[3], 'lease')
+if attempts >= tonumber(ARGV[5]) then
+  local now = tonumber(ARGV[3])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  return {'dead', attempts}
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return {'retry', attempts}
+"""
+
+# Hand back events we claimed but did not POST (the batch would have outrun its lease): due now,
+# lease cleared, no attempt counted. Event hashes derive from ARGV[1] as in CLAIM.
+# KEYS[1] due sorted set
+# ARGV[1] event key prefix  ARGV[2] lease token  ARGV[3] now ms  ARGV[4..] event ids
+# Returns how many were handed back (those whose lease was still ours).
+RELEASE = """
+local released = 0
+for i = 4, #ARGV do
+  local ekey = ARGV[1] .. ARGV[i]
+  if redis.call('HGET', ekey, 'lease') == ARGV[2] then
+    redis.call('HDEL', ekey, 'lease')
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    released = released + 1
+  end
+end
+return released
+"""
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: str | bytes) -> str:
+    """Replies are str or bytes depending on the client's decode_responses; we take either."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """An event this dispatcher holds the lease on until `lease_until` (ms)."""
+
+    id: str
+    type: str
+    body: str
+    attempts: int  # failed attempts before this one
+    lease_token: str
+    lease_until: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    outcome: str  # retry | dead | stale
+    attempts: int
+
+
+class EventOutbox:
+    """The events waiting for delivery, in Redis; one round trip per method unless noted."""
+
+    def __init__(self, client: redis.Redis, clock_ms: Callable[[], int] | None = None):
+        self.redis = client
+        self.clock_ms = clock_ms or _wall_ms
+        self._publish = client.register_script(PUBLISH)
+        self._claim = client.register_script(CLAIM)
+        self._delivered = client.register_script(DELIVERED)
+        self._failed = client.register_script(FAILED)
+        self._release = client.register_script(RELEASE)
+
+    def publish(self, event_type: str, data: dict[str, Any]) -> str:
+        """Queue one event, due now; its id. The body is fixed here, so every retry POSTs (and
+        signs) the same bytes."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+        now = self.clock_ms()
+        event_id = "EV" + secrets.token_hex(16)
+        body = json.dumps(
+            {"id": event_id, "type": event_type, "created_at": _rfc3339(now), "data": data},
+            separators=(",", ":"),
+        )
+        self._publish(
+            keys=[keys.events_due(), keys.event(event_id)],
+            args=[event_id, event_type, body, now],
+        )
+        return event_id
+
+    def pending_count(self) -> int:
+        """Events not yet delivered nor given up (claimed ones included)."""
+        return int(self.redis.zcard(keys.events_due()))
+
+    def dead(self) -> list[dict]:
+        """What was given up, oldest first: id, type, attempts, times (ms), last error, data.
+        Two round trips; for operators and tests, not for a hot path."""
+        entries = self.redis.zrange(keys.events_dead(), 0, -1, withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for member, _score in entries:
+            pipe.hgetall(keys.event(_text(member)))
+        found: list[dict] = []
+        for (member, score), stored in zip(entries, pipe.execute(), strict=True):
+            if not stored:
+                continue  # its hash expired a moment before the set was trimmed
+            event = {_text(k): _text(v) for k, v in stored.items()}
+            found.append(
+                {
+                    "id": _text(member),
+                    "type": event["type"],
+                    "attempts": int(event["attempts"]),
+                    "created_at": int(event["created_at"]),
+                    "given_up_at": int(score),
+                    "last_error": event.get("last_error", ""),
+                    "data": json.loads(event["body"])["data"],
+                }
+            )
+        return found
+
+    # The dispatcher's side: claim, then settle each claimed event one way or the other.
+
+    def claim(self, limit: int, lease_ms: int, now_ms: int) -> list[ClaimedEvent]:
+        """Lease up to `limit` due events to the caller."""
+        token = secrets.token_hex(8)
+        flat = self._claim(
+            keys=[keys.events_due()],
+            args=[keys.event(""), now_ms, limit, lease_ms, token],  # event(""): the key prefix
+        )
+        flat = [_text(value) for value in flat]
+        return [
+            ClaimedEvent(
+                id=flat[i],
+                type=flat[i + 1],
+                body=flat[i + 2],
+                attempts=int(flat[i + 3]),
+                lease_token=token,
+                lease_until=now_ms + lease_ms,
+            )
+            for i in range(0, len(flat), 4)
+        ]
+
+    def settle_delivered(self, event_id: str) -> bool:
+        """Forget a delivered event; False if it was already gone."""
+        deleted = self._delivered(
+            keys=[keys.events_due(), keys.events_dead(), keys.event(event_id)], args=[event_id]
+        )
+        return bool(deleted)
+
+    def settle_failed(
+        self,
+        event: ClaimedEvent,
+        *,
+        now_ms: int,
+        next_due_ms: int,
+        max_attempts: int,
+        reason: str,
+    ) -> Settled:
+        """Count a failed attempt: due again at `next_due_ms`, or dead at `max_attempts`."""
+        outcome, attempts = self._failed(
+            keys=[keys.events_due(), keys.events_dead(), keys.event(event.id)],
+            args=[
+                event.id,
+                event.lease_token,
+                now_ms,
+                next_due_ms,
+                max_attempts,
+                DEAD_RETENTION_MS,
+                reason,
+            ],
+        )
+        return Settled(_text(outcome), int(attempts))
+
+    def release(self, events: list[ClaimedEvent], now_ms: int) -> int:
+        """Hand back claimed events that were not attempted, due now; how many were ours."""
+        if not events:
+            return 0
+        released = 0
+        for token in {event.lease_token for event in events}:
+            ids = [event.id for event in events if event.lease_token == token]
+            released += int(
+                self._release(keys=[keys.events_due()], args=[keys.event(""), token, now_ms, *ids])
+            )
+        return released
+
+
+class EventDispatcher:
+    """POSTs due events to the app's webhook, signed, and settles each by the answer."""
+
+    def __init__(
+        self,
+        outbox: EventOutbox,
+        *,
+        url: str,
+        secret: str,
+        timeout: float = 5.0,
+        max_attempts: int = 10,
+        session: requests.Session | None = None,
+        clock_ms: Callable[[], int] | None = None,
+        base_delay_ms: int = 1000,
+        max_delay_ms: int = 600_000,
+        lease_ms: int = 60_000,
+        chores: tuple[Callable[[], object], ...] = (),
+    ):
+        # Connect and read may each take `timeout`. The lease is stretched to at least four such
+        # attempts, so a slow app (EVENTS_WEBHOOK_TIMEOUT_SECONDS up to 30) does not cut every
+        # batch short after its first POST (see _deliver_batch).
+        self._attempt_ms = int(2 * timeout * 1000)
+        if max_attempts < 1 or base_delay_ms < 1 or max_delay_ms < base_delay_ms:
+            raise ValueError("need max_attempts >= 1 and 1 <= base_delay_ms <= max_delay_ms")
+        self.outbox = outbox
+        self.url = url
+        self._webhook = Webhook(secret)  # the secret itself is not kept: it cannot be logged
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.session = session or requests.Session()
+        self.clock_ms = clock_ms or outbox.clock_ms
+        self.base_delay_ms = base_delay_ms
+        self.max_delay_ms = max_delay_ms
+        self.lease_ms = max(lease_ms, 4 * self._attempt_ms)
+        self._random = random.SystemRandom()
+        # Run before each round, in the same thread (the verifications' expiry sweep: it
+        # publishes the events this round then delivers).
+        self.chores = chores
+
+    def backoff_ms(self, attempts: int) -> int:
+        """Delay after the `attempts`-th failure: base * 2^(attempts-1), capped, then equal
+        jitter (between half and all of it), so delays still grow while workers spread out."""
+        ceiling = min(self.max_delay_ms, self.base_delay_ms * 2 ** min(attempts - 1, 40))
+        return ceiling // 2 + self._random.randint(0, ceiling - ceiling // 2)
+
+    def deliver_due(self, limit: int = 50) -> int:
+        """Claim up to `limit` due events, POST each and settle it; how many the app took."""
+        return self._deliver_batch(limit)[1]
+
+    def _deliver_batch(self, limit: int) -> tuple[int, int, int]:
+        """(claimed, delivered, handed back). Events left unattempted when the lease is nearly
+        out, or when something unexpected is raised, are handed back rather than left to wait out
+        the lease; the one in flight at such an exception stays leased (it may have reached the
+        app)."""
+        claimed = self.outbox.claim(limit, self.lease_ms, self.clock_ms())
+        delivered = 0
+        remaining = list(claimed)
+        try:
+            while remaining:
+                event = remaining[0]
+                if self.clock_ms() + self._attempt_ms > event.lease_until:
+                    break  # another worker may take it once the lease ends: do not race it
+                remaining.pop(0)
+                reason = self._post(event)
+                if reason is None:
+                    self.outbox.settle_delivered(event.id)
+                    delivered += 1
+                else:
+                    self._settle_failure(event, reason)
+        finally:
+            if remaining:
+                self.outbox.release(remaining, self.clock_ms())
+        return len(claimed), delivered, len(remaining)
+
+    def _post(self, event: ClaimedEvent) -> str | None:
+        """POST one event: None when the app took it (2xx), else why not, for the log and the
+        event's hash (a status or an exception's class name: never the body or the secret)."""
+        sent_at = datetime.fromtimestamp(int(time.time()), UTC)  # this attempt, on the wall clock
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": event.id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": self._webhook.sign(event.id, sent_at, event.body),
+        }
+        try:
+            # stream=True: only the status is wanted; the app's body is never read into memory.
+            with self.session.post(
+                self.url,
+                data=event.body.encode(),
+                headers=headers,
+                timeout=(self.timeout, self.timeout),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                status = response.status_code
+        except requests.RequestException as exc:
+            return type(exc).__name__
+        return None if 200 <= status < 300 else f"HTTP {status}"
+
+    def _settle_failure(self, event: ClaimedEvent, reason: str) -> None:
+        now = self.clock_ms()
+        delay = self.backoff_ms(event.attempts + 1)
+        settled = self.outbox.settle_failed(
+            event,
+            now_ms=now,
+            next_due_ms=now + delay,
+            max_attempts=self.max_attempts,
+            reason=reason,
+        )
+        if settled.outcome == "dead":
+            log.error(
+                "event %s (%s) given up after %d attempts; last: %s",
+                event.id,
+                event.type,
+                settled.attempts,
+                reason,
+            )
+        elif settled.outcome == "retry":
+            log.warning(
+                "event %s (%s) not delivered (attempt %d: %s); next try in %.1f s",
+                event.id,
+                event.type,
+                settled.attempts,
+                reason,
+                delay / 1000,
+            )
+        else:
+            log.info(
+                "event %s (%s): lease lost during the attempt (%s)", event.id, event.type, reason
+            )
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Deliver until `stop` is set. Never dies of an exception: a delivery thread that died
+        would leave events piling up unseen. A full batch, or one that handed events back, is
+        followed at once by the next."""
+        limit = 50
+        redis_down = False
+        while not stop.is_set():
+            busy = False
+            try:
+                for chore in self.chores:
+                    chore()
+                claimed, _delivered, handed_back = self._deliver_batch(limit)
+                busy = claimed == limit or handed_back > 0
+                if redis_down:
+                    log.info("events: Redis reachable again")
+                    redis_down = False
+            except redis.RedisError as exc:
+                if not redis_down:  # once per outage, not once per interval
+                    log.warning("events: Redis unavailable (%s); will retry", type(exc).__name__)
+                redis_down = True
+            except Exception:
+                log.exception("events: delivery round failed; will retry")
+            if not busy:
+                stop.wait(interval)
+
+    def start(self) -> tuple[threading.Thread, threading.Event]:
+        """Run the dispatcher in a daemon thread of this process (call it after a fork, e.g.
+        in each gunicorn worker); set the returned event to stop it."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.run, args=(stop,), name="ivr-events", daemon=True)
+        thread.start()
+        return thread, stop

@@ -1,0 +1,176 @@
+"""The events webhook, end to end: verifications end through the API and through signed Twilio
+webhooks, and the app's endpoint (a real local HTTP server) receives signed events it can
+verify with any Standard Webhooks library."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from ivr import keys
+from ivr.app import start_background_work
+from tests.conftest import Api, twilio_post, twiml
+from tests.event_receiver import Answer, Receiver
+
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+MISSED_CALL_NUMBER = "+14155550111"
+FLASH_POOL = ("+14155550121", "+14155550132")
+USER = "+14155550123"
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app(make_app, receiver):
+    return make_app(
+        events_webhook_url=receiver.url,
+        events_webhook_secret=SECRET,
+        missed_call_number=MISSED_CALL_NUMBER,
+        flash_call_numbers=",".join(FLASH_POOL),
+    )
+
+
+def deliver(app) -> int:
+    """One round of the events thread: the expiry sweep, then deliveries."""
+    dispatcher = app.extensions["ivr"].events
+    for chore in dispatcher.chores:
+        chore()
+    return dispatcher.deliver_due()
+
+
+def received(receiver: Receiver) -> list[dict]:
+    """Every event the app got, each checked as the app would: signature and timestamp."""
+    events = []
+    for request in receiver.requests:
+        payload = Webhook(SECRET).verify(request.body, request.headers)
+        assert request.headers["webhook-id"] == payload["id"]
+        events.append(payload)
+    return events
+
+
+def test_a_missed_call_approval_is_announced_signed(app, api, client, receiver):
+    verification = api.start(to=USER, channel="missed_call").get_json()
+    params = {"CallSid": "CA" + "1" * 32, "From": USER, "To": verification["call_to"]}
+    twiml(
+        twilio_post(
+            client, "/voice/missed-call", params | {"StirVerstat": "TN-Validation-Passed-A"}
+        )
+    )
+    assert deliver(app) == 1
+    [event] = received(receiver)
+    assert event["type"] == "verification.approved"
+    assert event["data"]["sid"] == verification["sid"]
+    assert event["data"]["caller_id_attestation"] == "A"
+    assert event["data"]["status"] == "approved" and event["data"]["valid"] is True
+
+
+def test_a_flash_call_checked_right_is_announced(app, api, twilio_api, receiver):
+    verification = api.start(to=USER, channel="flash_call").get_json()
+    code = twilio_api.calls()[-1].value("From")[-4:]
+    assert api.check(code, sid=verification["sid"]).get_json()["valid"] is True
+    deliver(app)
+    assert [e["type"] for e in received(receiver)] == ["verification.approved"]
+
+
+def test_every_way_a_verification_ends_is_announced_once(app, api, twilio_api, receiver):
+    canceled = api.start(to="+14155550124", channel="sms").get_json()
+    api.post(f"/v1/verifications/{canceled['sid']}/cancel")
+    api.post(f"/v1/verifications/{canceled['sid']}/cancel")  # 409: nothing new to say
+    worn_out = api.start(to="+14155550125", channel="sms").get_json()
+    for _ in range(5):
+        api.check("000000", sid=worn_out["sid"])
+    api.check("000000", sid=worn_out["sid"])  # 409 on a finished one: no second event
+    replaced = api.start(to="+14155550126", channel="missed_call").get_json()
+    api.start(to="+14155550126", channel="sms")  # replaces the pending missed call
+    deliver(app)
+    announced = {(e["data"]["sid"], e["type"]) for e in received(receiver)}
+    assert announced == {
+        (canceled["sid"], "verification.canceled"),
+        (worn_out["sid"], "verification.max_attempts_reached"),
+        (replaced["sid"], "verification.canceled"),
+    }
+    assert len(receiver.requests) == 3
+
+
+def test_a_verification_nobody_checks_is_announced_expired(app, api, receiver, redis_client):
+    verification = api.start(to=USER, channel="missed_call").get_json()
+    sid = verification["sid"]
+    past = int(redis_client.time()[0]) * 1000 - 1000
+    # Its window runs out (the shortest is 30 s): move the expiry into the past, in the
+    # verification and on the sweep's list alike.
+    redis_client.hset(keys.verification(sid[2:10], sid), "expires_at", str(past))
+    redis_client.zadd(keys.expiries(), {sid: past})
+    deliver(app)
+    [event] = received(receiver)
+    assert event["type"] == "verification.expired" and event["data"]["status"] == "expired"
+    assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "expired"
+    deliver(app)
+    assert len(receiver.requests) == 1, "swept once"
+
+
+def test_an_app_that_is_down_gets_the_event_later(app, api, client, receiver):
+    receiver.answer(Answer(status=503), Answer(status=500))
+    verification = api.start(to=USER, channel="missed_call").get_json()
+    params = {"CallSid": "CA" + "2" * 32, "From": USER, "To": verification["call_to"]}
+    twilio_post(client, "/voice/missed-call", params)
+    outbox = app.extensions["ivr"].events.outbox
+    assert deliver(app) == 0
+    assert outbox.pending_count() == 1, "kept, due again after a backoff"
+    # Make it due now rather than sleep through the backoff.
+    for event_id in app.extensions["ivr"].redis.zrange(keys.events_due(), 0, -1):
+        app.extensions["ivr"].redis.zadd(keys.events_due(), {event_id: 0})
+    deliver(app)
+    for event_id in app.extensions["ivr"].redis.zrange(keys.events_due(), 0, -1):
+        app.extensions["ivr"].redis.zadd(keys.events_due(), {event_id: 0})
+    assert deliver(app) == 1
+    bodies = {request.body for request in receiver.requests}
+    assert len(receiver.requests) == 3 and len(bodies) == 1, "the same event, three tries"
+    assert received(receiver)[-1]["type"] == "verification.approved"
+
+
+def test_a_replayed_event_is_recognisable_and_an_old_one_refused(app, api, client, receiver):
+    """What the app does with the signature: reject tampering and stale timestamps."""
+    verification = api.start(to=USER, channel="missed_call").get_json()
+    params = {"CallSid": "CA" + "3" * 32, "From": USER, "To": verification["call_to"]}
+    twilio_post(client, "/voice/missed-call", params)
+    deliver(app)
+    [request] = receiver.requests
+    webhook = Webhook(SECRET)
+    with pytest.raises(Exception, match="signature"):
+        webhook.verify(request.body.replace(b"approved", b"canceled"), request.headers)
+    stale = request.headers | {"webhook-timestamp": str(int(time.time()) - 3600)}
+    with pytest.raises(Exception, match="too old"):
+        webhook.verify(request.body, stale)
+
+
+def test_the_events_thread_runs_in_the_background(app, api, client, receiver):
+    stop = start_background_work(app)
+    try:
+        verification = api.start(to=USER, channel="missed_call").get_json()
+        params = {"CallSid": "CA" + "4" * 32, "From": USER, "To": verification["call_to"]}
+        twilio_post(client, "/voice/missed-call", params)
+        deadline = time.monotonic() + 10
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    assert json.loads(receiver.requests[0].body)["type"] == "verification.approved"
+
+
+def test_without_an_events_url_nothing_is_queued(make_app, redis_client):
+    app = make_app(missed_call_number=MISSED_CALL_NUMBER)
+    assert app.extensions["ivr"].events is None
+    assert start_background_work(app) is None
+    api = Api(app.test_client())
+    api.start(to=USER, channel="missed_call")
+    assert redis_client.zcard(keys.expiries()) == 0
+    assert redis_client.zcard(keys.events_due()) == 0
