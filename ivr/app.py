@@ -55,6 +55,7 @@ class Services:
     flows: FlowEngine  # the IVR: flow files from FLOWS_DIR, call state in Redis
     # EVENTS_WEBHOOK_URL set: verification ends are queued here, and this delivers them.
     events: EventDispatcher | None = None
+    base_url: str = ""  # PUBLIC_BASE_URL, or where `make run` serves: what webhooks are under
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
     rendered_twiml_version: int = 0  # the prompts' version those documents were rendered from
@@ -172,6 +173,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customer_finder=customer_finder,
         flows=flows,
         events=_event_dispatcher(settings, outbox, verifications),
+        base_url=base_url,
     )
 
     from ivr.web import api, errors, public, webhooks

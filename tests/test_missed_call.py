@@ -242,3 +242,61 @@ def test_the_simulated_carrier_path_works_too(make_app):
     params = {"CallSid": CALL_SID, "From": USER, "To": verification["call_to"]}
     assert_rejected_busy(twilio_post(client, "/voice/missed-call", params, token=token))
     assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "approved"
+
+
+@pytest.fixture
+def simulated(make_app):
+    app = make_app(
+        missed_call_number=MISSED_CALL_NUMBER,
+        flash_call_numbers="+14155550121,+14155550132",
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        twilio_api_base_url=None,
+    )
+    return Api(app.test_client())
+
+
+def test_a_simulated_phone_rings_the_missed_call_number(simulated):
+    """What a new user does offline: open a verification, ring the number, read the status."""
+    verification = start(simulated)
+    call = simulated.post(
+        "/v1/simulator/calls",
+        {"from": USER, "to": verification["call_to"], "stir_verstat": "TN-Validation-Passed-A"},
+    )
+    assert call.status_code == 200, call.get_json()
+    transcript = call.get_json()
+    assert transcript["ended_by"] == "reject"
+    assert transcript["events"] == [{"kind": "reject", "text": "", "reason": "busy"}]
+    seen = simulated.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["status"] == "approved" and seen["caller_id_attestation"] == "A"
+
+
+def test_a_simulated_phone_ringing_another_number_reaches_the_ivr(simulated):
+    transcript = simulated.post(
+        "/v1/simulator/calls", {"from": USER, "to": "+15005550006", "keys": ["1"]}
+    ).get_json()
+    assert transcript["ended_by"] != "reject"
+    assert any(event["kind"] == "say" for event in transcript["events"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"to": MISSED_CALL_NUMBER},
+        {"from": "anonymous", "to": MISSED_CALL_NUMBER},
+        {"from": USER},
+        {"from": USER, "to": MISSED_CALL_NUMBER, "keys": "x"},
+        {"from": USER, "to": MISSED_CALL_NUMBER, "stir_verstat": 7},
+        {"from": USER, "to": ["+1"]},
+    ],
+)
+def test_the_simulator_refuses_garbage_with_a_problem(simulated, payload):
+    response = simulated.post("/v1/simulator/calls", payload)
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+
+
+def test_the_simulator_is_not_there_with_a_twilio_account(api):
+    response = api.post("/v1/simulator/calls", {"from": USER, "to": MISSED_CALL_NUMBER})
+    assert response.status_code == 404

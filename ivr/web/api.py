@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
+from ivr import phone
 from ivr.app import services
 from ivr.customers import (
     InvalidCustomer,
@@ -307,12 +308,36 @@ def simulator_outbox() -> Response:
     return jsonify({"items": _simulated_carrier().outbox()})
 
 
-@blueprint.post("/simulator/calls/<call_sid>/answer")
-def simulator_answer(call_sid: str) -> Response:
-    """Answer a simulated call and press `keys` (e.g. ["5", "1"]); returns what was heard."""
-    carrier = _simulated_carrier()
-    fields = body("keys") if request.content_length else {}
-    keys = fields.get("keys", [])
+@blueprint.post("/simulator/calls")
+def simulator_call_in() -> Response:
+    """A simulated phone rings one of our numbers: `from`, `to`, optional `keys` and
+    `stir_verstat` (as Twilio would send it, e.g. "TN-Validation-Passed-A"). A missed-call
+    number's webhook rejects it; any other number's IVR flow answers. What the phone heard."""
+    _simulated_carrier()
+    fields = body("from", "to", "keys", "stir_verstat")
+    try:
+        caller = phone.parse(_require(fields, "from"), None).e164
+    except phone.NumberRefused as exc:
+        raise InvalidRequest("from", exc.reason, exc.detail) from None
+    to = _require(fields, "to")
+    verstat = fields.get("stir_verstat") or ""
+    if not isinstance(to, str) or not isinstance(verstat, str) or len(verstat) > 64:
+        raise InvalidRequest("to", "invalid_field", "to and stir_verstat are strings")
+    ivr = services()
+    webhook = "missed-call" if to in ivr.settings.missed_call_pool else "incoming"
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    transcript = PhoneSimulator(app, ivr.secrets.webhook_auth_token).call(
+        f"{ivr.base_url}/voice/{webhook}",
+        from_=caller,
+        to=to,
+        keys=_simulated_keys(fields),
+        extra={"StirVerstat": verstat} if verstat else None,
+    )
+    return jsonify(transcript.to_dict())
+
+
+def _simulated_keys(fields: dict[str, Any]) -> list[str]:
+    keys = fields.get("keys") or []
     if isinstance(keys, str):
         keys = [k for k in keys.split(",") if k]
     if (
@@ -321,6 +346,14 @@ def simulator_answer(call_sid: str) -> Response:
         or len(keys) > 20
     ):
         raise InvalidRequest("keys", "invalid_keys", "keys is a list of key strings like '5'")
+    return keys
+
+
+@blueprint.post("/simulator/calls/<call_sid>/answer")
+def simulator_answer(call_sid: str) -> Response:
+    """Answer a simulated call and press `keys` (e.g. ["5", "1"]); returns what was heard."""
+    carrier = _simulated_carrier()
+    keys = _simulated_keys(body("keys") if request.content_length else {})
     call = carrier.find(call_sid)
     if call is None or call["kind"] != "call":
         raise NotFound()
