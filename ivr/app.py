@@ -61,16 +61,16 @@ class Services:
     rendered_twiml_version: int = 0  # the prompts' version those documents were rendered from
 
 
-def start_background_work(app: object) -> threading.Event | None:
+def start_background_work(app: object) -> tuple[threading.Thread, threading.Event] | None:
     """Start this process's events thread (deliveries, and the expiry sweep that announces
     verification.expired), if EVENTS_WEBHOOK_URL is set. Call it in each gunicorn worker, after
-    the fork; the returned event stops it. Any other WSGI app (the bench's baselines) has none."""
+    the fork; setting the returned event stops the returned thread. Any other WSGI app (the
+    bench's baselines) has none."""
     ivr = getattr(app, "extensions", {}).get("ivr")
     dispatcher = ivr.events if isinstance(ivr, Services) else None
     if dispatcher is None:
         return None
-    _thread, stop = dispatcher.start()
-    return stop
+    return dispatcher.start()
 
 
 def services() -> Services:

@@ -146,7 +146,9 @@ class Settings(BaseSettings):
     missed_call_min_attestation: Literal["", "A", "B", "C"] = ""
     # Flash calls: the pool our calls come from; the code is the caller ID's last digits.
     flash_call_numbers: Annotated[tuple[str, ...], NoDecode] = ()
-    flash_call_code_length: int = Field(4, ge=3, le=6)
+    # 4-5: shorter than any call or SMS code (OTP_LENGTH >= 6), so a check by number can tell
+    # which pending verification a code is for.
+    flash_call_code_length: int = Field(4, ge=4, le=5)
     flash_call_ring_seconds: int = Field(15, ge=5, le=20)
     flash_call_max_attempts: int = Field(3, ge=1, le=10)
     flash_call_ttl_seconds: int = Field(300, ge=30, le=3600)

@@ -36,6 +36,12 @@ def pending(tag: str, e164: str, scope: str | None = None) -> str:
     return f"{number_prefix(tag)}pending:{e164}"
 
 
+def seen_call(tag: str, call_sid: str) -> str:
+    """String: a CallSid our missed-call webhook already took (in the caller's slot); kept long
+    after, so a replayed request never approves anything."""
+    return f"{number_prefix(tag)}call:{call_sid}"
+
+
 def check_failures(tag: str, e164: str) -> str:
     """Sorted set: times of wrong codes for a number, the failure budget across verifications."""
     return f"{number_prefix(tag)}check-failures:{e164}"

@@ -3,6 +3,8 @@ numbers, and the last digits of that number are the code the app checks."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ivr.config import ConfigError, load_settings
@@ -77,12 +79,19 @@ def test_the_code_is_spread_over_the_pool(api, twilio_api):
     assert callers == set(POOL), "each number of the pool is used (secrets.choice)"
 
 
-def test_a_flash_call_does_not_take_an_sms_resend(api, twilio_api):
+def test_a_flash_call_and_an_sms_code_for_one_phone_live_side_by_side(api, twilio_api):
+    """Neither re-sends nor cancels the other (so nobody can cancel a user's pending code by
+    asking for a flash call); a check by number tells them apart by the code's length."""
     flash = start(api)
     sms = api.start(to=USER, channel="sms").get_json()
     assert sms["sid"] != flash["sid"]
-    assert api.get(f"/v1/verifications/{flash['sid']}").get_json()["status"] == "canceled"
-    assert len(twilio_api.messages()[-1].value("Body")) > 0
+    assert api.get(f"/v1/verifications/{flash['sid']}").get_json()["status"] == "pending"
+    flash_code = twilio_api.calls()[-1].value("From")[-4:]
+    sms_code = re.search(r"\b(\d{6})\b", twilio_api.messages()[-1].value("Body")).group(1)
+    assert api.check(flash_code, to=USER).get_json()["sid"] == flash["sid"]
+    assert api.check(sms_code, to=USER).get_json()["sid"] == sms["sid"]
+    for sid in (flash["sid"], sms["sid"]):
+        assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "approved"
 
 
 def test_same_number_policy_and_limits(make_app):
@@ -104,7 +113,8 @@ def test_the_channel_is_refused_where_no_pool_is_configured(make_app):
 def test_the_carrier_refusing_the_call_fails_the_verification(api, twilio_api):
     twilio_api.fail_next(status=400, body={"code": 21211, "message": "Invalid 'To' number"})
     response = api.start(to=USER, channel="flash_call")
-    assert response.status_code >= 400
+    assert response.status_code == 400
+    assert response.get_json()["type"].endswith("carrier_invalid_number")
     sid = response.get_json()["sid"]
     assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "failed"
 
@@ -142,3 +152,34 @@ def test_the_pool_is_validated_at_start(pool, complaint):
 def test_a_ring_longer_than_twenty_seconds_is_refused():
     with pytest.raises(ConfigError, match="FLASH_CALL_RING_SECONDS"):
         load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL), "FLASH_CALL_RING_SECONDS": "25"})
+
+
+def test_a_five_digit_code_works_too(make_app, twilio_api):
+    pool = "+14155550121,+14155550232"
+    api = Api(make_app(flash_call_numbers=pool, flash_call_code_length=5).test_client())
+    verification = start(api)
+    assert verification["code_length"] == 5
+    code = twilio_api.calls()[-1].value("From")[-5:]
+    assert api.check(code, to=USER).get_json()["valid"] is True
+
+
+@pytest.mark.parametrize("length", ["3", "6"])
+def test_a_code_length_a_check_could_confuse_is_refused(length):
+    """Under 4 no check accepts it; 6 or more could be a call or SMS code's length."""
+    with pytest.raises(ConfigError, match="FLASH_CALL_CODE_LENGTH"):
+        load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL), "FLASH_CALL_CODE_LENGTH": length})
+
+
+def test_a_resend_after_the_pool_changed_starts_anew_from_the_new_pool(make_app, twilio_api):
+    """No number of the new pool ends in the pending code: that verification ends (its re-send
+    recorded as failed) and a new one rings from the new pool."""
+    old_api = Api(make_app(flash_call_numbers=",".join(POOL)).test_client())
+    old = start(old_api)
+    new_pool = ("+14155550654", "+14155550765")
+    new_api = Api(make_app(flash_call_numbers=",".join(new_pool)).test_client())
+    fresh = start(new_api)
+    assert fresh["sid"] != old["sid"]
+    assert twilio_api.calls()[-1].value("From") in new_pool
+    ended = new_api.get(f"/v1/verifications/{old['sid']}").get_json()
+    assert ended["status"] == "canceled"
+    assert ended["send_attempts"][-1]["status"] == "failed"

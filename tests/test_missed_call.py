@@ -4,6 +4,7 @@ approves the verification, if it can be trusted."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,10 +24,13 @@ def app(make_app):
     return make_app(missed_call_numbers=f"{MISSED_CALL_NUMBER},{OTHER_POOL_NUMBER}")
 
 
-def ring(client, caller: str = USER, to: str = MISSED_CALL_NUMBER, **extra: str):
-    """The user's phone rings our number: Twilio's voice webhook, signed."""
+def ring(
+    client, caller: str = USER, to: str = MISSED_CALL_NUMBER, call_sid: str = "", **extra: str
+):
+    """The user's phone rings our number: Twilio's voice webhook, signed (a new call each time,
+    unless `call_sid` says which)."""
     params = {
-        "CallSid": CALL_SID,
+        "CallSid": call_sid or "CA" + secrets.token_hex(16),
         "From": caller,
         "To": to,
         "CallStatus": "ringing",
@@ -63,7 +67,9 @@ def test_the_app_gets_a_number_to_show_and_nothing_is_sent(api, twilio_api):
 
 def test_the_users_call_is_rejected_and_approves_the_verification(api, client):
     verification = start(api)
-    response = ring(client, to=verification["call_to"], StirVerstat="TN-Validation-Passed-A")
+    response = ring(
+        client, to=verification["call_to"], call_sid=CALL_SID, StirVerstat="TN-Validation-Passed-A"
+    )
     assert_rejected_busy(response)
     seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
     assert seen["status"] == "approved" and seen["valid"] is True
@@ -122,21 +128,30 @@ def test_ringing_another_of_our_numbers_does_not_approve(api, client):
     other = next(n for n in (MISSED_CALL_NUMBER, OTHER_POOL_NUMBER) if n != verification["call_to"])
     assert_rejected_busy(ring(client, to=other))
     assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
-    assert api.get("/v1/stats/missed-calls").get_json()["outcomes"] == {"wrong_number": 1}
+    assert api.get("/v1/stats/missed-calls").get_json()["outcomes"] == {"nothing_pending": 1}
 
 
 def test_a_replayed_call_changes_nothing(api, client):
     verification = start(api)
-    first = ring(client, to=verification["call_to"])
-    again = ring(client, to=verification["call_to"])
+    first = ring(client, to=verification["call_to"], call_sid=CALL_SID)
+    again = ring(client, to=verification["call_to"], call_sid=CALL_SID)
     assert first.get_data() == again.get_data()
     seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
     assert seen["status"] == "approved" and len(seen["send_attempts"]) == 1
-    # Approved, the verification is no longer pending for that number: the replay matches none.
     assert api.get("/v1/stats/missed-calls").get_json()["outcomes"] == {
         "approved": 1,
-        "nothing_pending": 1,
+        "replay": 1,
     }
+
+
+def test_a_captured_call_replayed_later_never_approves_a_new_verification(api, client):
+    """Twilio's signature has no timestamp: each CallSid is taken once, whatever came of it."""
+    first = start(api)
+    ring(client, to=first["call_to"], call_sid=CALL_SID)
+    later = start(api)
+    replayed = ring(client, to=later["call_to"], call_sid=CALL_SID)
+    assert_rejected_busy(replayed)
+    assert api.get(f"/v1/verifications/{later['sid']}").get_json()["status"] == "pending"
 
 
 def test_a_call_after_the_window_does_not_approve(api, client, redis_client):
@@ -149,27 +164,34 @@ def test_a_call_after_the_window_does_not_approve(api, client, redis_client):
     assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "expired"
 
 
-def test_asking_again_shows_the_same_number_and_keeps_the_verification(api):
+def test_asking_again_is_a_new_verification_on_another_number(api, client):
+    """Whoever holds a missed-call sid is approved by the phone's call: a second asker (another
+    session, maybe an attacker's) never gets the first one's. Each waits on its own number."""
     first = start(api)
-    again = start(api)
-    assert again["sid"] == first["sid"] and again["call_to"] == first["call_to"]
-    assert again["expires_at"] == first["expires_at"]
+    second = start(api)
+    assert second["sid"] != first["sid"] and second["call_to"] != first["call_to"]
+    third = api.start(to=USER, channel="missed_call")
+    assert third.status_code == 409
+    assert third.get_json()["type"].endswith("missed_call_waiting")
+    assert_rejected_busy(ring(client, to=second["call_to"]))  # the user rings what they saw
+    assert api.get(f"/v1/verifications/{second['sid']}").get_json()["status"] == "approved"
+    assert api.get(f"/v1/verifications/{first['sid']}").get_json()["status"] == "pending"
+    assert start(api)["call_to"] == second["call_to"], "a number freed is offered again"
 
 
-def test_another_channel_replaces_a_pending_missed_call(api):
+def test_other_channels_neither_replace_nor_resend_a_missed_call(api):
     missed = start(api)
     sms = api.start(to=USER, channel="sms")
-    assert sms.status_code == 201
-    assert sms.get_json()["sid"] != missed["sid"]
-    assert api.get(f"/v1/verifications/{missed['sid']}").get_json()["status"] == "canceled"
+    assert sms.status_code == 201 and sms.get_json()["sid"] != missed["sid"]
+    assert api.get(f"/v1/verifications/{missed['sid']}").get_json()["status"] == "pending"
 
 
 def test_no_code_checks_a_missed_call_verification(api):
     verification = start(api)
-    for lookup in ({"sid": verification["sid"]}, {"to": USER}):
-        response = api.check("123456", **lookup)
-        assert response.status_code == 409
-        assert response.get_json()["type"].endswith("not_checkable")
+    response = api.check("123456", sid=verification["sid"])
+    assert response.status_code == 409
+    assert response.get_json()["type"].endswith("not_checkable")
+    assert api.check("123456", to=USER).status_code == 404, "no code is pending for the number"
     assert api.get(f"/v1/verifications/{verification['sid']}").get_json()["status"] == "pending"
 
 
@@ -188,7 +210,8 @@ def test_same_number_policy_and_send_limits_as_calls_and_sms(make_app):
     assert premium.status_code == 400
     assert premium.get_json()["type"].endswith("number_type_refused")
     assert start(api)["status"] == "pending"
-    start(api)  # asking again counts as a send too: it is what an attacker would repeat
+    waiting = api.start(to=USER, channel="missed_call")  # the only number is taken: 409...
+    assert waiting.status_code == 409  # ...and it counted as a send: what an attacker repeats
     limited = api.start(to=USER, channel="missed_call")
     assert limited.status_code == 429 and limited.get_json()["scope"] == "number"
 

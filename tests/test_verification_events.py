@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from flask import Flask
 from standardwebhooks.webhooks import Webhook
 
 from ivr import keys
@@ -89,26 +90,49 @@ def test_every_way_a_verification_ends_is_announced_once(app, api, twilio_api, r
     for _ in range(5):
         api.check("000000", sid=worn_out["sid"])
     api.check("000000", sid=worn_out["sid"])  # 409 on a finished one: no second event
-    replaced = api.start(to="+14155550126", channel="missed_call").get_json()
-    api.start(to="+14155550126", channel="sms")  # replaces the pending missed call
+    twilio_api.fail_next(status=400, body={"code": 21211, "message": "Invalid 'To' number"})
+    failed = api.start(to="+14155550126", channel="sms").get_json()
     deliver(app)
     announced = {(e["data"]["sid"], e["type"]) for e in received(receiver)}
     assert announced == {
         (canceled["sid"], "verification.canceled"),
         (worn_out["sid"], "verification.max_attempts_reached"),
-        (replaced["sid"], "verification.canceled"),
+        (failed["sid"], "verification.failed"),
     }
     assert len(receiver.requests) == 3
+
+
+def expire_now(redis_client, sid: str) -> None:
+    """Move a verification's expiry into the past (the shortest window is 30 s)."""
+    past = int(redis_client.time()[0]) * 1000 - 1000
+    redis_client.hset(keys.verification(sid[2:10], sid), "expires_at", str(past))
+
+
+def test_found_expired_by_a_check_or_a_late_call_is_announced_once(
+    app, api, client, receiver, redis_client, twilio_api
+):
+    checked = api.start(to="+14155550127", channel="sms").get_json()
+    expire_now(redis_client, checked["sid"])
+    assert api.check("123456", sid=checked["sid"]).status_code == 409
+    assert api.check("123456", sid=checked["sid"]).status_code == 409
+    late = api.start(to=USER, channel="missed_call").get_json()
+    expire_now(redis_client, late["sid"])
+    params = {"CallSid": "CA" + "7" * 32, "From": USER, "To": late["call_to"]}
+    twiml(twilio_post(client, "/voice/missed-call", params))
+    deliver(app)
+    deliver(app)  # the sweep finds both already ended: nothing more
+    announced = sorted((e["data"]["sid"], e["type"]) for e in received(receiver))
+    assert announced == sorted(
+        [(checked["sid"], "verification.expired"), (late["sid"], "verification.expired")]
+    )
 
 
 def test_a_verification_nobody_checks_is_announced_expired(app, api, receiver, redis_client):
     verification = api.start(to=USER, channel="missed_call").get_json()
     sid = verification["sid"]
-    past = int(redis_client.time()[0]) * 1000 - 1000
-    # Its window runs out (the shortest is 30 s): move the expiry into the past, in the
-    # verification and on the sweep's list alike.
-    redis_client.hset(keys.verification(sid[2:10], sid), "expires_at", str(past))
-    redis_client.zadd(keys.expiries(), {sid: past})
+    # Its window runs out: in the verification and on the sweep's list alike.
+    expire_now(redis_client, sid)
+    redis_client.zadd(keys.expiries(), {sid: 0})
     deliver(app)
     [event] = received(receiver)
     assert event["type"] == "verification.expired" and event["data"]["status"] == "expired"
@@ -153,7 +177,7 @@ def test_a_replayed_event_is_recognisable_and_an_old_one_refused(app, api, clien
 
 
 def test_the_events_thread_runs_in_the_background(app, api, client, receiver):
-    stop = start_background_work(app)
+    thread, stop = start_background_work(app)
     try:
         verification = api.start(to=USER, channel="missed_call").get_json()
         params = {"CallSid": "CA" + "4" * 32, "From": USER, "To": verification["call_to"]}
@@ -163,6 +187,8 @@ def test_the_events_thread_runs_in_the_background(app, api, client, receiver):
             time.sleep(0.05)
     finally:
         stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
     assert json.loads(receiver.requests[0].body)["type"] == "verification.approved"
 
 
@@ -170,6 +196,8 @@ def test_without_an_events_url_nothing_is_queued(make_app, redis_client):
     app = make_app(missed_call_number=MISSED_CALL_NUMBER)
     assert app.extensions["ivr"].events is None
     assert start_background_work(app) is None
+    assert start_background_work(Flask("bench_baseline")) is None, "another Flask app: no-op"
+    assert start_background_work(lambda _environ, _start_response: []) is None
     api = Api(app.test_client())
     api.start(to=USER, channel="missed_call")
     assert redis_client.zcard(keys.expiries()) == 0

@@ -18,7 +18,7 @@ from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
 from ivr.verification.limits import SendLimiter, Window
 from ivr.verification.models import Channel, Status, Verification, is_sid
-from ivr.verification.store import StartResult, VerificationStore
+from ivr.verification.store import StartResult, VerificationStore, missed_call_scope
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ DELIVERY_STATUSES = frozenset(
 )
 _CODE_LENGTHS = range(4, 11)
 _CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
+FLASH_CALL_SCOPE = "flash-call"  # flash calls' pending pointer: never a call or SMS code's
+# A CallSid our missed-call webhook took is remembered this long (replays are refused).
+_SEEN_CALL_MS = 30 * 86400 * 1000
 
 
 class VerificationError(Exception):
@@ -95,6 +98,17 @@ class NotCheckable(VerificationError):
             "not_checkable", "a missed-call verification is approved by the user's call, not a code"
         )
         self.sid = sid
+
+
+class MissedCallsBusy(VerificationError):
+    """Every missed-call number already has a verification of this phone waiting for its call."""
+
+    def __init__(self, pool_size: int):
+        super().__init__(
+            "missed_call_waiting",
+            f"this phone already has a verification waiting for its call on each of our "
+            f"{pool_size} missed-call number(s); ring it, or wait for it to expire",
+        )
 
 
 class DeliveryFailed(VerificationError):
@@ -238,7 +252,7 @@ class VerificationService:
             raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
         self._count_send(number, client_id)
         if channel is Channel.MISSED_CALL:
-            return self._await_missed_call(number, chosen_locale, scope)
+            return self._await_missed_call(number, chosen_locale)
 
         started, code = self._start_with_code(number, channel, chosen_locale, scope)
         sid = started.verification.sid
@@ -271,6 +285,7 @@ class VerificationService:
         fields: dict[str, str | int] = {}
         ttl_seconds = self.code_policy.ttl_seconds
         if channel is Channel.FLASH_CALL:
+            scope = FLASH_CALL_SCOPE
             flash = self.call_channels
             code = secrets.choice(flash.flash_call_numbers)[-flash.flash_code_length :]
             fields = {
@@ -291,18 +306,17 @@ class VerificationService:
             ttl_ms=ttl_seconds * 1000,
             retention_ms=self.code_policy.retention_seconds * 1000,
             scope=scope,
-            family=channel.family,
             fields=fields,
         )
-        self._announce_replaced(started)
+        assert started is not None  # a re-send never answers "taken"
         self._track(started)
         sid = started.verification.sid
         if not started.created:
             code = self.secrets.unseal(sid, started.sealed_code)
             if channel is Channel.FLASH_CALL and self._flash_number_for(code) is None:
                 # The pool was edited while this one was pending: no number of ours can call
-                # with its code any more. End it, and start anew.
-                self.cancel(sid)
+                # with its code any more. End it (its re-send never happened), start anew.
+                self._end_unsendable(sid, started.attempt_index)
                 return self._start_with_code(number, channel, locale, scope)
         log.info(
             "verification %s: %s via %s to %s",
@@ -313,37 +327,50 @@ class VerificationService:
         )
         return started, code
 
-    def _await_missed_call(
-        self, number: phone.PhoneNumber, locale: str, scope: str | None
-    ) -> Verification:
-        """A verification that the user's call to one of our missed-call numbers approves."""
+    def _end_unsendable(self, sid: str, attempt_index: int) -> None:
+        self.store.settle_send(
+            sid, attempt_index, status="failed", error="no flash-call number ends in its code"
+        )
+        ended = self.store.cancel(sid)
+        if ended is not None and ended[0]:
+            self._announce_sid(sid)
+
+    def _await_missed_call(self, number: phone.PhoneNumber, locale: str) -> Verification:
+        """A verification that the user's call to one of our missed-call numbers approves.
+
+        Always a new one, never the pending one of an earlier request: whoever holds a missed-call
+        verification's sid is approved by the phone's call, so it must not be handed to a second
+        asker. Each waits on a number of the pool of its own (a call approves the verification
+        waiting on the number it rang); when all of them are taken for this phone, MissedCallsBusy.
+        """
         tag = self.secrets.routing_tag(number.e164)
-        started = self.store.start_or_resend(
-            tag=tag,
-            new_sid=f"VE{tag}{secrets.token_hex(12)}",
-            to=number.e164,
-            channel=Channel.MISSED_CALL,
-            locale=locale,
-            digest="",  # no code: only a call from the number approves it
-            sealed="",
-            ttl_ms=self.call_channels.missed_call_ttl_seconds * 1000,
-            retention_ms=self.code_policy.retention_seconds * 1000,
-            scope=scope,
-            family=Channel.MISSED_CALL.family,
-            first_status="awaiting_call",
-            # Spread over the pool; a re-send keeps the number the user was shown.
-            fields={"call_to": secrets.choice(self.call_channels.missed_call_numbers)},
-        )
-        self._announce_replaced(started)
-        self._track(started)
-        verification = started.verification
-        log.info(
-            "verification %s: %s, awaiting a call from %s",
-            verification.sid,
-            "created" if started.created else "shown again",
-            phone.masked(number.e164),
-        )
-        return verification
+        pool = list(self.call_channels.missed_call_numbers)
+        secrets.SystemRandom().shuffle(pool)  # spread load over the pool
+        for call_to in pool:
+            started = self.store.start_or_resend(
+                tag=tag,
+                new_sid=f"VE{tag}{secrets.token_hex(12)}",
+                to=number.e164,
+                channel=Channel.MISSED_CALL,
+                locale=locale,
+                digest="",  # no code: only a call from the number approves it
+                sealed="",
+                ttl_ms=self.call_channels.missed_call_ttl_seconds * 1000,
+                retention_ms=self.code_policy.retention_seconds * 1000,
+                scope=missed_call_scope(call_to),
+                resend=False,
+                first_status="awaiting_call",
+                fields={"call_to": call_to},
+            )
+            if started is not None:
+                self._track(started)
+                log.info(
+                    "verification %s: awaiting a call from %s",
+                    started.verification.sid,
+                    phone.masked(number.e164),
+                )
+                return started.verification
+        raise MissedCallsBusy(len(pool))
 
     def _require_configured(self, channel: Channel) -> None:
         variable = {
@@ -433,6 +460,11 @@ class VerificationService:
         if to is not None:  # with a sid too, the verification must be for this number
             e164 = _parse_number(to, country).e164
             lookup.update(tag=self.secrets.routing_tag(e164), to=e164)
+            # A flash-call code is shorter than any call or SMS code (4-5 digits against 6-10):
+            # its length says which of the number's pending verifications it is for.
+            flash = self.call_channels
+            if flash.flash_call_numbers and len(code) == flash.flash_code_length:
+                lookup["scope"] = FLASH_CALL_SCOPE
         if sid is not None:
             if not is_sid(sid):
                 raise InvalidRequest("sid", "invalid_sid", "sid must look like VE + 32 hex digits")
@@ -539,6 +571,7 @@ class VerificationService:
             call_sid=call_sid,
             attestation=trust.attestation,
             trusted=trust.trusted,
+            remember_ms=_SEEN_CALL_MS,
         )
         log.info(
             "missed call from %s to %s: %s (caller ID attestation %s)%s",
@@ -586,11 +619,6 @@ class VerificationService:
             verification = self.store.get(sid)
             if verification is not None:
                 self._announce(verification)
-
-    def _announce_replaced(self, started: StartResult) -> None:
-        if started.replaced_sid:
-            log.info("verification %s: canceled by a new one", started.replaced_sid)
-            self._announce_sid(started.replaced_sid)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""

@@ -36,47 +36,44 @@ end
 """
 
 # Start a verification for a number, or add a send attempt to its pending one (a re-send keeps
-# the code, the expiry and the count of wrong checks: NIST SP 800-63B). A pending verification
-# of another channel family (see Channel.family: a flash call's code is its caller ID, a missed
-# call has none) cannot take the re-send: it is canceled and a new one starts.
+# the code, the expiry and the count of wrong checks: NIST SP 800-63B). Each kind of
+# verification has a pointer of its own (see VerificationService._pointer_scope), so a call or
+# SMS code, a flash call and each missed-call number never re-send, nor cancel, one another.
 # KEYS[1] the number's pending pointer   KEYS[2] new verification hash   KEYS[3] new code hash
 # ARGV[1] slot key prefix  ARGV[2] new sid  ARGV[3] number (E.164)  ARGV[4] channel
 # ARGV[5] locale  ARGV[6] code HMAC  ARGV[7] sealed code  ARGV[8] code lifetime ms
 # ARGV[9] retention ms: the record outlives the code by this much, so a verification stays
 # readable for at least that long after it ended
-# ARGV[10] channel family  ARGV[11] the first attempt's status
+# ARGV[10] "resend" (a pending one takes a new attempt) or "fresh" (a pending one is left
+# alone, and nothing is created: a missed-call verification is never handed to a second asker)
+# ARGV[11] the first attempt's status
 # ARGV[12] JSON object of further fields a new verification keeps (call_to, code_length…)
-# Returns {"created"|"resent", sid, attempt index (0-based), HGETALL of the verification,
-# sealed code (the existing one on a re-send, so an SMS re-send carries the same code),
-# sid of a pending verification this one replaced (canceled), or ""}.
+# Returns {"created"|"resent"|"taken", sid, attempt index (0-based), HGETALL of the
+# verification, sealed code (the existing one on a re-send, so an SMS re-send carries the same
+# code)}; "taken" (the pending one's sid) returns no verification.
 START_OR_RESEND = (
     _LUA_NOW
-    + _LUA_FINISH
     + """
 local attempt = {channel = ARGV[4], status = ARGV[11], created_at = now, updated_at = now}
-local replaced = ''
 local sid = redis.call('GET', KEYS[1])
 if sid then
   local vkey = ARGV[1] .. 'verification:' .. sid
-  local current = redis.call('HMGET', vkey, 'status', 'expires_at', 'attempts', 'family', 'to')
+  local current = redis.call('HMGET', vkey, 'status', 'expires_at', 'attempts')
   local sealed = redis.call('HGET', ARGV[1] .. 'code:' .. sid, 'sealed')
   if current[1] == 'pending' and tonumber(current[2]) > now and sealed then
-    if (current[4] or 'otp') == ARGV[10] then
-      local attempts = cjson.decode(current[3])
-      table.insert(attempts, attempt)
-      redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'channel', ARGV[4],
-                 'locale', ARGV[5], 'updated_at', now_s)
-      return {'resent', sid, #attempts - 1, redis.call('HGETALL', vkey), sealed, ''}
-    end
-    finish(ARGV[1], vkey, sid, current[5], 'canceled', now_s)
-    replaced = sid
+    if ARGV[10] == 'fresh' then return {'taken', sid, 0, {}, ''} end
+    local attempts = cjson.decode(current[3])
+    table.insert(attempts, attempt)
+    redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'channel', ARGV[4],
+               'locale', ARGV[5], 'updated_at', now_s)
+    return {'resent', sid, #attempts - 1, redis.call('HGETALL', vkey), sealed}
   end
 end
 local expires_s = string.format('%d', now + tonumber(ARGV[8]))
 redis.call('HSET', KEYS[2], 'sid', ARGV[2], 'to', ARGV[3], 'channel', ARGV[4],
            'locale', ARGV[5], 'status', 'pending', 'created_at', now_s, 'updated_at', now_s,
            'expires_at', expires_s, 'check_attempts', '0', 'attempts', cjson.encode({attempt}),
-           'pointer', KEYS[1], 'family', ARGV[10])
+           'pointer', KEYS[1])
 for name, value in pairs(cjson.decode(ARGV[12])) do
   redis.call('HSET', KEYS[2], name, tostring(value))
 end
@@ -84,7 +81,7 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[8]) + tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'digest', ARGV[6], 'sealed', ARGV[7])
 redis.call('PEXPIRE', KEYS[3], ARGV[8])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[8])
-return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7], replaced}
+return {'created', ARGV[2], 0, redis.call('HGETALL', KEYS[2]), ARGV[7]}
 """
 )
 
@@ -280,39 +277,42 @@ return {'ok', sealed, tonumber(ARGV[2]) - heard}
 )
 
 
-# A call rang our missed-call number: approve the caller's pending missed-call verification
-# for that number, if the caller ID may be trusted. The call is rejected whatever this says.
-# KEYS[1] the caller's pending pointer
-# ARGV[1] slot key prefix  ARGV[2] the number called (E.164)  ARGV[3] CallSid
-# ARGV[4] attestation to record (A, B, C, "failed" or "none")  ARGV[5] "1" when the caller ID
+# A call rang one of our missed-call numbers: approve the caller's missed-call verification
+# that waits for a call to that very number, if the caller ID may be trusted. The call is
+# rejected whatever this says. Each CallSid is taken once, whatever came of it: Twilio's
+# signature carries no timestamp, so a captured request replayed later must not approve a later
+# verification of the same phone.
+# KEYS[1] the caller's pointer for this number (keys.pending with scope missed-call:<number>)
+# KEYS[2] the CallSid's "seen" marker (in the caller's slot)
+# ARGV[1] slot key prefix  ARGV[2] CallSid
+# ARGV[3] attestation to record (A, B, C, "failed" or "none")  ARGV[4] "1" when the caller ID
 # may approve (policy passed), "0" when not (failed validation, or below the required level)
+# ARGV[5] how long a CallSid is remembered, ms
 # Returns {outcome, sid}: outcome "approved", "refused" (caller ID not trusted: the verification
-# stays pending, so a spoofer cannot spoil the real user's), "wrong_number" (rang another of our
-# numbers), "expired", "not_pending" (a replay, or already ended) or "nothing_pending".
+# stays pending, so a spoofer cannot spoil the real user's), "expired", "replay" (this CallSid
+# came before) or "nothing_pending" (nothing waits for a call from this caller to this number).
 APPROVE_BY_CALL = (
     _LUA_NOW
     + _LUA_FINISH
     + """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[5]) then return {'replay', ''} end
 local sid = redis.call('GET', KEYS[1])
 if not sid then return {'nothing_pending', ''} end
 local vkey = ARGV[1] .. 'verification:' .. sid
-local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at', 'channel', 'call_to',
-                    'attempts')
-if not v[1] or v[5] ~= 'missed_call' then return {'nothing_pending', ''} end
-if v[3] ~= 'pending' then return {'not_pending', sid} end
+local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at', 'channel', 'attempts')
+if not v[1] or v[5] ~= 'missed_call' or v[3] ~= 'pending' then return {'nothing_pending', ''} end
 if now >= tonumber(v[4]) then
   finish(ARGV[1], vkey, sid, v[2], 'expired', now_s)
   return {'expired', sid}
 end
-if v[6] ~= ARGV[2] then return {'wrong_number', sid} end
-local attempts = cjson.decode(v[7])
+local attempts = cjson.decode(v[6])
 local attempt = attempts[#attempts]
-attempt.provider_sid = ARGV[3]
+attempt.provider_sid = ARGV[2]
 attempt.updated_at = now
-attempt.status = ARGV[5] == '1' and 'received' or 'refused'
-redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'attestation', ARGV[4],
+attempt.status = ARGV[4] == '1' and 'received' or 'refused'
+redis.call('HSET', vkey, 'attempts', cjson.encode(attempts), 'attestation', ARGV[3],
            'updated_at', now_s)
-if ARGV[5] ~= '1' then return {'refused', sid} end
+if ARGV[4] ~= '1' then return {'refused', sid} end
 finish(ARGV[1], vkey, sid, v[2], 'approved', now_s)
 return {'approved', sid}
 """
@@ -341,7 +341,6 @@ class StartResult:
     attempt_index: int
     created: bool  # False when an existing pending verification was re-sent
     sealed_code: str
-    replaced_sid: str | None = None  # a pending one of another channel family, now canceled
 
 
 @dataclass(frozen=True)
@@ -359,6 +358,12 @@ class RevealResult:
     outcome: str  # ok | gone | stranger | exhausted
     sealed: str | None = None
     readings_left: int = 0
+
+
+def missed_call_scope(called: str) -> str:
+    """The pointer scope of a missed-call verification that waits for a call to `called`: one
+    per (phone, our number), so each pending one answers to exactly one call."""
+    return f"missed-call:{called}"
 
 
 def _now_ms() -> int:
@@ -396,15 +401,15 @@ class VerificationStore:
         ttl_ms: int,
         retention_ms: int,
         scope: str | None = None,
-        family: str = "otp",
+        resend: bool = True,
         first_status: str = "requested",
         fields: dict[str, str | int] | None = None,
-    ) -> StartResult:
+    ) -> StartResult | None:
         """Create a verification, or add an attempt to the pending one of the number (in
-        `scope`, when given: see keys.pending) if it is of the same channel `family`. `fields`:
-        what a new verification keeps besides the common ones (call_to, code_length…)."""
+        `scope`, when given: see keys.pending). Without `resend`, None when one is pending.
+        `fields`: what a new verification keeps besides the common ones (call_to…)."""
         pointer = keys.pending(tag, to, scope)
-        outcome, _sid, index, flat, sealed_code, replaced = self._start(
+        outcome, _sid, index, flat, sealed_code = self._start(
             keys=[pointer, keys.verification(tag, new_sid), keys.code(tag, new_sid)],
             args=[
                 keys.number_prefix(tag),
@@ -416,15 +421,15 @@ class VerificationStore:
                 sealed,
                 ttl_ms,
                 retention_ms,
-                family,
+                "resend" if resend else "fresh",
                 first_status,
                 json.dumps(fields or {}),
             ],
         )
+        if outcome == "taken":
+            return None
         verification = Verification.from_hash(_pairs(flat), _now_ms())
-        return StartResult(
-            verification, int(index), outcome == "created", sealed_code, replaced or None
-        )
+        return StartResult(verification, int(index), outcome == "created", sealed_code)
 
     def settle_send(
         self,
@@ -467,14 +472,15 @@ class VerificationStore:
         sid: str | None = None,
         tag: str | None = None,
         to: str | None = None,
+        scope: str | None = None,
     ) -> CheckResult:
         """Check a code against the verification `sid` (which must be for `to`, when given), or
-        the pending one of (`tag`, `to`)."""
+        the pending one of (`tag`, `to`) in `scope` (see keys.pending)."""
         if sid is not None:
             tag, mode = routing_tag_of(sid), "sid"
             key = keys.verification(tag, sid)  # the tag given with `to` is not needed
         elif tag is not None and to is not None:
-            key, mode = keys.pending(tag, to), "to"
+            key, mode = keys.pending(tag, to, scope), "to"
         else:
             raise ValueError("check needs a sid, or a tag and a number")
         outcome, found_sid, status, detail, number = self._check(
@@ -518,12 +524,29 @@ class VerificationStore:
         return RevealResult(outcome, sealed or None, int(left))
 
     def approve_by_call(
-        self, *, tag: str, caller: str, called: str, call_sid: str, attestation: str, trusted: bool
+        self,
+        *,
+        tag: str,
+        caller: str,
+        called: str,
+        call_sid: str,
+        attestation: str,
+        trusted: bool,
+        remember_ms: int,
     ) -> tuple[str, str | None]:
         """A call from `caller` to our number `called`: (outcome, sid) per APPROVE_BY_CALL."""
         outcome, sid = self._approve_by_call(
-            keys=[keys.pending(tag, caller)],
-            args=[keys.number_prefix(tag), called, call_sid, attestation, "1" if trusted else "0"],
+            keys=[
+                keys.pending(tag, caller, missed_call_scope(called)),
+                keys.seen_call(tag, call_sid),
+            ],
+            args=[
+                keys.number_prefix(tag),
+                call_sid,
+                attestation,
+                "1" if trusted else "0",
+                remember_ms,
+            ],
         )
         return outcome, sid or None
 

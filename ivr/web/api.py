@@ -26,6 +26,7 @@ from ivr.telephony import SimulatedCarrier
 from ivr.verification.service import (
     DeliveryFailed,
     InvalidRequest,
+    MissedCallsBusy,
     NotCheckable,
     NotFound,
     NotPending,
@@ -128,6 +129,8 @@ def _verification_error(exc: VerificationError) -> Response:
         )
     if isinstance(exc, NotFound):
         return problem(404, "not_found", "Not found", exc.detail)
+    if isinstance(exc, MissedCallsBusy):
+        return problem(409, exc.reason, "A missed call is already awaited", exc.detail)
     if isinstance(exc, NotCheckable):
         return problem(409, exc.reason, "Not checked by code", exc.detail, sid=exc.sid)
     if isinstance(exc, NotPending):
@@ -213,7 +216,7 @@ def check_verification() -> Response:
 @blueprint.get("/stats/missed-calls")
 def missed_call_stats() -> Response:
     """What calls to the missed-call numbers came to: approved, nothing_pending (strangers),
-    refused (caller ID not trusted), wrong_number, expired, invalid_caller…"""
+    refused (caller ID not trusted), expired, replay, invalid_caller…"""
     return jsonify({"outcomes": services().verifications.store.missed_call_outcomes()})
 
 
@@ -319,10 +322,13 @@ def simulator_call_in() -> Response:
         caller = phone.parse(_require(fields, "from"), None).e164
     except phone.NumberRefused as exc:
         raise InvalidRequest("from", exc.reason, exc.detail) from None
-    to = _require(fields, "to")
+    try:
+        to = phone.parse(_require(fields, "to"), None).e164
+    except phone.NumberRefused as exc:
+        raise InvalidRequest("to", exc.reason, exc.detail) from None
     verstat = fields.get("stir_verstat") or ""
-    if not isinstance(to, str) or not isinstance(verstat, str) or len(verstat) > 64:
-        raise InvalidRequest("to", "invalid_field", "to and stir_verstat are strings")
+    if not isinstance(verstat, str) or len(verstat) > 64:
+        raise InvalidRequest("stir_verstat", "invalid_field", "stir_verstat is a short string")
     ivr = services()
     webhook = "missed-call" if to in ivr.settings.missed_call_pool else "incoming"
     app = current_app._get_current_object()  # type: ignore[attr-defined]
