@@ -314,6 +314,8 @@ def test_requests_without_a_valid_bearer_token_are_401(client, authorization):
         ("post", "/v1/verifications/check"),
         ("get", "/v1/verifications/VE" + "0" * 32),
         ("get", "/v1/simulator/outbox"),
+        ("post", "/v1/simulator/calls"),
+        ("get", "/v1/stats/missed-calls"),
     ):
         response = getattr(client, method)(path, json={"to": TO, "channel": "sms"}, headers=headers)
         problem = assert_problem(response, 401, "unauthorized")

@@ -320,6 +320,16 @@ def test_the_simulator_refuses_garbage_with_a_problem(simulated, payload):
     assert response.mimetype == "application/problem+json"
 
 
+def test_the_simulator_refuses_a_huge_body_with_413(simulated):
+    response = simulated.client.post(
+        "/v1/simulator/calls",
+        data='{"from": "' + "1" * 100_000 + '"}',
+        headers={**simulated.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
+
+
 def test_the_simulator_is_not_there_with_a_twilio_account(api):
     response = api.post("/v1/simulator/calls", {"from": USER, "to": MISSED_CALL_NUMBER})
     assert response.status_code == 404
