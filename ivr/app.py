@@ -157,7 +157,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customers=customer_finder,
         urls=CallbackUrls(base_url),
         app_name=settings.app_name,
-        code_length=settings.otp_length,
     )
     app.extensions["ivr"] = Services(
         settings=settings,

@@ -32,6 +32,8 @@ import redis
 import requests
 
 from ivr import keys, phone
+from ivr.prompts import LOCALE_PATTERN
+from ivr.store import hash_from_flat
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ SMS_WORDS = {
 }
 CSV_COLUMNS = ("id", "phone", "name", "sms", "locale")
 CSV_REQUIRED = ("id", "phone", "name", "sms")
-_LOCALE_SHAPE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")
 # A CRM answer larger than this is not a customer record; reading stops there.
 MAX_CRM_ANSWER_BYTES = 64 * 1024
 _PIPELINE_CHUNK = 500  # scripts per round trip when importing
@@ -176,7 +177,7 @@ def _valid_locale(locale: object, resolve_locale: ResolveLocale | None) -> str |
     the exact region is then used. Refused when no catalog speaks its language."""
     if locale is None or locale == "":
         return None
-    match = _LOCALE_SHAPE.fullmatch(locale) if isinstance(locale, str) else None
+    match = LOCALE_PATTERN.fullmatch(locale) if isinstance(locale, str) else None
     if match is None:
         raise InvalidCustomer("locale", "unknown_locale", "locale must look like 'es-ES'")
     language, region = match.group(1).lower(), match.group(2)
@@ -248,10 +249,6 @@ def _from_record(record: Mapping[str, str]) -> Customer | None:
     )
 
 
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 @dataclass
 class ImportResult:
     """What an import did (or, dry, would do); `errors` are (line, message), nothing written."""
@@ -308,7 +305,7 @@ class CustomerDirectory:
     def find_by_phone(self, e164: str) -> Customer | None:
         """The customer whose phone on file is `e164` (caller-ID identification)."""
         flat = self._find(keys=[keys.customer_phones()], args=[e164, keys.customer_prefix()])
-        return _from_record(_pairs(flat)) if flat else None
+        return _from_record(hash_from_flat(flat)) if flat else None
 
     def import_rows(
         self, rows: list[tuple[int, Customer]], *, dry_run: bool = False

@@ -85,6 +85,14 @@ def parse(raw: object, country_hint: object = None) -> PhoneNumber:
     )
 
 
+def parse_caller_id(raw: object) -> PhoneNumber | None:
+    """A caller ID Twilio gave us (`From`, `To`); None when withheld, a SIP address or garbage."""
+    try:
+        return parse(raw, None)
+    except NumberRefused:
+        return None
+
+
 def masked(e164: str) -> str:
     """A number fit for logs: calling code and first digits, last four hidden (it is personal
     data, and the sid already identifies the verification)."""

@@ -30,7 +30,7 @@ RELOAD_INTERVAL_SECONDS = 1.0
 # that six digits end well within eight seconds of the key press.
 DIGIT_PAUSE = "350ms"
 READING_GAP = "1s"  # silence after each reading, before the next one starts
-_LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags ignore case
+LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags ignore case
 
 # Language most callers in a country expect, for picking a locale from the number when the
 # request names none. Countries not listed get the default locale.
@@ -214,7 +214,7 @@ class PromptCatalogs:
         return self.default_locale
 
     def _match(self, requested: str) -> str | None:
-        match = _LOCALE_PATTERN.match(requested.strip())
+        match = LOCALE_PATTERN.match(requested.strip())
         if not match:
             return None
         language, region = match.group(1).lower(), (match.group(2) or "").upper()

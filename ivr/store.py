@@ -195,3 +195,8 @@ def redis_status(client: redis.Redis) -> dict[str, object]:
     if policy != "noeviction":
         status["warning"] = f"maxmemory-policy is {policy}: use noeviction, or limits may vanish"
     return status
+
+
+def hash_from_flat(flat: list[str]) -> dict[str, str]:
+    """A hash as a Lua script returns HGETALL (name, value, name, value…) → a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

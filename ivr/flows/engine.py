@@ -115,7 +115,6 @@ class FlowEngine:
         customers: CustomerFinder | None,
         urls: FlowUrls,
         app_name: str,
-        code_length: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.library = library
@@ -125,7 +124,6 @@ class FlowEngine:
         self.customers = customers
         self.urls = urls
         self.app_name = app_name
-        self.code_length = code_length
         self.clock = clock
 
     # -- the two ways a turn starts ------------------------------------------------------------
@@ -197,8 +195,9 @@ class FlowEngine:
         """Save the turn's state as the call's next version, and point the document's actions
         at it (sealed in their URLs); False if the call moved on since the turn began."""
         replaces = self.states.advance(turn.state, turn.next_step)
-        turn.fill_links(self.states.seal(turn.call_sid, turn.state))
-        return self.states.save(turn.call_sid, turn.state, replaces=replaces)
+        text = turn.state.to_json()  # serialized once: sealed into the URLs, and saved
+        turn.fill_links(self.states.seal(turn.call_sid, turn.state, text=text))
+        return self.states.save(turn.call_sid, turn.state, replaces=replaces, text=text)
 
     def _confirm(self, turn: _Turn) -> None:
         """Before a side effect (a lookup, a code sent, checked or canceled): make sure the
@@ -477,13 +476,10 @@ class FlowEngine:
         return node.not_found if state.count("failures") >= node.tries else STAY
 
     def _find_by_caller(self, caller: str) -> Customer | None:
-        if self.customers is None:
+        number = phone.parse_caller_id(caller)
+        if self.customers is None or number is None:  # withheld, anonymous, a SIP address…
             return None
-        try:
-            e164 = phone.parse(caller, None).e164
-        except phone.NumberRefused:
-            return None  # withheld, anonymous, a SIP address…
-        return self.customers.by_phone(e164)
+        return self.customers.by_phone(number.e164)
 
     @staticmethod
     def _identified(state: CallState, customer: Customer, how: str) -> None:
@@ -612,10 +608,8 @@ def _fullmatch(pattern: str, text: str) -> bool:
 
 
 def _same_number(on_file: str, caller: str) -> bool:
-    try:
-        return phone.parse(caller, None).e164 == on_file
-    except phone.NumberRefused:
-        return False
+    number = phone.parse_caller_id(caller)
+    return number is not None and number.e164 == on_file
 
 
 def _spoken_ending(number: str) -> str:

@@ -45,7 +45,6 @@ class LoadedFlow:
     flow: Flow
     path: Path
     warnings: list[Problem] = field(default_factory=list)
-    node_lines: dict[str, int] = field(default_factory=dict)
 
 
 def _line_of(root: yaml.Node | None, location: Iterable[Any]) -> int | None:
@@ -140,7 +139,7 @@ def load_flow_file(path: Path, linter: Linter | None, flow_names: set[str]) -> L
     problems = linter(flow, str(path), lines, flow_names) if linter else []
     if errors(problems):
         raise FlowFileError(problems)
-    return LoadedFlow(flow, path, problems, lines)
+    return LoadedFlow(flow, path, problems)
 
 
 class FlowLibrary:

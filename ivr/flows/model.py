@@ -437,9 +437,6 @@ class Flow(BaseModel):
     )
     nodes: dict[NodeId, Node] = Field(min_length=1)
 
-    def node(self, node_id: str) -> Any:
-        return self.nodes[node_id]
-
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a flow file, for editors (yaml-language-server) and other tools."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 import zlib
 from dataclasses import dataclass, field, fields
@@ -30,7 +29,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ivr import keys
 from ivr.verification.codes import derive_key
 
-_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
 _NONCE_BYTES = 12
 # Sealed states longer than this are not put in URLs (the next turn reads Redis instead): with a
 # public base URL of up to ~100 characters, an action URL stays under 512, the shortest limit
@@ -44,11 +42,6 @@ _WINDOW_BITS = -9
 def _deflate(data: bytes) -> bytes:
     packer = zlib.compressobj(6, zlib.DEFLATED, _WINDOW_BITS, 1)
     return packer.compress(data) + packer.flush()
-
-
-def is_call_sid(value: object) -> bool:
-    """True for a Twilio CallSid (CA + 32 hex digits): what call state is keyed by."""
-    return isinstance(value, str) and _CALL_SID.fullmatch(value) is not None
 
 
 @dataclass
@@ -165,19 +158,22 @@ class CallStateStore:
         state.version = f"{step}.{secrets.token_hex(6)}"
         return replaced
 
-    def save(self, call_sid: str, state: CallState, *, replaces: str) -> bool:
+    def save(
+        self, call_sid: str, state: CallState, *, replaces: str, text: str | None = None
+    ) -> bool:
         """Store `state` (already advanced) if the call is still at version `replaces` (""
         creates it: only if the call has no state yet). False if it moved on meanwhile."""
         saved = self._save(
             keys=[keys.call_state(call_sid)],
-            args=[replaces, state.version, state.to_json(), self.ttl_ms],
+            args=[replaces, state.version, text or state.to_json(), self.ttl_ms],
         )
         return bool(saved)
 
-    def seal(self, call_sid: str, state: CallState) -> str | None:
-        """`state` encrypted and bound to its call, for a URL; None when it would be too long."""
+    def seal(self, call_sid: str, state: CallState, *, text: str | None = None) -> str | None:
+        """`state` encrypted and bound to its call, for a URL; None when it would be too long.
+        `text`: its JSON, when the caller has it already (a turn saves it too)."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        packed = _deflate(state.to_json().encode())
+        packed = _deflate((text or state.to_json()).encode())
         box = self._seal.encrypt(nonce, packed, call_sid.encode())
         token = base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
         return token if len(token) <= MAX_SEALED_CHARS else None

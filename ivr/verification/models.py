@@ -27,12 +27,6 @@ class Channel(StrEnum):
     MISSED_CALL = "missed_call"  # the user rings our number; we reject the call
     FLASH_CALL = "flash_call"  # we ring the user; our caller ID's last digits are the code
 
-    @property
-    def family(self) -> str:
-        """Channels whose verifications can take each other's re-sends: a code read or texted
-        is one code; a flash call's code is a caller ID; a missed call has no code at all."""
-        return "otp" if self in (Channel.CALL, Channel.SMS) else self.value
-
 
 # "VE" + the number's 8-hex routing tag + 24 random hex: 32 hex digits, like a Twilio sid.
 SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
@@ -40,6 +34,14 @@ SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
 
 def is_sid(value: object) -> bool:
     return isinstance(value, str) and SID_PATTERN.fullmatch(value) is not None
+
+
+_CALL_SID_PATTERN = re.compile(r"^CA[0-9a-f]{32}$")
+
+
+def is_call_sid(value: object) -> bool:
+    """True for a Twilio CallSid (CA + 32 hex digits): what call state is keyed by."""
+    return isinstance(value, str) and _CALL_SID_PATTERN.fullmatch(value) is not None
 
 
 def routing_tag_of(sid: str) -> str:

@@ -5,7 +5,6 @@ flow engine share. It knows nothing of Flask; the web edge turns its errors into
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,7 +16,7 @@ from ivr.telephony import Carrier, CarrierError, Receipt
 from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
 from ivr.verification.limits import SendLimiter, Window
-from ivr.verification.models import Channel, Status, Verification, is_sid
+from ivr.verification.models import Channel, Status, Verification, is_call_sid, is_sid
 from ivr.verification.store import StartResult, VerificationStore, missed_call_scope
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ DELIVERY_STATUSES = frozenset(
     }
 )
 _CODE_LENGTHS = range(4, 11)
-_CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
 FLASH_CALL_SCOPE = "flash-call"  # flash calls' pending pointer: never a call or SMS code's
 # A CallSid our missed-call webhook took is remembered this long (replays are refused).
 _SEEN_CALL_MS = 30 * 86400 * 1000
@@ -550,18 +548,17 @@ class VerificationService:
         return outcome
 
     def _match_missed_call(self, caller: str, called: str, call_sid: str, stir_verstat: str) -> str:
-        pool = self.call_channels.missed_call_numbers
-        if not _CALL_SID.fullmatch(call_sid):
+        if not is_call_sid(call_sid):
             return "invalid_call"
-        try:
-            ours = phone.parse(called, None).e164
-        except phone.NumberRefused:
+        called_number = phone.parse_caller_id(called)
+        if (
+            called_number is None
+            or called_number.e164 not in self.call_channels.missed_call_numbers
+        ):
             return "unknown_number"
-        if ours not in pool:
-            return "unknown_number"
-        try:
-            number = phone.parse(caller, None)
-        except phone.NumberRefused:
+        ours = called_number.e164
+        number = phone.parse_caller_id(caller)
+        if number is None:
             return "invalid_caller"  # withheld, anonymous, garbage: nothing to match
         trust = callerid.assess(stir_verstat, self.call_channels.min_attestation)
         outcome, sid = self.store.approve_by_call(

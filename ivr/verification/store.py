@@ -16,6 +16,7 @@ import redis
 
 from ivr import keys
 from ivr.config import Rate
+from ivr.store import hash_from_flat
 from ivr.verification.models import Status, Verification, routing_tag_of
 
 # Lua snippets shared by the scripts below (string-prefixed to each script that needs them).
@@ -37,8 +38,9 @@ end
 
 # Start a verification for a number, or add a send attempt to its pending one (a re-send keeps
 # the code, the expiry and the count of wrong checks: NIST SP 800-63B). Each kind of
-# verification has a pointer of its own (see VerificationService._pointer_scope), so a call or
-# SMS code, a flash call and each missed-call number never re-send, nor cancel, one another.
+# verification has a pointer of its own (the caller picks KEYS[1]: keys.pending with the scope
+# of an IVR call, of flash calls, or of one missed-call number), so a call or SMS code, a flash
+# call and each missed-call number never re-send, nor cancel, one another.
 # KEYS[1] the number's pending pointer   KEYS[2] new verification hash   KEYS[3] new code hash
 # ARGV[1] slot key prefix  ARGV[2] new sid  ARGV[3] number (E.164)  ARGV[4] channel
 # ARGV[5] locale  ARGV[6] code HMAC  ARGV[7] sealed code  ARGV[8] code lifetime ms
@@ -370,10 +372,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 class VerificationStore:
     """Typed access to verification state; one Redis round trip per method."""
 
@@ -428,7 +426,7 @@ class VerificationStore:
         )
         if outcome == "taken":
             return None
-        verification = Verification.from_hash(_pairs(flat), _now_ms())
+        verification = Verification.from_hash(hash_from_flat(flat), _now_ms())
         return StartResult(verification, int(index), outcome == "created", sealed_code)
 
     def settle_send(

@@ -20,9 +20,9 @@ from ivr.customers import (
     parse_sms_flag,
     valid_account_number,
 )
-from ivr.flows.state import is_call_sid
 from ivr.simulator import PhoneSimulator
 from ivr.telephony import SimulatedCarrier
+from ivr.verification.models import is_call_sid
 from ivr.verification.service import (
     DeliveryFailed,
     InvalidRequest,

@@ -25,8 +25,7 @@ from werkzeug.datastructures import MultiDict
 from ivr import phone
 from ivr.app import services
 from ivr.flows.engine import CallInfo, FlowEngine
-from ivr.flows.state import is_call_sid
-from ivr.verification.models import is_sid
+from ivr.verification.models import is_call_sid, is_sid
 from ivr.web.errors import twiml
 
 log = logging.getLogger(__name__)
@@ -145,8 +144,7 @@ REPEAT_ACTION = "reveal?repeat=1"
 def call_locale(locale: str) -> str:
     """The locale named in a call's URL, if we still have its prompts; else the default (a
     catalog removed while the call rang must not cost the caller their code)."""
-    prompts = services().prompts
-    return locale if locale in prompts.catalogs else prompts.default_locale
+    return services().prompts.catalog(locale).locale
 
 
 def _memoized(key: tuple[str, ...], build: Callable[[], VoiceResponse]) -> Response:
