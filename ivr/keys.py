@@ -115,3 +115,42 @@ def expiries() -> str:
     """Sorted set: verification sid → its expiry (ms), for the sweep that announces
     verification.expired when nobody checks (kept only while EVENTS_WEBHOOK_URL is set)."""
     return f"{NAMESPACE}:{{events}}:expiries"
+
+
+# -- published documents (flows, prompt catalogs): see ivr.flows.versions ----------------------
+# One tag per kind, so a publish changes version, live pointer and generation atomically.
+
+
+def documents_generation(kind: str) -> str:
+    """String: bumped on every publish of that kind; workers poll it to know when to reload."""
+    return f"{NAMESPACE}:{{{kind}}}:generation"
+
+
+def documents_live(kind: str) -> str:
+    """Hash: document name -> its live version number."""
+    return f"{NAMESPACE}:{{{kind}}}:live"
+
+
+def documents_latest(kind: str) -> str:
+    """Hash: document name -> the highest version number given out."""
+    return f"{NAMESPACE}:{{{kind}}}:latest"
+
+
+def document_versions(kind: str, name: str) -> str:
+    """Hash: version number -> JSON (text, author, at, comment, source, digest); capped."""
+    return f"{NAMESPACE}:{{{kind}}}:versions:{name}"
+
+
+def documents_file_digests(kind: str) -> str:
+    """Hash: document name -> sha256 of the file text last imported (files import once)."""
+    return f"{NAMESPACE}:{{{kind}}}:file-digests"
+
+
+def documents_drafts(kind: str) -> str:
+    """Hash: document name -> JSON draft (text, author, updated_at, base version)."""
+    return f"{NAMESPACE}:{{{kind}}}:drafts"
+
+
+def document_trial(kind: str, text_digest: str) -> str:
+    """String: a draft frozen for a simulated call; expires after a few hours."""
+    return f"{NAMESPACE}:{{{kind}}}:trial:{text_digest}"

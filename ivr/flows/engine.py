@@ -26,7 +26,8 @@ from ivr import phone
 from ivr.customers import Customer, CustomerFinder
 from ivr.flows import model
 from ivr.flows.hours import is_open
-from ivr.flows.loader import FlowLibrary
+from ivr.flows.library import PublishedFlows
+from ivr.flows.loader import FlowLibrary, LoadedFlow
 from ivr.flows.state import CallState, CallStateStore
 from ivr.prompts import PromptCatalogs
 from ivr.verification.models import Status
@@ -58,6 +59,14 @@ class FlowUrls(Protocol):
 
 
 @dataclass(frozen=True)
+class Trial:
+    """A call placed by the console's simulator: the flow and version it tries."""
+
+    flow: str
+    revision: str = ""  # "" the live version, "7", or "trial:<digest>" (a draft)
+
+
+@dataclass(frozen=True)
 class CallInfo:
     """What Twilio told us about the call, already bounded in size by the web edge."""
 
@@ -65,6 +74,7 @@ class CallInfo:
     caller: str  # From
     called: str  # To
     caller_country: str | None = None
+    trial: Trial | None = None  # set only for the simulator's calls (a sealed URL says so)
 
 
 @dataclass
@@ -108,7 +118,7 @@ class FlowEngine:
     def __init__(
         self,
         *,
-        library: FlowLibrary,
+        library: FlowLibrary | PublishedFlows,
         prompts: PromptCatalogs,
         states: CallStateStore,
         verifications: VerificationService,
@@ -132,12 +142,20 @@ class FlowEngine:
         """A new call: pick the flow by the called number, start it. One Redis round trip: the
         state is created only if the call has none (if Twilio asks again for a call already
         answered, the save fails and the current question is repeated)."""
-        flow = self.library.for_number(call.called)
-        if flow is None:
+        served = self._served_for(call)
+        if served is None:
             log.error("call %s: no flow answers %s", call.call_sid, phone.masked(call.called))
             return self._goodbye(self.prompts.default_locale, "call.error")
+        flow = served.flow
         locale = flow.locale or self.prompts.resolve_locale(None, call.caller_country)
-        state = CallState(flow=flow.name, node=flow.start, locale=locale, caller=call.caller)
+        state = CallState(
+            flow=flow.name,
+            node=flow.start,
+            locale=locale,
+            caller=call.caller,
+            flow_revision=served.revision,
+            simulated=call.trial is not None,
+        )
         turn = _Turn(flow, state, next_step=1, call_sid=call.call_sid)
         try:
             self._walk(turn, STAY)
@@ -170,7 +188,7 @@ class FlowEngine:
             unconfirmed = False
         else:
             unconfirmed = True
-        flow = self.library.get(state.flow)
+        flow = self._flow_of(state)
         if flow is None or state.node not in flow.nodes:
             return self._on_error(flow, state, "the call's flow or node is gone")
         turn = _Turn(
@@ -190,6 +208,17 @@ class FlowEngine:
             log.info("call %s: step %s was replayed or raced; repeating", call.call_sid, step)
             return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
         return turn.response
+
+    def _served_for(self, call: CallInfo) -> LoadedFlow | None:
+        """The flow a new call runs: the simulator's pick, else the one answering the number."""
+        if call.trial is not None:
+            return self.library.served(call.trial.flow, call.trial.revision)
+        return self.library.served_for_number(call.called)
+
+    def _flow_of(self, state: CallState) -> model.Flow | None:
+        """The flow version the call started on (it finishes on it, whatever is published)."""
+        served = self.library.served(state.flow, state.flow_revision)
+        return served.flow if served else None
 
     def _commit(self, turn: _Turn) -> bool:
         """Save the turn's state as the call's next version, and point the document's actions
@@ -212,7 +241,8 @@ class FlowEngine:
         nothing known about the caller (so never `verified`), else a polite goodbye. Touches
         no Redis."""
         try:
-            flow = self.library.for_number(call.called)
+            served = self._served_for(call)
+            flow = served.flow if served else None
             locale = self.prompts.resolve_locale(flow.locale if flow else None, call.caller_country)
             state = CallState(
                 flow=flow.name if flow else "", node="", locale=locale, caller=call.caller
@@ -253,7 +283,7 @@ class FlowEngine:
         """The current question again, with no side effects (a replayed or raced request)."""
         if state is None:
             return self._goodbye(self.prompts.default_locale, "call.error")
-        flow = self.library.get(state.flow)
+        flow = self._flow_of(state)
         node = flow.nodes.get(state.node) if flow else None
         if flow is None or node is None or not node.waits_for_keys:
             return self._goodbye(state.locale, "call.error")
@@ -354,12 +384,13 @@ class FlowEngine:
     def _enter_transfer(self, turn: _Turn, node: model.TransferNode) -> Going:
         turn.say(node.prompt)
         if node.to_flow:
-            target = self.library.get(node.to_flow)
-            if target is None:
+            served = self.library.served(node.to_flow)
+            if served is None:
                 raise FlowError(f"transfer to flow {node.to_flow!r}, which is not served")
-            turn.flow = target
-            turn.state.flow = target.name
-            return target.start
+            turn.flow = served.flow
+            turn.state.flow = served.flow.name
+            turn.state.flow_revision = served.revision
+            return served.flow.start
         self._flush(turn, turn.response)
         dial = Dial()
         dial.number(node.to_number)

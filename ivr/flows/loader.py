@@ -43,8 +43,10 @@ class LoadedFlow:
     """A flow and what was found while loading it (warnings only: errors refuse the file)."""
 
     flow: Flow
-    path: Path
+    path: Path | None  # the file it came from; None for a version published in Redis
     warnings: list[Problem] = field(default_factory=list)
+    revision: str = ""  # the published version ("7"), a trial ("trial:<digest>"), or "" (a file)
+    text: str = ""  # the YAML it was read from, when it did not come from a file
 
 
 def _line_of(root: yaml.Node | None, location: Iterable[Any]) -> int | None:
@@ -102,6 +104,15 @@ def parse_flow_file(path: Path) -> tuple[Flow, dict[str, int]]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise FlowFileError([Problem("error", f"cannot read the file: {exc}", name)]) from None
+    return parse_flow_text(text, path.stem, name)
+
+
+def parse_flow_text(text: str, flow_name: str, source: str) -> tuple[Flow, dict[str, int]]:
+    """A flow's YAML text validated against the schema, as if it were the file `source` of the
+    flow `flow_name` (a draft in the console, a published version): the flow and node lines.
+
+    Raises FlowFileError with a problem per schema error, each with its line.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -109,21 +120,23 @@ def parse_flow_file(path: Path) -> tuple[Flow, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise FlowFileError([Problem("error", f"not valid YAML: {problem}", name, line)]) from None
+        raise FlowFileError(
+            [Problem("error", f"not valid YAML: {problem}", source, line)]
+        ) from None
     if not isinstance(data, dict):
         raise FlowFileError(
-            [Problem("error", "a flow file is a mapping (name, start, nodes…)", name, 1)]
+            [Problem("error", "a flow file is a mapping (name, start, nodes…)", source, 1)]
         )
-    data.setdefault("name", path.stem)
-    if data["name"] != path.stem:
+    data.setdefault("name", flow_name)
+    if data["name"] != flow_name:
         line = _line_of(root, ["name"])
-        message = f"name {data['name']!r} differs from the file name {path.stem!r}"
-        raise FlowFileError([Problem("error", message, name, line)])
+        message = f"name {data['name']!r} differs from the file name {flow_name!r}"
+        raise FlowFileError([Problem("error", message, source, line)])
     try:
         flow = Flow.model_validate(data)
     except ValidationError as exc:
         problems = [
-            Problem("error", _describe(error), name, _line_of(root, error["loc"]))
+            Problem("error", _describe(error), source, _line_of(root, error["loc"]))
             for error in exc.errors(include_url=False)
         ]
         raise FlowFileError(problems) from None
@@ -140,6 +153,24 @@ def load_flow_file(path: Path, linter: Linter | None, flow_names: set[str]) -> L
     if errors(problems):
         raise FlowFileError(problems)
     return LoadedFlow(flow, path, problems)
+
+
+def load_flow_text(
+    text: str,
+    flow_name: str,
+    source: str,
+    linter: Linter | None,
+    flow_names: set[str],
+    *,
+    revision: str = "",
+) -> LoadedFlow:
+    """Parse, validate and lint a flow's text (a draft, a published version). Raises
+    FlowFileError if anything is an error."""
+    flow, lines = parse_flow_text(text, flow_name, source)
+    problems = linter(flow, source, lines, flow_names) if linter else []
+    if errors(problems):
+        raise FlowFileError(problems)
+    return LoadedFlow(flow, None, problems, revision=revision, text=text)
 
 
 class FlowLibrary:
@@ -178,16 +209,18 @@ class FlowLibrary:
 
     def for_number(self, called: str) -> Flow | None:
         """The flow answering `called` (Twilio's To): the one naming it, else the default."""
+        served = self.served_for_number(called)
+        return served.flow if served else None
+
+    def served_for_number(self, called: str) -> LoadedFlow | None:
+        """The flow answering `called`, with what it was loaded from."""
         self.refresh()
-        flows = [loaded.flow for loaded in self._flows.values()]
-        for flow in flows:
-            if called in flow.numbers:
-                return flow
-        for flow in flows:
-            if flow.default:
-                return flow
-        fallback = self._flows.get("default")
-        return fallback.flow if fallback else None
+        return flow_for_number(self._flows, called)
+
+    def served(self, name: str, revision: str = "") -> LoadedFlow | None:  # noqa: ARG002
+        """The flow `name` (files have one revision: the file as it is now)."""
+        self.refresh()
+        return self._flows.get(name)
 
     @property
     def flows(self) -> dict[str, LoadedFlow]:
@@ -286,6 +319,17 @@ class FlowLibrary:
             log.info("flow %s: %s from %s", path.stem, "reloaded" if previous else "loaded", path)
             for warning in loaded.warnings:
                 log.warning("flow %s: %s", path.stem, warning)
+
+
+def flow_for_number(flows: dict[str, LoadedFlow], called: str) -> LoadedFlow | None:
+    """Of `flows`, the one naming `called` (Twilio's To), else the default one."""
+    for loaded in flows.values():
+        if called in loaded.flow.numbers:
+            return loaded
+    for loaded in flows.values():
+        if loaded.flow.default:
+            return loaded
+    return flows.get("default")
 
 
 def cross_flow_problems(flows: dict[str, LoadedFlow]) -> list[Problem]:

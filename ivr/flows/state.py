@@ -52,6 +52,8 @@ class CallState:
     flow: str
     node: str
     locale: str
+    flow_revision: str = ""  # the flow version the call runs on, to its end ("" = the live one)
+    simulated: bool = False  # a console simulator's call: codes go to the simulated phone
     caller: str = ""  # the caller ID as Twilio sent it (E.164 when it is a number)
     step: int = 0
     customer_id: str | None = None

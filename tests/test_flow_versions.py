@@ -1,0 +1,146 @@
+"""Published flow versions in Redis: files seed them, publishes reach every worker, a call
+finishes on the version it started with, and rollbacks are new versions."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ivr.config import DEFAULT_FLOWS_DIR
+from ivr.flows.versions import DocumentVersions, StalePublish
+from ivr.simulator import PhoneSimulator
+from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, twilio_post, twiml
+
+CALLER = "+14155550123"
+HANGUP = "default: true\nstart: bye\nnodes:\n  bye: {type: hangup, prompt: flow.goodbye}\n"
+
+
+@pytest.fixture
+def team_flows(tmp_path):
+    folder = tmp_path / "flows"
+    shutil.copytree(DEFAULT_FLOWS_DIR, folder)
+    return folder
+
+
+def test_files_seed_the_first_version_once(make_app, team_flows, redis_client):
+    make_app(flows_dir=str(team_flows))
+    make_app(flows_dir=str(team_flows))  # a second worker: the same text is not imported again
+    versions = DocumentVersions(redis_client, "flows")
+    history = versions.history("default")
+    assert [v.number for v in history] == [1]
+    assert history[0].source == "file"
+    assert history[0].text == (team_flows / "default.yaml").read_text(encoding="utf-8")
+
+
+def test_a_publish_reaches_another_worker_at_its_next_look(make_app, team_flows, redis_client):
+    first, second = make_app(flows_dir=str(team_flows)), make_app(flows_dir=str(team_flows))
+    library = second.extensions["ivr"].flows.library
+    assert library.get("default").start == "welcome"
+    DocumentVersions(redis_client, "flows").publish("default", HANGUP, author="alice")
+    library.refresh(force=True)  # what the next request does once a second has passed
+    assert library.get("default").start == "bye"
+    assert library.served("default").revision == "2"
+    other = first.extensions["ivr"].flows.library
+    other.refresh(force=True)
+    assert other.served("default").revision == "2"
+
+
+def test_a_call_finishes_on_the_version_it_started_with(make_app, team_flows, redis_client):
+    app = make_app(flows_dir=str(team_flows))
+    client = app.test_client()
+    params = {"CallSid": "CA" + "7" * 32, "From": CALLER, "To": CALLER_ID}
+    first = twiml(twilio_post(client, "/voice/incoming", params))
+    action = first.find("Gather").get("action")
+    DocumentVersions(redis_client, "flows").publish("default", HANGUP, author="alice")
+    app.extensions["ivr"].flows.library.refresh(force=True)
+    menu = twiml(twilio_post(client, action, params | {"Digits": "1"}))
+    assert menu.find("Gather") is not None, "the call goes on in version 1"
+    fresh = PhoneSimulator(app, AUTH_TOKEN).call(
+        f"{PUBLIC_BASE_URL}/voice/incoming", from_=CALLER, to=CALLER_ID
+    )
+    assert fresh.spoken == ["Thank you for calling. Goodbye."], "a new call gets version 2"
+
+
+def test_an_edited_file_is_imported_and_a_console_edit_is_not_undone(
+    make_app, team_flows, redis_client
+):
+    app = make_app(flows_dir=str(team_flows))
+    library = app.extensions["ivr"].flows.library
+    versions = DocumentVersions(redis_client, "flows")
+    versions.publish("default", HANGUP, author="alice")
+    library.refresh(force=True)
+    assert library.get("default").start == "bye", "the untouched file does not win"
+    path = team_flows / "default.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("start: welcome", "start: main_menu"))
+    library.refresh(force=True)
+    assert library.get("default").start == "main_menu", "the newest change wins"
+    assert [v.source for v in versions.history("default")] == ["file", "console", "file"]
+
+
+def test_a_flow_whose_file_is_removed_stops_but_a_console_flow_stays(
+    make_app, team_flows, redis_client
+):
+    (team_flows / "sales.yaml").write_text(HANGUP.replace("default: true\n", ""))
+    app = make_app(flows_dir=str(team_flows))
+    versions = DocumentVersions(redis_client, "flows")
+    versions.publish("promo", HANGUP.replace("default: true\n", ""), author="alice")
+    library = app.extensions["ivr"].flows.library
+    library.refresh(force=True)
+    assert {"default", "sales", "promo"} <= set(library.flows)
+    (team_flows / "sales.yaml").unlink()
+    library.refresh(force=True)
+    assert "sales" not in library.flows
+    assert "promo" in library.flows
+
+
+def test_rollback_publishes_the_old_text_as_a_new_version(redis_client):
+    versions = DocumentVersions(redis_client, "flows")
+    one = versions.publish("main", "a: 1\n", author="alice", comment="first")
+    versions.publish("main", "a: 2\n", author="bob")
+    back = versions.rollback("main", one.number, author="carol")
+    assert back.number == 3
+    assert versions.live("main").text == "a: 1\n"
+    assert versions.live("main").source == "rollback"
+    assert [v.author for v in versions.history("main")] == ["carol", "bob", "alice"]
+    with pytest.raises(LookupError):
+        versions.rollback("main", 99, author="carol")
+
+
+def test_a_publish_over_a_newer_version_is_refused(redis_client):
+    versions = DocumentVersions(redis_client, "flows")
+    versions.publish("main", "a: 1\n", author="alice")
+    versions.publish("main", "a: 2\n", author="bob", expect_live=1)
+    with pytest.raises(StalePublish) as refused:
+        versions.publish("main", "a: 3\n", author="alice", expect_live=1)
+    assert refused.value.live == 2
+    assert versions.live("main").text == "a: 2\n"
+
+
+def test_history_is_capped(redis_client):
+    versions = DocumentVersions(redis_client, "flows", history_cap=3)
+    for n in range(5):
+        versions.publish("main", f"a: {n}\n", author="alice")
+    assert [v.number for v in versions.history("main")] == [5, 4, 3]
+
+
+def test_a_draft_is_kept_apart_and_cleared_by_publish(redis_client):
+    versions = DocumentVersions(redis_client, "flows")
+    versions.publish("main", "a: 1\n", author="alice")
+    versions.save_draft("main", "a: 2\n", author="bob", base=1, now_ms=1)
+    assert versions.live("main").text == "a: 1\n", "a draft never serves"
+    assert versions.draft("main").text == "a: 2\n"
+    versions.publish("main", "a: 2\n", author="bob")
+    assert versions.draft("main") is None
+
+
+def test_a_trial_is_frozen_and_expires(redis_client):
+    versions = DocumentVersions(redis_client, "flows")
+    trial = versions.save_trial("a: 1\n")
+    assert versions.trial(trial) == "a: 1\n"
+    assert 0 < redis_client.ttl(f"ivr:{{flows}}:trial:{trial}") <= 4 * 3600
+
+
+def test_the_files_serve_while_redis_is_away(make_app, team_flows):
+    app = make_app(flows_dir=str(team_flows), redis_url="redis://127.0.0.1:1/0")
+    assert app.extensions["ivr"].flows.library.get("default").start == "welcome"
