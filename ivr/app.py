@@ -26,6 +26,7 @@ from ivr.flows.state import CallStateStore
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
+from ivr.users import AuditLog, Users, ensure_development_admin
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
@@ -55,6 +56,10 @@ class Services:
     flows: FlowEngine  # the IVR: flow files from FLOWS_DIR, call state in Redis
     # EVENTS_WEBHOOK_URL set: verification ends are queued here, and this delivers them.
     events: EventDispatcher | None = None
+    users: Users | None = None  # the console's users and sessions
+    audit: AuditLog | None = None  # who changed what, in the console and through `ivr`
+    # Development only: where the generated first admin's password is (shown on sign-in).
+    console_admin_password_file: Path | None = None
     base_url: str = ""  # PUBLIC_BASE_URL, or where `make run` serves: what webhooks are under
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -172,16 +177,40 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customer_finder=customer_finder,
         flows=flows,
         events=_event_dispatcher(settings, outbox, verifications),
+        users=(users := Users(client)),
+        audit=AuditLog(client),
+        console_admin_password_file=_development_admin(settings, users, instance),
         base_url=base_url,
     )
 
-    from ivr.web import api, errors, public, webhooks
+    from ivr.web import api, console, errors, public, webhooks
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
+    console.init_app(app)
     errors.init_app(app)
     return app
+
+
+def _development_admin(settings: Settings, users: Users, instance: Path) -> Path | None:
+    """Without a Twilio account (development), a first `admin` with a generated password kept
+    in the instance folder, so `make run` can be signed in to at once. Never in production:
+    there, `ivr users create` makes the users."""
+    if settings.uses_twilio:
+        return None
+    try:
+        path = ensure_development_admin(users, instance)
+    except redis.RedisError as exc:
+        logging.getLogger(__name__).warning("console: no development admin (%s)", exc)
+        return None
+    if path is not None:
+        logging.getLogger(__name__).info(
+            "console: sign in at %s/console as admin; the password is in %s",
+            settings.public_base_url or f"http://localhost:{settings.port}",
+            path,
+        )
+    return path
 
 
 def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets) -> Carrier:

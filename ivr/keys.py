@@ -72,6 +72,17 @@ def call_state(call_sid: str) -> str:
     return f"{NAMESPACE}:{{call:{call_sid}}}:flow-state"
 
 
+def call_journey(call_sid: str) -> str:
+    """List: a call's turns as JSON (nodes, masked keys, prompts, side effects); expires with
+    its state, in the same slot (one script saves both)."""
+    return f"{NAMESPACE}:{{call:{call_sid}}}:journey"
+
+
+def recent_calls() -> str:
+    """Sorted set: CallSid -> when it started (ms), the newest calls, capped."""
+    return f"{NAMESPACE}:{{calls}}:recent"
+
+
 def customer_prefix() -> str:
     """The common start of every customer hash; scripts derive a customer's key from it."""
     return f"{NAMESPACE}:{{customers}}:customer:"
@@ -154,3 +165,32 @@ def documents_drafts(kind: str) -> str:
 def document_trial(kind: str, text_digest: str) -> str:
     """String: a draft frozen for a simulated call; expires after a few hours."""
     return f"{NAMESPACE}:{{{kind}}}:trial:{text_digest}"
+
+
+# -- the console: users, sessions, audit (see ivr.users) ----------------------------------------
+
+
+def console_user(name: str) -> str:
+    """Hash: a console user (name, role, Argon2id hash, times)."""
+    return f"{NAMESPACE}:{{user:{name}}}:user"
+
+
+def console_user_sessions(name: str) -> str:
+    """Set: the key names of a user's sessions, so every one can be ended at once."""
+    return f"{NAMESPACE}:{{user:{name}}}:sessions"
+
+
+def console_session(name: str, secret_digest: str) -> str:
+    """Hash: one session (user, CSRF token, times); expires when idle. Named by the SHA-256 of
+    the cookie's secret, never the secret."""
+    return f"{NAMESPACE}:{{user:{name}}}:session:{secret_digest}"
+
+
+def console_user_names() -> str:
+    """Set: every console user's name."""
+    return f"{NAMESPACE}:{{users}}:names"
+
+
+def audit_log() -> str:
+    """List: JSON audit entries, newest first, capped."""
+    return f"{NAMESPACE}:{{audit}}:log"

@@ -91,10 +91,32 @@ class _Turn:
     pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     # Verbs whose action URL leads back into the flow: filled in once the turn's state is final.
     links: list[tuple[Any, Callable[[int, str | None], str]]] = field(default_factory=list)
+    # The journey's record of this turn: the keys (masked), nodes entered, prompts, effects.
+    keys: str | None = None
+    entered: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+    effects: list[dict[str, Any]] = field(default_factory=list)
 
     def say(self, key: str | None, **values: object) -> None:
         if key:
             self.pending.append((key, values))
+            self.said.append(key)
+
+    def effect(self, kind: str, **details: Any) -> None:
+        self.effects.append({"kind": kind, **details})
+
+    def record(self, at: int) -> dict[str, Any]:
+        """This turn for the call's journey (never a code: keys of a code are masked)."""
+        entry: dict[str, Any] = {"at": at, "step": self.next_step - 1, "nodes": self.entered}
+        if self.keys is not None:
+            entry["keys"] = self.keys
+        if self.said:
+            entry["prompts"] = self.said
+        if self.effects:
+            entry["effects"] = self.effects
+        if self.state.outcome:
+            entry["outcome"] = self.state.outcome
+        return entry
 
     def link(self, verb: Any, url: Callable[[int, str | None], str]) -> None:
         self.links.append((verb, url))
@@ -196,6 +218,8 @@ class FlowEngine:
         )
         try:
             node = flow.nodes[state.node]
+            turn.keys = _journey_keys(node, digits, dial_status)
+            turn.entered.append(state.node)
             answer = getattr(self, f"_input_{node.type}", None)
             going = answer(turn, node, digits, dial_status) if answer else STAY
             self._walk(turn, going)
@@ -223,10 +247,16 @@ class FlowEngine:
     def _commit(self, turn: _Turn) -> bool:
         """Save the turn's state as the call's next version, and point the document's actions
         at it (sealed in their URLs); False if the call moved on since the turn began."""
+        now = int(self.clock().timestamp() * 1000)
+        turn.state.updated_at = now
+        if not turn.state.started_at:
+            turn.state.started_at = now
         replaces = self.states.advance(turn.state, turn.next_step)
         text = turn.state.to_json()  # serialized once: sealed into the URLs, and saved
         turn.fill_links(self.states.seal(turn.call_sid, turn.state, text=text))
-        return self.states.save(turn.call_sid, turn.state, replaces=replaces, text=text)
+        return self.states.save(
+            turn.call_sid, turn.state, replaces=replaces, text=text, turn=turn.record(now)
+        )
 
     def _confirm(self, turn: _Turn) -> None:
         """Before a side effect (a lookup, a code sent, checked or canceled): make sure the
@@ -267,6 +297,8 @@ class FlowEngine:
             node = turn.flow.nodes.get(state.node)
             if node is None:
                 raise FlowError(f"node {state.node!r} is not in flow {turn.flow.name!r}")
+            if not turn.entered or turn.entered[-1] != state.node:
+                turn.entered.append(state.node)
             if isinstance(node, model.IdentifyNode | model.AuthenticateNode):
                 if state.node in acted:
                     raise FlowError(f"node {state.node!r} entered twice in one turn: a loop")
@@ -377,6 +409,7 @@ class FlowEngine:
         return node.open if is_open(node, self.clock()) else node.closed
 
     def _enter_hangup(self, turn: _Turn, node: model.HangupNode) -> None:
+        turn.state.outcome = "hangup"
         turn.say(node.prompt)
         self._flush(turn, turn.response)
         turn.response.hangup()
@@ -392,6 +425,8 @@ class FlowEngine:
             turn.state.flow_revision = served.revision
             return served.flow.start
         self._flush(turn, turn.response)
+        turn.state.outcome = "transfer"
+        turn.effect("transferred", to=phone.masked(node.to_number or ""))
         dial = Dial()
         dial.number(node.to_number)
         turn.response.append(dial)
@@ -400,6 +435,15 @@ class FlowEngine:
     def _enter_agent(self, turn: _Turn, node: model.AgentNode) -> None:
         turn.say(node.prompt)
         self._flush(turn, turn.response)
+        verified = turn.state.verified
+        turn.state.outcome = "agent verified" if verified else "agent unverified"
+        turn.effect(
+            "handed_to_agent",
+            queue=node.queue,
+            dial=bool(node.dial),
+            verified=verified,
+            customer=turn.state.customer_id,
+        )
         context = self._agent_context(turn, node)
         if node.queue is not None:
             if node.workflow_sid:
@@ -488,7 +532,9 @@ class FlowEngine:
             customer = self._find_by_caller(state.caller)
             if customer is not None:
                 self._identified(state, customer, "caller_id")
+                turn.effect("identified", by="caller_id", customer=customer.id)
                 return node.found
+            turn.effect("not_identified", by="caller_id")
         self._gather_for(turn, node, repeat=False)
         return None
 
@@ -501,7 +547,9 @@ class FlowEngine:
             customer = self.customers.by_account(digits) if self.customers else None
             if customer is not None:
                 self._identified(state, customer, "account_number")
+                turn.effect("identified", by="account_number", customer=customer.id)
                 return node.found
+            turn.effect("not_identified", by="account_number")
         if digits:  # silence is simply asked again
             turn.say(node.not_found_prompt)
         return node.not_found if state.count("failures") >= node.tries else STAY
@@ -559,9 +607,13 @@ class FlowEngine:
             except (InvalidRequest, RateLimited, DeliveryFailed) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "scope", None)
                 log.warning("flow %s: no code sent to the phone on file (%s)", state.flow, reason)
+                turn.effect("code_not_sent", reason=str(reason))
                 turn.say(node.unavailable_prompt)
                 return node.failure
             state.here["verification"] = verification.sid
+            turn.effect(
+                "code_sent", channel=channel, to=phone.masked(to), verification=verification.sid
+            )
             state.here["channel"] = channel
             if state.identified_by == "caller_id":  # they hold that phone: its ending helps
                 sent = node.sent_sms_prompt if channel == "sms" else node.sent_call_prompt
@@ -584,10 +636,13 @@ class FlowEngine:
                 outcome = self.verifications.check(code=digits, sid=sid)
             except InvalidRequest:
                 outcome = None  # not a code at all: a wrong try
-            except (NotPending, NotFound, RateLimited):
+            except (NotPending, NotFound, RateLimited) as exc:
+                turn.effect("code_checked", outcome=exc.reason)
                 turn.say(node.failed_prompt)
                 return node.failure
-            if outcome is not None and outcome.status is Status.APPROVED:
+            approved = outcome is not None and outcome.status is Status.APPROVED
+            turn.effect("code_checked", outcome="approved" if approved else "wrong")
+            if approved:
                 state.verified = True
                 state.auth_method = "sms_otp" if state.here.get("channel") == "sms" else "voice_otp"
                 turn.say(node.verified_prompt)
@@ -632,6 +687,20 @@ class FlowEngine:
             turn.response.hangup()
             return None
         return node.no_answer
+
+
+def _journey_keys(node: Any, digits: str | None, dial_status: str | None) -> str:
+    """What the caller did, as the journey shows it: codes and collected digits masked, an
+    account number down to its last two digits."""
+    if dial_status:
+        return f"dial {dial_status}"
+    if not digits:
+        return "(silence)"
+    if isinstance(node, model.AuthenticateNode | model.CollectNode):
+        return "•" * len(digits)
+    if isinstance(node, model.IdentifyNode):
+        return "•" * max(0, len(digits) - 2) + digits[-2:]
+    return digits
 
 
 def _fullmatch(pattern: str, text: str) -> bool:

@@ -60,6 +60,9 @@ class CallState:
     customer_name: str | None = None
     customer_phone: str | None = None  # the phone on file: where codes go
     customer_sms: bool = True  # False when the record says the phone takes no SMS
+    started_at: int = 0  # ms since the epoch, when the call reached us
+    updated_at: int = 0  # ms, the last turn
+    outcome: str = ""  # how the flow's part ended: agent, transfer, hangup, error ("" running)
     identified_by: str | None = None  # caller_id | account_number
     verified: bool = False
     auth_method: str | None = None  # sms_otp | voice_otp
@@ -110,10 +113,12 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-# Save a call's state if nobody else advanced it since it was read.
-# KEYS[1] the call's state hash
+# Save a call's state if nobody else advanced it since it was read, and add the turn to the
+# call's journey in the same step (a replayed request adds nothing).
+# KEYS[1] the call's state hash   KEYS[2] the call's journey (list of JSON turns)
 # ARGV[1] the version the turn started from ("" when creating: the call must have no state yet)
 # ARGV[2] the new version   ARGV[3] the new state JSON   ARGV[4] time to live, ms
+# ARGV[5] the turn as JSON ("" to add none)   ARGV[6] most turns kept
 # Returns 1 when saved, 0 when the call had moved on (or, creating, already had state).
 SAVE_STATE = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -124,8 +129,15 @@ elseif current ~= ARGV[1] then
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'state', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
 return 1
 """
+JOURNEY_CAP = 200  # turns kept per call: far more than any call takes
+RECENT_CALLS_CAP = 1000  # calls listed on the console's Calls page
 
 
 class CallStateStore:
@@ -161,15 +173,53 @@ class CallStateStore:
         return replaced
 
     def save(
-        self, call_sid: str, state: CallState, *, replaces: str, text: str | None = None
+        self,
+        call_sid: str,
+        state: CallState,
+        *,
+        replaces: str,
+        text: str | None = None,
+        turn: dict[str, Any] | None = None,
     ) -> bool:
         """Store `state` (already advanced) if the call is still at version `replaces` (""
-        creates it: only if the call has no state yet). False if it moved on meanwhile."""
-        saved = self._save(
-            keys=[keys.call_state(call_sid)],
-            args=[replaces, state.version, text or state.to_json(), self.ttl_ms],
-        )
+        creates it: only if the call has no state yet), with `turn` added to its journey.
+        False if it moved on meanwhile. A new call also joins the recent calls (same round
+        trip: a pipeline)."""
+        arguments = {
+            "keys": [keys.call_state(call_sid), keys.call_journey(call_sid)],
+            "args": [
+                replaces,
+                state.version,
+                text or state.to_json(),
+                self.ttl_ms,
+                json.dumps(turn, separators=(",", ":")) if turn else "",
+                JOURNEY_CAP,
+            ],
+        }
+        if replaces:
+            return bool(self._save(**arguments))
+        pipe = self.redis.pipeline(transaction=False)
+        self._save(**arguments, client=pipe)
+        pipe.zadd(keys.recent_calls(), {call_sid: turn["at"] if turn else 0})
+        pipe.zremrangebyrank(keys.recent_calls(), 0, -RECENT_CALLS_CAP - 1)
+        pipe.pexpire(keys.recent_calls(), self.ttl_ms)
+        saved, *_ = pipe.execute()
         return bool(saved)
+
+    def journey(self, call_sid: str) -> list[dict[str, Any]]:
+        """The call's turns, oldest first (nodes passed, keys masked, prompts, side effects)."""
+        return [json.loads(raw) for raw in self.redis.lrange(keys.call_journey(call_sid), 0, -1)]
+
+    def recent(self, limit: int = 100) -> list[tuple[str, CallState | None, int]]:
+        """The newest calls: (CallSid, its state or None once expired, start time in ms)."""
+        entries = self.redis.zrevrange(keys.recent_calls(), 0, limit - 1, withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for call_sid, _ in entries:
+            pipe.hget(keys.call_state(call_sid), "state")
+        found = []
+        for (call_sid, started), text in zip(entries, pipe.execute(), strict=True):
+            found.append((call_sid, CallState.from_json(text) if text else None, int(started)))
+        return found
 
     def seal(self, call_sid: str, state: CallState, *, text: str | None = None) -> str | None:
         """`state` encrypted and bound to its call, for a URL; None when it would be too long.

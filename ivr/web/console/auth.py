@@ -1,0 +1,109 @@
+"""Sign-in and sign-out, with attempts limited per user and per address."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Response, make_response, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from ivr.app import services
+from ivr.config import Rate
+from ivr.users import Role
+from ivr.verification.limits import Window
+from ivr.web.console import access, blueprint
+
+# Argon2 makes each guess cost ~50 ms of our CPU; these bound the guesses themselves.
+SIGN_IN_PER_USER = Rate(10, 900)
+SIGN_IN_PER_ADDRESS = Rate(30, 900)
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a console path of ours, never another site."""
+    if target and target.startswith("/console") and not target.startswith("//"):
+        return target
+    return url_for("console.home")
+
+
+@blueprint.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> Any:
+    """The sign-in form (Username, Password, Sign in)."""
+    pre_session = request.cookies.get(access.PRE_SESSION_COOKIE) or access.new_pre_session()
+    error = None
+    status = 200
+    username = ""
+    if request.method == "POST":
+        username = request.form.get("username", "").strip().lower()[:64]
+        password = request.form.get("password", "")[:1024]
+        submitted = request.form.get(access.CSRF_FIELD, "")
+        expected = access.sign_in_csrf_token(pre_session)
+        if not hmac.compare_digest(submitted.encode(), expected.encode()):
+            error, status = "The form was out of date. Please sign in again.", 400
+        else:
+            refusal = services().verifications.limiter.acquire(
+                [
+                    Window("console-sign-in-user", username or "-", SIGN_IN_PER_USER),
+                    Window(
+                        "console-sign-in-address", request.remote_addr or "-", SIGN_IN_PER_ADDRESS
+                    ),
+                ]
+            )
+            if refusal is not None:
+                minutes = max(1, -(-refusal.retry_after_seconds // 60))
+                error = f"Too many sign-in attempts. Try again in {minutes} minute(s)."
+                status = 429
+            else:
+                user = services().users.authenticate(username, password)
+                if user is None:
+                    error, status = "The username or password is not right.", 401
+                else:
+                    session = services().users.open_session(user)
+                    response = redirect(_safe_next(request.args.get("next")))
+                    access.set_session_cookie(response, session)
+                    response.delete_cookie(access.PRE_SESSION_COOKIE, path="/console")
+                    return response
+    elif access.current_session_or_none() is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    body = render_template(
+        "console/sign_in.html",
+        error=error,
+        username=username,
+        sign_in_token=access.sign_in_csrf_token(pre_session),
+        dev_password_file=services().console_admin_password_file,
+    )
+    response = make_response(body, status)
+    response.set_cookie(
+        access.PRE_SESSION_COOKIE,
+        pre_session,
+        max_age=3600,
+        path="/console",
+        httponly=True,
+        secure=access.secure_cookies(),
+        samesite="Lax",
+    )
+    return response
+
+
+@blueprint.post("/sign-out")
+@access.requires(Role.VIEWER)
+def sign_out() -> Response:
+    services().users.close_session(access.current_session().token)
+    response = redirect(url_for("console.sign_in"))
+    access.clear_session_cookie(response)
+    return response
+
+
+@blueprint.get("/")
+@access.requires(Role.VIEWER)
+def home() -> Response:
+    return redirect(url_for("console.flows_list"))
+
+
+@blueprint.errorhandler(HTTPException)
+def console_error(exc: HTTPException) -> Any:
+    """Errors as a page (or JSON for the page scripts), in plain words."""
+    status = exc.code or 500
+    if request.accept_mimetypes.best == "application/json" or request.is_json:
+        return {"error": exc.description or exc.name, "status": status}, status
+    return render_template("console/error.html", status=status, message=exc.description), status

@@ -1,0 +1,214 @@
+"""The console in a real browser: Debian's chromium, headless, driven by Playwright, against the
+app served by gunicorn as `make run` serves it (two workers, the embedded Redis).
+
+Without chromium these tests are skipped with one line saying how to install it; in CI
+(CI=true) a missing browser is a failure. Screenshots of each page go to tests/screenshots/
+(git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "tests" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if CHROMIUM is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(
+            "CI needs Debian's chromium for the browser tests: apt-get install chromium"
+        )
+    pytest.skip(
+        "browser tests skipped: no chromium (install it with: apt-get install chromium)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(base: str, server: subprocess.Popen[bytes], deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"gunicorn exited: {server.stdout.read().decode()}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gunicorn did not start in time")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """The app as `make run` serves it, in a folder of its own, with its flows copied."""
+    from ivr.config import DEFAULT_FLOWS_DIR
+
+    folder = tmp_path_factory.mktemp("console")
+    flows = folder / "flows"
+    shutil.copytree(DEFAULT_FLOWS_DIR, flows)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TWILIO_"))}
+    env |= {
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "INSTANCE_PATH": str(folder / "instance"),
+        "FLOWS_DIR": str(flows),
+        "APP_NAME": "Acme",
+    }
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config"]
+    server = subprocess.Popen(  # noqa: S603
+        [*command, "ivr:create_app()"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, server)
+        password = (folder / "instance" / "console_admin_password").read_text().strip()
+        yield {"base": base, "password": password, "folder": folder}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, served) -> Iterator[Page]:
+    context = browser.new_context(
+        base_url=str(served["base"]), viewport={"width": 1400, "height": 900}
+    )
+    opened = context.new_page()
+    problems: list[str] = []
+    # Script errors and CSP violations fail a test; a 4xx page (a refused form) is expected.
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    yield opened
+    context.close()
+    assert not problems, f"the browser reported errors: {problems}"
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, served: dict[str, object]) -> None:
+    page.goto("/console/flows")
+    expect(page).to_have_url(re.compile(r"/console/sign-in"))
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(str(served["password"]))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Flows")).to_be_visible()
+
+
+def test_sign_in_is_the_only_page_for_a_visitor(page, served):
+    page.goto("/console/flows/default")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    shot(page, "sign-in")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("username or password is not right")
+
+
+def test_the_navigation_names_every_page(page, served):
+    sign_in(page, served)
+    navigation = page.get_by_role("navigation", name="Console")
+    expect(navigation.get_by_role("link", name="Flows")).to_be_visible()
+    shot(page, "flows")
+
+
+def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, served):
+    sign_in(page, served)
+    page.get_by_role("link", name="default", exact=True).click()
+    diagram = page.locator("svg.flow-diagram")
+    expect(diagram).to_be_visible()
+    for node in ("welcome", "main_menu", "identify_caller", "authenticate_caller", "goodbye"):
+        expect(diagram.locator("text", has_text=node).first).to_be_visible()
+    shot(page, "flow-diagram")
+
+    page.get_by_role("link", name="Edit node main_menu (menu)").click()
+    form = page.locator("#node-form")
+    expect(form.get_by_role("heading", name="Node main_menu")).to_be_visible()
+    # A broken change: option 4 with no target is refused, with its reason.
+    form.get_by_label("Key of option 5").select_option("4")
+    form.get_by_role("button", name="Save to draft").click()
+    expect(page.get_by_role("alert")).to_contain_text("every option needs a key and a target")
+    shot(page, "node-form-refused")
+    # The real change: option 4 says goodbye.
+    form = page.locator("#node-form")
+    form.get_by_label("Key of option 5").select_option("4")
+    form.get_by_label("Target of option 5").select_option("goodbye")
+    form.get_by_role("button", name="Save to draft").click()
+    expect(page.get_by_role("status")).to_contain_text("Saved to the draft")
+    expect(page.locator("svg.flow-diagram .edge-label", has_text="4")).to_have_count(1)
+    shot(page, "node-form-saved")
+
+    page.get_by_role("link", name="Changes").click()
+    expect(page.locator("pre.diff .added")).to_contain_text("4: goodbye")
+    page.get_by_role("link", name="Diagram").click()
+    page.get_by_label("Comment").fill("Option 4 ends the call")
+    page.get_by_role("button", name="Publish").click()
+    expect(page.get_by_role("status")).to_contain_text("Version 2 is live")
+    shot(page, "flow-history")
+
+    page.get_by_role("button", name="Roll back to version 1").click()
+    expect(page.get_by_role("status")).to_contain_text("Rolled back: version 3 is live")
+
+
+def test_the_yaml_view_numbers_lines_and_shows_errors_beside_them(page, served):
+    sign_in(page, served)
+    page.goto("/console/flows/default/yaml")
+    text = page.get_by_label("Flow YAML (saved to the draft, checked on every save)")
+    text.fill(text.input_value().replace("start: welcome", "start: welcom"))
+    page.get_by_role("button", name="Save to draft").click()
+    expect(page.get_by_role("note").first).to_contain_text("start 'welcom' is not a node")
+    expect(page.get_by_role("button", name="Publish")).to_have_count(0)
+    shot(page, "flow-yaml")
+    page.get_by_role("button", name="Discard draft").click()
+    expect(page.locator("svg.flow-diagram")).to_be_visible()
