@@ -151,6 +151,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             flash_ttl_seconds=settings.flash_call_ttl_seconds,
         ),
         events=outbox,
+        # The console's simulated calls send here, even with a Twilio account configured.
+        simulated_carrier=SimulatedCarrier(client, code_secrets),
     )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))

@@ -307,6 +307,28 @@ class CustomerDirectory:
         flat = self._find(keys=[keys.customer_phones()], args=[e164, keys.customer_prefix()])
         return _from_record(hash_from_flat(flat)) if flat else None
 
+    def search(self, query: str = "", limit: int = 100) -> list[Customer]:
+        """Customers whose account number, phone or name contains `query` (all, up to `limit`,
+        when it is empty), by account number. Reads the phone index: fine for a directory of
+        tens of thousands; a bigger one belongs in the CRM (CUSTOMER_LOOKUP_URL)."""
+        needle = query.strip().lower()
+        ids = sorted(set(self.redis.hvals(keys.customer_phones())))
+        found: list[Customer] = []
+        for start in range(0, len(ids), 500):
+            pipe = self.redis.pipeline(transaction=False)
+            for customer_id in ids[start : start + 500]:
+                pipe.hgetall(keys.customer(customer_id))
+            for record in pipe.execute():
+                customer = _from_record(record)
+                if customer is None:
+                    continue
+                haystack = f"{customer.id} {customer.phone} {customer.name}".lower()
+                if not needle or needle in haystack:
+                    found.append(customer)
+                    if len(found) >= limit:
+                        return found
+        return found
+
     def import_rows(
         self, rows: list[tuple[int, Customer]], *, dry_run: bool = False
     ) -> ImportResult:

@@ -194,3 +194,9 @@ def console_user_names() -> str:
 def audit_log() -> str:
     """List: JSON audit entries, newest first, capped."""
     return f"{NAMESPACE}:{{audit}}:log"
+
+
+def simulator_call(call_sid: str) -> str:
+    """String: a console simulator's call in progress (who placed it, the question it waits
+    on), JSON; expires after a couple of hours."""
+    return f"{NAMESPACE}:{{sim:{call_sid}}}:call"

@@ -68,6 +68,30 @@ def _next_keys(keys: list[str] | KeySource, transcript: CallTranscript) -> str |
     return keys.pop(0) if keys else None
 
 
+@dataclass
+class Question:
+    """A <Gather> waiting for the caller's keys, and where the document goes on without any."""
+
+    url: str  # the document's URL: the action resolves against it
+    body: str  # the TwiML document, to go on after the Gather when nothing is pressed
+    index: int  # the Gather's place among the document's verbs
+    action: str
+    finish_on_key: str
+    on_empty: bool  # actionOnEmptyResult: silence is posted too
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class Progress:
+    """What one step of an interactive call heard, and what it waits for now (if anything)."""
+
+    events: list[Heard]
+    question: Question | None = None
+    ended_by: str | None = None
+
+
 class PhoneSimulator:
     """Places requests against `app` exactly as Twilio would, signed with `auth_token`."""
 
@@ -132,6 +156,100 @@ class PhoneSimulator:
         self._status(status_callback, base, "completed")
         return transcript
 
+    # -- an interactive call: one step per key press (the console's simulator) ---------------
+
+    def begin(self, url: str, params: dict[str, str]) -> Progress:
+        """Answer a call whose TwiML is at `url`: what is heard up to the first question."""
+        status, body = self.post(url, params)
+        return self._follow(url, status, body, params, 0)
+
+    def press(self, question: Question, params: dict[str, str], keys: str | None) -> Progress:
+        """The caller's `keys` at `question` (None: silence until it times out)."""
+        if keys:
+            digits = keys.removesuffix(question.finish_on_key) if question.finish_on_key else keys
+            action = urljoin(question.url, question.action)
+            status, body = self.post(action, {**params, "Digits": digits})
+            progress = self._follow(action, status, body, params, 0)
+            progress.events.insert(0, Heard("keys", keys))
+            return progress
+        if question.on_empty:
+            action = urljoin(question.url, question.action)
+            status, body = self.post(action, {**params, "Digits": ""})
+            progress = self._follow(action, status, body, params, 0)
+        else:  # Twilio goes on with the verbs after the Gather
+            progress = self._follow(question.url, 200, question.body, params, question.index + 1)
+        progress.events.insert(0, Heard("timeout"))
+        return progress
+
+    def _follow(
+        self, url: str, status: int, body: str, params: dict[str, str], start: int
+    ) -> Progress:
+        events: list[Heard] = []
+        for _ in range(MAX_WEBHOOK_REQUESTS):
+            if status != 200:
+                events.append(Heard("error", f"HTTP {status}: {body[:200]}"))
+                return Progress(events, ended_by="error")
+            try:
+                verbs = list(ET.fromstring(body))  # noqa: S314 - our own app's TwiML
+            except ET.ParseError:
+                events.append(Heard("error", "not TwiML"))
+                return Progress(events, ended_by="error")
+            transcript = CallTranscript("")
+            redirect = None
+            for index, verb in enumerate(verbs[start:], start):
+                tag = verb.tag
+                if tag in ("Say", "Play", "Pause"):
+                    self._hear(verb, transcript)
+                elif tag == "Gather":
+                    for prompt in verb:
+                        self._hear(prompt, transcript)
+                    question = Question(
+                        url,
+                        body,
+                        index,
+                        verb.get("action", ""),
+                        verb.get("finishOnKey", "#"),
+                        verb.get("actionOnEmptyResult") == "true",
+                    )
+                    return Progress(events + transcript.events, question=question)
+                elif tag == "Redirect":
+                    redirect = urljoin(url, (verb.text or "").strip())
+                    break
+                else:
+                    ended = self._ending(verb, transcript)
+                    if ended:
+                        return Progress(events + transcript.events, ended_by=ended)
+            events += transcript.events
+            if redirect is None:
+                return Progress(events, ended_by="hangup")  # the document ran out: Twilio hangs up
+            url, start = redirect, 0
+            status, body = self.post(url, params)
+        events.append(Heard("error", "too many redirects"))
+        return Progress(events, ended_by="loop")
+
+    @staticmethod
+    def _ending(verb: ET.Element, transcript: CallTranscript) -> str | None:
+        """Record a verb that ends our part of the call; its name, or None for other verbs."""
+        tag = verb.tag
+        if tag in ("Hangup", "Reject"):
+            if tag == "Reject":
+                transcript.events.append(Heard("reject", "", dict(verb.attrib)))
+            return tag.lower()
+        if tag in ("Enqueue", "Dial"):
+            attributes = dict(verb.attrib)
+            for child in verb.iter():
+                if child is verb:
+                    continue
+                if child.tag == "Task":
+                    attributes["task"] = (child.text or "").strip()
+                elif child.tag == "Parameter":
+                    attributes[f"parameter:{child.get('name')}"] = child.get("value", "")
+                elif (child.text or "").strip():
+                    attributes[child.tag.lower()] = (child.text or "").strip()
+            transcript.events.append(Heard(tag.lower(), (verb.text or "").strip(), attributes))
+            return tag.lower()
+        return None
+
     def _status(self, callback: str | None, base: dict[str, str], status: str) -> None:
         if callback:
             self.post(callback, {**base, "CallStatus": status})
@@ -170,25 +288,11 @@ class PhoneSimulator:
                     return action, {**base, "Digits": ""}
             elif tag == "Redirect":
                 return urljoin(url, (verb.text or "").strip()), dict(base)
-            elif tag in ("Hangup", "Reject"):
-                transcript.ended_by = tag.lower()
-                if tag == "Reject":
-                    transcript.events.append(Heard("reject", "", dict(verb.attrib)))
-                return None
-            elif tag in ("Enqueue", "Dial"):
-                attributes = dict(verb.attrib)
-                for child in verb.iter():
-                    if child is verb:
-                        continue
-                    if child.tag == "Task":
-                        attributes["task"] = (child.text or "").strip()
-                    elif child.tag == "Parameter":
-                        attributes[f"parameter:{child.get('name')}"] = child.get("value", "")
-                    elif (child.text or "").strip():
-                        attributes[child.tag.lower()] = (child.text or "").strip()
-                transcript.events.append(Heard(tag.lower(), (verb.text or "").strip(), attributes))
-                transcript.ended_by = tag.lower()
-                return None
+            else:
+                ended = self._ending(verb, transcript)
+                if ended:
+                    transcript.ended_by = ended
+                    return None
         return None
 
     @staticmethod

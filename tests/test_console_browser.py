@@ -212,3 +212,46 @@ def test_the_yaml_view_numbers_lines_and_shows_errors_beside_them(page, served):
     shot(page, "flow-yaml")
     page.get_by_role("button", name="Discard draft").click()
     expect(page.locator("svg.flow-diagram")).to_be_visible()
+
+
+def _api(served: dict[str, object], method: str, path: str, body: dict[str, object]) -> int:
+    import json
+
+    token = (Path(str(served["folder"])) / "instance" / "api_token").read_text().strip()
+    request = urllib.request.Request(
+        f"{served['base']}{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status
+
+
+def test_a_simulated_call_reaches_the_agent_verified_with_the_code_from_the_simulated_phone(
+    page, served
+):
+    _api(served, "PUT", "/v1/customers/40001234", {"phone": "+14155550142", "name": "Ana"})
+    sign_in(page, served)
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Simulator").click()
+    page.get_by_label("Flow").select_option("default|live")
+    page.get_by_label("Calling from").fill("+14155550142")
+    page.get_by_role("button", name="Call").click()
+    log = page.get_by_role("log")
+    expect(log).to_contain_text("Thank you for calling Acme")
+    keypad = page.get_by_role("group", name="Keypad")
+    keypad.get_by_role("button", name="1", exact=True).click()  # English
+    expect(log).to_contain_text("For help with your account")
+    keypad.get_by_role("button", name="1", exact=True).click()  # account help
+    expect(log).to_contain_text("we have sent a code by text message")
+    message = page.get_by_label("Messages received")
+    expect(message).to_contain_text("verification code is")
+    code = re.search(r"code is (\d{6})", message.inner_text()).group(1)
+    for digit in code:
+        keypad.get_by_role("button", name=digit, exact=True).click()
+    keypad.get_by_role("button", name="#", exact=True).click()
+    expect(log).to_contain_text("you are verified")
+    expect(log).to_contain_text("Handed to the agent queue support")
+    expect(page.locator("#sim-status")).to_contain_text("caller verified")
+    expect(page.get_by_role("button", name="Hang up")).to_be_disabled()
+    shot(page, "simulator")

@@ -603,6 +603,7 @@ class FlowEngine:
                     # own: never a re-send of (or a check against) an app's verification.
                     client_id=f"ivr-caller:{state.caller or 'withheld'}",
                     scope=f"call:{turn.call_sid}",
+                    simulated=state.simulated,
                 )
             except (InvalidRequest, RateLimited, DeliveryFailed) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "scope", None)

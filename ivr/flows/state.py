@@ -148,6 +148,7 @@ class CallStateStore:
         self.ttl_ms = ttl_seconds * 1000
         self._save = client.register_script(SAVE_STATE)
         self._seal = AESGCM(derive_key(secret_key, "call-state-seal"))
+        self._trial_seal = AESGCM(derive_key(secret_key, "simulator-trial"))
 
     def load(self, call_sid: str) -> CallState | None:
         version, text = self.redis.hmget(keys.call_state(call_sid), "version", "state")
@@ -241,3 +242,26 @@ class CallStateStore:
             return CallState.from_json(zlib.decompress(packed, _WINDOW_BITS).decode())
         except (InvalidTag, ValueError, TypeError, zlib.error, UnicodeDecodeError):
             return None
+
+    def seal_trial(self, call_sid: str, flow: str, revision: str) -> str:
+        """A token that makes `call_sid` a console simulator's call of `flow` at `revision`:
+        its first webhook's URL carries it. Only the holder of SECRET_KEY can make one, and a
+        real Twilio call never has it."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        plain = json.dumps([flow, revision], separators=(",", ":")).encode()
+        box = self._trial_seal.encrypt(nonce, plain, call_sid.encode())
+        return base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
+
+    def open_trial(self, call_sid: str, token: str) -> tuple[str, str] | None:
+        """(flow, revision) of a simulator's call, or None when `token` does not open."""
+        if not token or len(token) > MAX_SEALED_CHARS:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            plain = self._trial_seal.decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], call_sid.encode()
+            )
+            flow, revision = json.loads(plain)
+        except (InvalidTag, ValueError, TypeError, UnicodeDecodeError):
+            return None
+        return (flow, revision) if isinstance(flow, str) and isinstance(revision, str) else None

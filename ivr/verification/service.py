@@ -203,10 +203,12 @@ class VerificationService:
         sms_origin_domain: str | None = None,
         call_channels: CallChannels | None = None,
         events: EventPublisher | None = None,
+        simulated_carrier: Carrier | None = None,
     ):
         self.store = store
         self.limiter = limiter
         self.carrier = carrier
+        self.simulated_carrier = simulated_carrier
         self.secrets = code_secrets
         self.prompts = prompts
         self.number_policy = number_policy
@@ -230,10 +232,14 @@ class VerificationService:
         country: object = None,
         client_id: str = "anonymous",
         scope: str | None = None,
+        simulated: bool = False,
     ) -> Verification:
         """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one
         (the pending one of `scope` when given: an IVR call's codes are its own). A missed call
         sends nothing: the verification waits for the user's call to `call_to`.
+
+        `simulated`: a console simulator's call asks; the code goes to the simulated carrier
+        whatever carrier is configured, so a trial never reaches a real phone.
 
         Raises InvalidRequest, RateLimited or DeliveryFailed.
         """
@@ -255,7 +261,10 @@ class VerificationService:
         started, code = self._start_with_code(number, channel, chosen_locale, scope)
         sid = started.verification.sid
         try:
-            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code)
+            carrier = self.simulated_carrier if simulated else self.carrier
+            if carrier is None:
+                raise CarrierError("rejected", "no simulated carrier for a simulated call")
+            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code, carrier)
         except CarrierError as exc:
             log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
             status = self.store.settle_send(
@@ -406,13 +415,15 @@ class VerificationService:
                 f"try again in {refusal.retry_after_seconds} s",
             )
 
-    def _deliver(self, sid: str, to: str, channel: Channel, locale: str, code: str) -> Receipt:
+    def _deliver(
+        self, sid: str, to: str, channel: Channel, locale: str, code: str, carrier: Carrier
+    ) -> Receipt:
         if channel is Channel.FLASH_CALL:
             # Rings briefly from the pool number whose last digits are the code; hangs up if
             # answered. The caller ID is the code: nothing else about it is sent.
             from_ = self._flash_number_for(code)
             assert from_ is not None  # _start_with_code made sure
-            return self.carrier.place_call(
+            return carrier.place_call(
                 to=to,
                 from_=from_,
                 url=self.urls.flash_call_answer(),
@@ -422,7 +433,7 @@ class VerificationService:
         if channel is Channel.CALL:
             # The call's URL holds only the sid and the language: the code is fetched, sealed,
             # when the callee presses a key.
-            return self.carrier.place_call(
+            return carrier.place_call(
                 to=to,
                 from_=self.caller_id,
                 url=self.urls.call_answer(sid, locale),
@@ -431,7 +442,7 @@ class VerificationService:
         body = self.prompts.text(locale, "otp.sms.body", app_name=self.app_name, code=code)
         if self.sms_origin_domain:  # WebOTP: lets the browser offer the code for autofill
             body += f"\n\n@{self.sms_origin_domain} #{code}"
-        return self.carrier.send_sms(
+        return carrier.send_sms(
             to=to, from_=self.caller_id, body=body, status_callback=self.urls.sms_status(sid)
         )
 

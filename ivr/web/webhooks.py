@@ -24,7 +24,7 @@ from werkzeug.datastructures import MultiDict
 
 from ivr import phone
 from ivr.app import services
-from ivr.flows.engine import CallInfo, FlowEngine
+from ivr.flows.engine import CallInfo, FlowEngine, Trial
 from ivr.verification.models import is_call_sid, is_sid
 from ivr.web.errors import twiml
 
@@ -175,12 +175,22 @@ def _say_and_hang_up(locale: str, prompt: str) -> Response:
 # -- the inbound number: the IVR flows ---------------------------------------------------------
 
 
+SIMULATOR_PARAMETER = "sim"
+
+
 def _call_info() -> CallInfo | None:
-    """The call this request is about, or None when Twilio's CallSid is missing or garbage."""
+    """The call this request is about, or None when Twilio's CallSid is missing or garbage. A
+    console simulator's call says so with a sealed token in its first URL (see simulate)."""
     call_sid = _field("CallSid")
     if not is_call_sid(call_sid):
         return None
-    return CallInfo(call_sid, _field("From"), _field("To"), caller_country())
+    trial = None
+    token = request.args.get(SIMULATOR_PARAMETER)
+    if token:
+        opened = services().flows.states.open_trial(call_sid, token)
+        if opened is not None:
+            trial = Trial(*opened)
+    return CallInfo(call_sid, _field("From"), _field("To"), caller_country(), trial)
 
 
 def _flow_turn(run: Callable[[FlowEngine, CallInfo], VoiceResponse]) -> Response:

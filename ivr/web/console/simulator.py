@@ -1,0 +1,197 @@
+"""The simulator: a phone keypad in the page that calls a flow (live or draft) through the same
+signed webhooks Twilio calls, one key press at a time.
+
+A simulated call's first URL carries a sealed token (only we can make one), so the engine runs
+the chosen flow version and sends every code to the simulated carrier, never a real phone,
+whatever carrier is configured. The simulated phone beside the keypad shows what the caller's
+phone (or the customer's phone on file) received.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from flask import abort, current_app, render_template, request
+
+from ivr import keys, phone
+from ivr.app import services
+from ivr.flows.library import PublishedFlows
+from ivr.simulator import Progress, Question
+from ivr.telephony import SimulatedCarrier
+from ivr.users import Role
+from ivr.web.console import access, blueprint
+from ivr.web.webhooks import SIMULATOR_PARAMETER
+
+SIMULATED_CALL_TTL_SECONDS = 2 * 3600
+_MAX_KEYS = 32
+
+
+def _simulated_phone() -> Any:
+    """A PhoneSimulator signing as Twilio does (the webhooks cannot tell it from Twilio)."""
+    from ivr.simulator import PhoneSimulator
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return PhoneSimulator(app, services().secrets.webhook_auth_token)
+
+
+def _carrier() -> SimulatedCarrier:
+    carrier = services().verifications.simulated_carrier
+    assert isinstance(carrier, SimulatedCarrier)  # the factory always makes one
+    return carrier
+
+
+@blueprint.get("/simulator")
+@access.requires(Role.VIEWER)
+def simulator() -> str:
+    library = services().flows.library
+    flows = sorted(library.flows)
+    drafts = sorted(library.versions.drafts()) if isinstance(library, PublishedFlows) else []
+    customers = services().customers.search("", limit=200)
+    return render_template(
+        "console/simulator.html",
+        flows=flows,
+        drafts=drafts,
+        customers=customers,
+        chosen=request.args.get("flow", "default"),
+    )
+
+
+def _save(call_sid: str, record: dict[str, Any]) -> None:
+    services().redis.set(
+        keys.simulator_call(call_sid), json.dumps(record), ex=SIMULATED_CALL_TTL_SECONDS
+    )
+
+
+def _load(call_sid: str) -> dict[str, Any]:
+    if not call_sid.startswith("CA") or len(call_sid) != 34:
+        abort(404, description="no such simulated call")
+    raw = services().redis.get(keys.simulator_call(call_sid))
+    record = json.loads(raw) if raw else None
+    if record is None or record["owner"] != access.current_session().user:
+        abort(404, description="no such simulated call (it may have ended)")
+    return record
+
+
+def _answer(call_sid: str, record: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The page's view of the call after a step, saved for the next one."""
+    record["question"] = progress.question.to_dict() if progress.question else None
+    record["ended_by"] = progress.ended_by
+    _save(call_sid, record)
+    state = services().flows.states.load(call_sid)
+    return {
+        "call_sid": call_sid,
+        "events": [event.to_dict() for event in progress.events],
+        "waiting": (
+            {"finish_on_key": progress.question.finish_on_key} if progress.question else None
+        ),
+        "ended_by": progress.ended_by,
+        "node": state.node if state else None,
+        "verified": state.verified if state else False,
+        "customer_id": state.customer_id if state else None,
+    }
+
+
+@blueprint.post("/simulator/calls")
+@access.requires(Role.VIEWER)
+def simulator_call() -> Any:
+    """Place a simulated call: {flow, version: "live" | "draft", caller}."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        abort(400, description="send a JSON object: flow, version, caller")
+    flow_name = str(data.get("flow") or "")
+    library = services().flows.library
+    if not isinstance(library, PublishedFlows):
+        abort(503, description="flows are served from files only (no Redis)")
+    if flow_name not in library.flows and library.versions.draft(flow_name) is None:
+        abort(404, description=f"no flow {flow_name!r}")
+    revision = ""
+    if data.get("version") == "draft":
+        draft = library.versions.draft(flow_name)
+        if draft is None:
+            abort(404, description=f"flow {flow_name!r} has no draft")
+        loaded, problems = library.check(flow_name, draft.text)
+        if loaded is None:
+            errors = "; ".join(p.message for p in problems if p.severity == "error")
+            abort(422, description=f"the draft does not pass the checks: {errors}")
+        revision = "trial:" + library.versions.save_trial(draft.text)
+    try:
+        caller = phone.parse(data.get("caller"), None).e164
+    except phone.NumberRefused as exc:
+        abort(400, description=f"caller: {exc.detail}")
+    served = library.served(flow_name, revision)
+    if served is None:
+        abort(404, description=f"no flow {flow_name!r}")
+    called = served.flow.numbers[0] if served.flow.numbers else services().verifications.caller_id
+    call_sid = "CA" + secrets.token_hex(16)
+    token = services().flows.states.seal_trial(call_sid, flow_name, revision)
+    params = {
+        "CallSid": call_sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": caller,
+        "To": called,
+        "Direction": "inbound",
+        "CallStatus": "in-progress",
+    }
+    record = {"owner": access.current_session().user, "params": params, "caller": caller}
+    url = f"{services().base_url}/voice/incoming?{SIMULATOR_PARAMETER}={token}"
+    progress = _simulated_phone().begin(url, params)
+    return _answer(call_sid, record, progress), 201
+
+
+@blueprint.post("/simulator/calls/<call_sid>/keys")
+@access.requires(Role.VIEWER)
+def simulator_keys(call_sid: str) -> Any:
+    """The caller pressed {keys} (or, with keys null, stayed silent until the timeout)."""
+    record = _load(call_sid)
+    question = record.get("question")
+    if question is None:
+        abort(409, description="the call is not waiting for keys")
+    data = request.get_json(silent=True) or {}
+    pressed = data.get("keys")
+    if pressed is not None and (
+        not isinstance(pressed, str)
+        or len(pressed) > _MAX_KEYS
+        or any(k not in "0123456789*#" for k in pressed)
+    ):
+        abort(400, description="keys are up to 32 of 0-9, * and #")
+    progress = _simulated_phone().press(Question(**question), record["params"], pressed or None)
+    return _answer(call_sid, record, progress)
+
+
+@blueprint.post("/simulator/calls/<call_sid>/hangup")
+@access.requires(Role.VIEWER)
+def simulator_hangup(call_sid: str) -> Any:
+    record = _load(call_sid)
+    record["question"], record["ended_by"] = None, "caller hung up"
+    _save(call_sid, record)
+    return {"call_sid": call_sid, "ended_by": "caller hung up", "events": []}
+
+
+@blueprint.get("/simulator/calls/<call_sid>/phone")
+@access.requires(Role.VIEWER)
+def simulator_phone(call_sid: str) -> Any:
+    """What the simulated phone(s) of this call received: the caller's, and the customer's
+    phone on file once the caller is identified."""
+    record = _load(call_sid)
+    state = services().flows.states.load(call_sid)
+    numbers = {record["caller"]}
+    if state is not None and state.customer_phone:
+        numbers.add(state.customer_phone)
+    messages = [
+        {
+            "kind": entry["kind"],
+            "to": phone.masked(entry["to"]),
+            "body": entry.get("body"),
+            "sid": entry["sid"],
+            "at": entry.get("created_at"),
+        }
+        for entry in _carrier().outbox(limit=50)
+        if entry["to"] in numbers and entry.get("created_at", 0) >= _started_ms(state)
+    ]
+    return {"messages": messages}
+
+
+def _started_ms(state: Any) -> int:
+    return int(state.started_at) if state is not None and state.started_at else 0
