@@ -255,3 +255,19 @@ def test_a_simulated_call_reaches_the_agent_verified_with_the_code_from_the_simu
     expect(page.locator("#sim-status")).to_contain_text("caller verified")
     expect(page.get_by_role("button", name="Hang up")).to_be_disabled()
     shot(page, "simulator")
+
+    # The call's journey: every node, the code masked, the code sent and checked.
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Calls").click()
+    expect(page.get_by_role("heading", name="Calls")).to_be_visible()
+    row = page.get_by_role("row").filter(has_text="agent verified").first
+    expect(row).to_contain_text("40001234")
+    shot(page, "calls")
+    row.get_by_role("link").click()
+    steps = page.get_by_role("list", name="Steps of the call")
+    expect(steps).to_contain_text("authenticate_caller")
+    expect(steps).to_contain_text("••••••")
+    expect(steps).to_contain_text("code sent")
+    expect(steps).to_contain_text("outcome: approved")
+    expect(steps).to_contain_text("Ended: agent verified")
+    assert code not in page.content(), "a code never appears in the journey"
+    shot(page, "call-journey")
