@@ -30,6 +30,7 @@ from ivr.users import AuditLog, Users, ensure_development_admin
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
+from ivr.verification.stats import VerificationStats
 from ivr.verification.store import VerificationStore
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -153,6 +154,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         events=outbox,
         # The console's simulated calls send here, even with a Twilio account configured.
         simulated_carrier=SimulatedCarrier(client, code_secrets),
+        stats=VerificationStats(client),
     )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))

@@ -200,3 +200,21 @@ def simulator_call(call_sid: str) -> str:
     """String: a console simulator's call in progress (who placed it, the question it waits
     on), JSON; expires after a couple of hours."""
     return f"{NAMESPACE}:{{sim:{call_sid}}}:call"
+
+
+# -- verification statistics (see ivr.verification.stats): one slot per time bucket ----------
+
+
+def stats_minute(minute: int) -> str:
+    """Hash: counters of one minute (started|call|US → n…); kept 25 hours."""
+    return f"{NAMESPACE}:{{stats:m:{minute}}}:verifications"
+
+
+def stats_hour(hour: int) -> str:
+    """Hash: counters of one hour; kept 8 days."""
+    return f"{NAMESPACE}:{{stats:h:{hour}}}:verifications"
+
+
+def recent_verifications() -> str:
+    """Sorted set: verification sid → when it started (ms), capped, for the console's table."""
+    return f"{NAMESPACE}:{{recent}}:verifications"

@@ -271,3 +271,12 @@ def test_a_simulated_call_reaches_the_agent_verified_with_the_code_from_the_simu
     expect(steps).to_contain_text("Ended: agent verified")
     assert code not in page.content(), "a code never appears in the journey"
     shot(page, "call-journey")
+
+    # The dashboard counts it: started, delivered and approved by SMS in the US.
+    nav = page.get_by_role("navigation", name="Console")
+    nav.get_by_role("link", name="Verifications").click()
+    expect(page.locator("#approved-count")).not_to_have_text("0")
+    recent = page.get_by_role("table", name="Recent verifications")
+    expect(recent.get_by_role("row").filter(has_text="approved").first).to_contain_text("sms")
+    assert code not in page.content(), "never a code on the dashboard"
+    shot(page, "verifications")

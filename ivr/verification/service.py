@@ -17,6 +17,7 @@ from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
 from ivr.verification.limits import SendLimiter, Window
 from ivr.verification.models import Channel, Status, Verification, is_call_sid, is_sid
+from ivr.verification.stats import VerificationStats
 from ivr.verification.store import StartResult, VerificationStore, missed_call_scope
 
 log = logging.getLogger(__name__)
@@ -204,11 +205,13 @@ class VerificationService:
         call_channels: CallChannels | None = None,
         events: EventPublisher | None = None,
         simulated_carrier: Carrier | None = None,
+        stats: VerificationStats | None = None,
     ):
         self.store = store
         self.limiter = limiter
         self.carrier = carrier
         self.simulated_carrier = simulated_carrier
+        self.stats = stats
         self.secrets = code_secrets
         self.prompts = prompts
         self.number_policy = number_policy
@@ -249,17 +252,32 @@ class VerificationService:
             )
         channel = Channel(channel)
         self._require_configured(channel)
-        number = self.accept_number(to, country, channel)
+        try:
+            number = self.accept_number(to, country, channel)
+        except InvalidRequest as exc:
+            if exc.field == "to" and self.stats is not None:
+                self.stats.failed(channel, "??", "number_refused")
+            raise
         try:
             chosen_locale = self.prompts.resolve_locale(locale, number.country)
         except UnknownLocale as exc:
             raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
-        self._count_send(number, client_id)
+        try:
+            self._count_send(number, client_id)
+        except RateLimited:
+            if self.stats is not None:
+                self.stats.failed(channel, number.country or "??", "rate_limited")
+            raise
         if channel is Channel.MISSED_CALL:
-            return self._await_missed_call(number, chosen_locale)
+            waiting = self._await_missed_call(number, chosen_locale)
+            if self.stats is not None:
+                self.stats.started(channel, number.country or "??", waiting.sid)
+            return waiting
 
         started, code = self._start_with_code(number, channel, chosen_locale, scope)
         sid = started.verification.sid
+        if started.created and self.stats is not None:
+            self.stats.started(channel, number.country or "??", sid)
         try:
             carrier = self.simulated_carrier if simulated else self.carrier
             if carrier is None:
@@ -276,10 +294,14 @@ class VerificationService:
             failed = self.store.get(sid)
             if status is Status.FAILED and failed is not None:
                 self._announce(failed)
+            if self.stats is not None:
+                self.stats.failed(channel, number.country or "??", "carrier_error")
             raise DeliveryFailed(exc, failed) from None
         self.store.settle_send(
             sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
         )
+        if receipt.status in ("sent", "delivered") and self.stats is not None:
+            self.stats.delivered(channel, number.country or "??")
         return self._require(sid)
 
     def _start_with_code(
@@ -493,6 +515,7 @@ class VerificationService:
         )
         if ended_now:
             self._announce_sid(result.sid)
+            self._count_end(result.sid, result.outcome)
         if result.outcome in ("not_pending", "expired"):
             raise NotPending(result.sid, result.status)
         if result.outcome == "throttled":
@@ -591,6 +614,9 @@ class VerificationService:
         )
         if sid and outcome in ("approved", "expired"):
             self._announce_sid(sid)
+            self._count_end(sid, outcome)
+        elif outcome == "refused" and self.stats is not None:
+            self.stats.failed(Channel.MISSED_CALL, number.country or "??", "caller_id_untrusted")
         return outcome
 
     # -- announcing ends -----------------------------------------------------------------------
@@ -619,6 +645,7 @@ class VerificationService:
             if result is not None and result[0]:
                 ended += 1
                 self._announce_sid(sid)
+                self._count_end(sid, "expired")
             self.store.untrack_expiry(sid)  # ended now, earlier, or gone: off the list
         return ended
 
@@ -632,7 +659,37 @@ class VerificationService:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""
         if not is_sid(sid) or status not in DELIVERY_STATUSES or not provider_sid:
             return False
-        return self.store.record_delivery(sid, provider_sid, status, error[:64])
+        applied = self.store.record_delivery(sid, provider_sid, status, error[:64])
+        # A code call is delivered when answered; an SMS when the carrier says so.
+        if applied and status in ("in-progress", "delivered") and self.stats is not None:
+            verification = self.store.get(sid)
+            if verification is not None:
+                self.stats.delivered(verification.channel, _country(verification.to))
+        return applied
+
+    def _count_end(self, sid: str, outcome: str) -> None:
+        """Count a verification's end on the dashboard: approved (with its time) or failed."""
+        if self.stats is None:
+            return
+        verification = self.store.get(sid)
+        if verification is None:
+            return
+        country = _country(verification.to)
+        if outcome == "approved":
+            ended_at = verification.updated_at or verification.created_at
+            seconds = max(0.0, (ended_at - verification.created_at) / 1000)
+            self.stats.approved(verification.channel, country, seconds)
+        elif outcome == "expired" or verification.status is Status.EXPIRED:
+            self.stats.failed(verification.channel, country, "expired")
+        elif verification.status is Status.MAX_ATTEMPTS_REACHED:
+            self.stats.failed(verification.channel, country, "max_attempts")
+
+
+def _country(e164: str) -> str:
+    try:
+        return phone.parse(e164, None).country or "??"
+    except phone.NumberRefused:
+        return "??"
 
 
 def _parse_number(to: object, country: object) -> phone.PhoneNumber:

@@ -32,7 +32,14 @@ def local_time(ms: int) -> str:
 
 def init_app(app: Flask) -> None:
     """Register the console's blueprints (views are imported for their routes)."""
-    from ivr.web.console import access, auth, calls, flows, simulator  # noqa: F401 - routes
+    from ivr.web.console import (  # noqa: F401 - routes
+        access,
+        auth,
+        calls,
+        flows,
+        simulator,
+        verifications,
+    )
 
     app.register_blueprint(blueprint)
     app.register_blueprint(assets)
