@@ -218,3 +218,12 @@ def stats_hour(hour: int) -> str:
 def recent_verifications() -> str:
     """Sorted set: verification sid → when it started (ms), capped, for the console's table."""
     return f"{NAMESPACE}:{{recent}}:verifications"
+
+
+# -- the console's user management (see ivr.users) ---------------------------------------------
+
+
+def console_users_lock() -> str:
+    """String: a short lock (redis-py's Lock) held while a user is created, deleted or changes
+    role, so the last-admin rule is checked and kept across hosts; beside the names set."""
+    return f"{NAMESPACE}:{{users}}:lock"

@@ -13,6 +13,7 @@ SAMPLE_ARGUMENTS = {
     "node_id": "main_menu",
     "number": "1",
     "call_sid": "CA" + "0" * 32,
+    "customer_id": "40001234",
 }
 ALLOWED = (200, 302, 404)  # 404: allowed, but the sample id names nothing
 

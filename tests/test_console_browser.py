@@ -156,11 +156,54 @@ def test_sign_in_is_the_only_page_for_a_visitor(page, served):
     expect(page.get_by_role("alert")).to_contain_text("username or password is not right")
 
 
+PAGES = ("Flows", "Simulator", "Verifications", "Calls", "Customers", "Prompts", "Users")
+
+
 def test_the_navigation_names_every_page(page, served):
     sign_in(page, served)
     navigation = page.get_by_role("navigation", name="Console")
-    expect(navigation.get_by_role("link", name="Flows")).to_be_visible()
     shot(page, "flows")
+    for name in PAGES:
+        navigation.get_by_role("link", name=name, exact=True).click()
+        expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
+        shot(page, name.lower())
+
+
+def test_an_admin_adds_a_viewer_who_sees_no_users_page(page, served, browser):
+    sign_in(page, served)
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Users").click()
+    page.get_by_label("User name").fill("vera")
+    page.get_by_label("Role", exact=True).select_option("viewer")
+    page.get_by_role("button", name="Add user").click()
+    password = page.locator("code.secret").inner_text()
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.get_by_role("table", name="Audit log")).to_contain_text("user.create")
+    assert password not in page.content(), "never a password in the audit log"
+    viewer = browser.new_context(base_url=str(served["base"])).new_page()
+    viewer.goto("/console/sign-in")
+    viewer.get_by_label("Username").fill("vera")
+    viewer.get_by_label("Password").fill(password)
+    viewer.get_by_role("button", name="Sign in").click()
+    navigation = viewer.get_by_role("navigation", name="Console")
+    expect(navigation.get_by_role("link", name="Flows")).to_be_visible()
+    expect(navigation.get_by_role("link", name="Users")).to_have_count(0)
+    viewer.goto("/console/flows/default?node=main_menu")
+    expect(viewer.get_by_role("button", name="Save to draft")).to_have_count(0)
+    viewer.context.close()
+
+
+def test_a_csv_import_shows_every_bad_row_and_writes_nothing(page, served, tmp_path):
+    sign_in(page, served)
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Customers").click()
+    bad = tmp_path / "customers.csv"
+    bad.write_text("id,phone,name,sms\n1234,+14155550171,Ada,yes\n12,+1415,Bob,maybe\n")
+    page.get_by_label("CSV file").set_input_files(str(bad))
+    page.get_by_role("button", name="Import").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Nothing was imported")
+    expect(alert).to_contain_text("line 3")
+    expect(page.get_by_role("table", name="Customers")).not_to_contain_text("Ada")
+    shot(page, "customers-import-refused")
 
 
 def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, served):

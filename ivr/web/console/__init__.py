@@ -36,8 +36,11 @@ def init_app(app: Flask) -> None:
         access,
         auth,
         calls,
+        customers,
         flows,
+        prompts,
         simulator,
+        users,
         verifications,
     )
 

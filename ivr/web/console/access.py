@@ -28,6 +28,7 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 OPEN_ENDPOINTS = {"console.sign_in"}  # the only page a signed-out visitor may see
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+LARGE_UPLOADS = {"console.import_customers": 2 * 1024 * 1024 + 64 * 1024}  # bytes
 
 # No inline script or style anywhere: the page scripts and the stylesheet are files of ours.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -117,6 +118,9 @@ def _wants_json() -> bool:
 def load_session() -> Response | None:
     """Find the visitor's session; a signed-out visitor sees only the sign-in page. Then, for
     a state change, the CSRF token."""
+    if request.endpoint in LARGE_UPLOADS:  # the app's limit is for webhooks and the API
+        request.max_content_length = LARGE_UPLOADS[request.endpoint]
+        request.max_form_memory_size = LARGE_UPLOADS[request.endpoint]
     token = request.cookies.get(SESSION_COOKIE, "")
     session = services().users.session(token) if token else None
     g.console_session = session
