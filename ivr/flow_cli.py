@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from flask import Flask
 
 from ivr.app import SIMULATED_CALLER_ID
 from ivr.config import ConfigError, Settings, load_settings
-from ivr.flows.library import cross_flow_problems, linter_for
+from ivr.flows.library import PublishedFlows, cross_flow_problems, linter_for
 from ivr.flows.loader import FLOW_SUFFIX, FlowFileError, LoadedFlow, load_flow_file
 from ivr.flows.model import json_schema
 from ivr.flows.problems import Problem, errors
@@ -22,6 +23,7 @@ from ivr.flows.render import as_dot, as_mermaid, as_text_tree
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.simulator import CallTranscript, Heard, PhoneSimulator
 from ivr.telephony import SimulatedCarrier
+from ivr.users import AuditLog
 
 CODE_KEY = "code"  # in --keys: type the one-time code the phone on file just received
 
@@ -118,6 +120,77 @@ def flows_show(name: str, output: str) -> None:
         sys.exit(1)
     render = {"text": as_text_tree, "mermaid": as_mermaid, "dot": as_dot}[output]
     click.echo(render(flow))
+
+
+def _published_flows() -> tuple[PublishedFlows, AuditLog]:
+    """The app's published flows (Redis) and its audit log, for import and export."""
+    from ivr.app import create_app
+
+    quiet = {} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "WARNING"}
+    try:
+        app = create_app(quiet)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    library = app.extensions["ivr"].flows.library
+    if not isinstance(library, PublishedFlows):  # pragma: no cover - the app always has Redis
+        raise click.ClickException("flows are not published in Redis here")
+    return library, app.extensions["ivr"].audit
+
+
+@flows.command("import")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--comment", default="", help="Said in the history of every imported flow.")
+def flows_import(path: Path | None, comment: str) -> None:
+    """Publish flow files (a file, or every *.yaml of a folder; default FLOWS_DIR) as the
+    live versions, after the checks of `ivr flows check`. Nothing is published if any fails."""
+    library, audit = _published_flows()
+    folder = path or settings_or_exit().flows_dir
+    files = _flow_files(folder)
+    if not files:
+        raise click.ClickException(f"{folder}: no flow files (*{FLOW_SUFFIX})")
+    texts = {file.stem: file.read_text(encoding="utf-8") for file in files}
+    found: list[Problem] = []
+    for name, text in texts.items():
+        _, problems = library.check(name, text)
+        found += [p for p in problems if p.severity == "error"]
+    for problem in found:
+        click.echo(str(problem), err=True)
+    if found:
+        click.echo(f"{len(found)} error(s): nothing was published", err=True)
+        sys.exit(1)
+    actor = f"cli:{getpass.getuser()}"
+    for name, text in texts.items():
+        before = library.versions.live(name)
+        if before is not None and before.text == text:
+            click.echo(f"{name}: unchanged (version {before.number})")
+            continue
+        version = library.versions.publish(
+            name, text, author=actor, comment=comment or "ivr flows import", source="cli"
+        )
+        audit.record(
+            actor,
+            "flow.publish",
+            name,
+            before={"version": before.number if before else None},
+            after={"version": version.number, "comment": version.comment},
+        )
+        click.echo(f"{name}: version {version.number} is live")
+
+
+@flows.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def flows_export(directory: Path) -> None:
+    """Write every flow's live version to DIRECTORY/<name>.yaml (for teams that keep their
+    flows in git); a file written this way is not imported again."""
+    library, _ = _published_flows()
+    directory.mkdir(parents=True, exist_ok=True)
+    live = library.versions.live_versions()
+    for name, version in sorted(live.items()):
+        (directory / f"{name}{FLOW_SUFFIX}").write_text(version.text, encoding="utf-8")
+        click.echo(f"{name}: version {version.number} → {directory / (name + FLOW_SUFFIX)}")
+    if not live:
+        click.echo("no flow is published", err=True)
 
 
 @flows.command("schema")

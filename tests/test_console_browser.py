@@ -132,9 +132,20 @@ def page(browser, served) -> Iterator[Page]:
     assert not problems, f"the browser reported errors: {problems}"
 
 
+DOC_SHOTS = {"flow-diagram", "node-form-saved", "simulator", "call-journey", "verifications"}
+
+
 def shot(page: Page, name: str) -> None:
+    """A full-page screenshot under tests/screenshots/; with IVR_DOC_SCREENSHOTS=1, the main
+    pages also as small PNGs under docs/console/ for the README."""
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    if os.environ.get("IVR_DOC_SCREENSHOTS") == "1" and name in DOC_SHOTS:
+        folder = REPO / "docs" / "console"
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(folder / f"{name}.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 820}
+        )
 
 
 def sign_in(page: Page, served: dict[str, object]) -> None:

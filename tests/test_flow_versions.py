@@ -144,3 +144,34 @@ def test_a_trial_is_frozen_and_expires(redis_client):
 def test_the_files_serve_while_redis_is_away(make_app, team_flows):
     app = make_app(flows_dir=str(team_flows), redis_url="redis://127.0.0.1:1/0")
     assert app.extensions["ivr"].flows.library.get("default").start == "welcome"
+
+
+def test_flows_import_publishes_checked_files_and_export_writes_them_back(
+    make_app, team_flows, redis_client, redis_url, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from ivr.cli import main
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
+    monkeypatch.setenv("FLOWS_DIR", str(team_flows))
+    make_app(flows_dir=str(team_flows))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    text = (team_flows / "default.yaml").read_text(encoding="utf-8")
+    (edited / "default.yaml").write_text(text.replace("start: welcome", "start: main_menu"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["flows", "import", str(edited), "--comment", "skip welcome"])
+    assert result.exit_code == 0, result.output
+    assert "default: version 2 is live" in result.output
+    versions = DocumentVersions(redis_client, "flows")
+    assert versions.live("default").comment == "skip welcome"
+    assert versions.live("default").author.startswith("cli:")
+    (edited / "default.yaml").write_text(text.replace("start: welcome", "start: nowhere"))
+    refused = runner.invoke(main, ["flows", "import", str(edited)])
+    assert refused.exit_code == 1
+    assert "nothing was published" in refused.output
+    out = tmp_path / "export"
+    assert runner.invoke(main, ["flows", "export", str(out)]).exit_code == 0
+    assert "start: main_menu" in (out / "default.yaml").read_text(encoding="utf-8")
