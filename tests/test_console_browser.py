@@ -243,6 +243,11 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     expect(page.locator("svg.flow-diagram .edge-label", has_text="4")).to_have_count(1)
     shot(page, "node-form-saved")
 
+    # The draft can be tried before it is published; the live flow does not have it yet.
+    hear_option_4(page, expect_goodbye=True, version="draft")
+    hear_option_4(page, expect_goodbye=False)
+    page.goto("/console/flows/default")
+
     page.get_by_role("link", name="Changes").click()
     expect(page.locator("pre.diff .added")).to_contain_text("4: goodbye")
     page.get_by_role("link", name="Diagram").click()
@@ -251,8 +256,33 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     expect(page.get_by_role("status")).to_contain_text("Version 2 is live")
     shot(page, "flow-history")
 
+    # Every worker serves it at once: a simulated call (its requests spread over both of
+    # gunicorn's workers) takes the new option.
+    hear_option_4(page, expect_goodbye=True)
+    page.goto("/console/flows/default/history")
+
     page.get_by_role("button", name="Roll back to version 1").click()
     expect(page.get_by_role("status")).to_contain_text("Rolled back: version 3 is live")
+    hear_option_4(page, expect_goodbye=False)
+
+
+def hear_option_4(page: Page, *, expect_goodbye: bool, version: str = "live") -> None:
+    """Call the default flow (live or draft) in the simulator; press 1 (English), then 4."""
+    page.goto("/console/simulator")
+    page.get_by_label("Flow").select_option(f"default|{version}")
+    page.get_by_role("button", name="Call").click()
+    log = page.get_by_role("log")
+    keypad = page.get_by_role("group", name="Keypad")
+    expect(log).to_contain_text("Thank you for calling Acme")
+    keypad.get_by_role("button", name="1", exact=True).click()
+    expect(log).to_contain_text("For help with your account")
+    keypad.get_by_role("button", name="4", exact=True).click()
+    if expect_goodbye:
+        expect(log).to_contain_text("Thank you for calling. Goodbye.")
+        expect(page.locator("#sim-status")).to_contain_text("Call ended: hangup")
+    else:
+        expect(log).to_contain_text("Sorry, that is not one of the options")
+        page.get_by_role("button", name="Hang up").click()
 
 
 def test_the_yaml_view_numbers_lines_and_shows_errors_beside_them(page, served):
