@@ -23,6 +23,7 @@ from ivr.events import EventDispatcher, EventOutbox
 from ivr.flows.engine import FlowEngine
 from ivr.flows.library import open_library
 from ivr.flows.state import CallStateStore
+from ivr.flows.versions import DocumentVersions
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
@@ -113,7 +114,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     base_url = settings.public_base_url or f"http://localhost:{settings.port}"
     prompts = load_catalogs(
-        settings.voice_prompts_dir, settings.default_locale, f"{base_url}/prompts/audio"
+        settings.voice_prompts_dir,
+        settings.default_locale,
+        f"{base_url}/prompts/audio",
+        published=DocumentVersions(client, "prompts"),
     )
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)

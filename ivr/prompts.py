@@ -16,11 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import redis
 import yaml
 from twilio.twiml import TwiML
+
+if TYPE_CHECKING:
+    from ivr.flows.versions import DocumentVersions
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,18 @@ COUNTRY_LANGUAGES = {
 }
 
 
-def load_catalogs(directory: Path, default_locale: str, audio_base_url: str = "") -> PromptCatalogs:
-    """The catalogs the app serves; a ConfigError (one line, naming the settings) if unusable."""
+def load_catalogs(
+    directory: Path,
+    default_locale: str,
+    audio_base_url: str = "",
+    published: DocumentVersions | None = None,
+) -> PromptCatalogs:
+    """The catalogs the app serves; a ConfigError (one line, naming the settings) if unusable.
+    With `published`, the live versions in Redis (seeded from the files) serve."""
     from ivr.config import ConfigError
 
     try:
-        return PromptCatalogs(directory, default_locale, audio_base_url)
+        return PromptCatalogs(directory, default_locale, audio_base_url, published=published)
     except CatalogError as exc:
         raise ConfigError([f"VOICE_PROMPTS_DIR / DEFAULT_LOCALE: {exc}"]) from None
 
@@ -96,6 +106,10 @@ class PromptCatalogs:
     per second), so a team's new prompt or recording is live without a restart. Catalogs that
     no longer load are refused, logged loudly, and the last good ones keep serving. `version`
     goes up on every reload, for whoever keeps renderings or lint results derived from them.
+
+    With `published` (the app's case), the texts that serve are the live versions in Redis,
+    published from the console; a catalog file whose text changed is imported as a new version
+    (once, by whichever worker sees it first), and each worker polls the publish generation.
     """
 
     def __init__(
@@ -105,8 +119,11 @@ class PromptCatalogs:
         audio_base_url: str = "",
         *,
         clock: Callable[[], float] = time.monotonic,
+        published: DocumentVersions | None = None,
     ):
         self.directory = Path(directory)
+        self.published = published
+        self._generation: int | None = None
         self.default_locale = default_locale
         self.audio_base_url = audio_base_url.rstrip("/")
         self.version = 0
@@ -118,6 +135,8 @@ class PromptCatalogs:
 
     def _load_checked(self) -> dict[str, LocaleCatalog]:
         catalogs = {c.locale: c for c in self._load_all()}
+        if self.published is not None:
+            catalogs = self._published_over(catalogs)
         if self.default_locale not in catalogs:
             raise CatalogError(
                 f"no catalog for the default locale {self.default_locale} in {self.directory}"
@@ -136,18 +155,49 @@ class PromptCatalogs:
             marks.append((str(path), stat.st_mtime_ns, stat.st_size))
         return tuple(marks)
 
-    def refresh(self) -> bool:
+    def _published_over(self, files: dict[str, LocaleCatalog]) -> dict[str, LocaleCatalog]:
+        """Import the catalog files (each text once), then the live versions from Redis; the
+        files alone while Redis does not answer."""
+        assert self.published is not None
+        try:
+            for path in sorted(self.directory.glob("*.yaml")):
+                self.published.import_file(
+                    path.stem, path.read_text(encoding="utf-8"), author=f"file:{path.name}"
+                )
+            generation = self.published.generation()
+            live = self.published.live_versions()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("prompts: Redis did not answer (%s); the files serve", exc)
+            return files
+        catalogs = dict(files)
+        for locale, version in live.items():
+            try:
+                catalogs[locale] = self.parse(version.text, locale, f"{locale}@{version.number}")
+            except CatalogError as exc:
+                log.error("prompts: version %s of %s REFUSED: %s", version.number, locale, exc)
+        self._generation = generation
+        return catalogs
+
+    def _published_moved(self) -> bool:
+        if self.published is None:
+            return False
+        try:
+            return self.published.generation() != self._generation
+        except redis.RedisError:
+            return False
+
+    def refresh(self, *, force: bool = False) -> bool:
         """Reload if anything changed since the last look (at most one look per second);
         True when new catalogs are now serving."""
         now = self._clock()
-        if now - self._checked_at < RELOAD_INTERVAL_SECONDS:
+        if not force and now - self._checked_at < RELOAD_INTERVAL_SECONDS:
             return False
         with self._lock:
-            if now - self._checked_at < RELOAD_INTERVAL_SECONDS:
+            if not force and now - self._checked_at < RELOAD_INTERVAL_SECONDS:
                 return False
             self._checked_at = now
             signature = self._files_signature()
-            if signature == self._signature:
+            if signature == self._signature and not self._published_moved():
                 return False
             self._signature = signature
             try:
@@ -168,14 +218,23 @@ class PromptCatalogs:
 
     def _load(self, path: Path) -> LocaleCatalog:
         try:
-            data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise CatalogError(f"{path}: not readable YAML ({exc})") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CatalogError(f"{path}: not readable ({exc})") from None
+        return self.parse(text, path.stem, str(path))
+
+    def parse(self, text: str, name: str, source: str) -> LocaleCatalog:
+        """A catalog's YAML text (a file, or a version published in Redis) for locale `name`;
+        CatalogError naming `source` when it cannot serve."""
+        try:
+            data: Any = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CatalogError(f"{source}: not readable YAML ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict):
-            raise CatalogError(f"{path}: expected keys locale, voice, language and prompts")
-        locale = data.get("locale") or path.stem
-        if locale != path.stem:
-            raise CatalogError(f"{path}: locale {locale!r} does not match the file name")
+            raise CatalogError(f"{source}: expected keys locale, voice, language and prompts")
+        locale = data.get("locale") or name
+        if locale != name:
+            raise CatalogError(f"{source}: locale {locale!r} does not match the file name")
         prompts = {str(k): str(v).strip() for k, v in data["prompts"].items() if v is not None}
         audio_dir = self.directory / "audio" / locale
         audio = {}

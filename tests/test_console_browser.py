@@ -364,3 +364,25 @@ def test_a_simulated_call_reaches_the_agent_verified_with_the_code_from_the_simu
     expect(recent.get_by_role("row").filter(has_text="approved").first).to_contain_text("sms")
     assert code not in page.content(), "never a code on the dashboard"
     shot(page, "verifications")
+
+
+def test_a_prompt_is_edited_drafted_published_and_heard(page, served):
+    sign_in(page, served)
+    page.goto("/console/prompts")
+    page.get_by_role("link", name="Edit flow.welcome in en-US").click()
+    page.get_by_label("Text of flow.welcome in en-US").fill("Welcome to {app_name}, {nobody}.")
+    page.get_by_role("button", name="Save to draft").click()
+    expect(page.get_by_role("alert")).to_contain_text("unknown variable(s) nobody")
+    page.get_by_role("link", name="Edit flow.welcome in en-US").click()
+    page.get_by_label("Text of flow.welcome in en-US").fill("Welcome to {app_name} banking.")
+    page.get_by_role("button", name="Save to draft").click()
+    expect(page.get_by_role("status")).to_contain_text("saved to the draft")
+    expect(page.get_by_role("region", name="Draft of en-US")).to_be_visible()
+    page.get_by_role("button", name="Publish the en-US prompts").click()
+    expect(page.get_by_role("status")).to_contain_text("are live")
+    shot(page, "prompts-published")
+    page.goto("/console/simulator")
+    page.get_by_label("Flow").select_option("default|live")
+    page.get_by_role("button", name="Call").click()
+    expect(page.get_by_role("log")).to_contain_text("Welcome to Acme banking.")
+    page.get_by_role("button", name="Hang up").click()
