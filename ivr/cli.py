@@ -19,6 +19,7 @@ from flask import Flask
 from ivr.config import ConfigError, Settings, redact_url
 from ivr.flow_cli import flows, settings_or_exit, simulate
 from ivr.prompts import PromptCatalogs, load_catalogs
+from ivr.users_cli import users
 
 _SECRET_FIELDS = {
     "twilio_auth_token",
@@ -325,3 +326,4 @@ def customers_show(customer_id: str) -> None:
 # The call-center team's tools live with the flows they serve (ivr/flow_cli.py).
 main.add_command(flows)
 main.add_command(simulate)
+main.add_command(users)

@@ -116,7 +116,7 @@ return 1
 # KEYS[1] the user's hash  KEYS[2] the user's session index
 # ARGV[1] the new hash  ARGV[2] now (ms)
 # Returns how many sessions ended, or -1 when there is no such user.
-SET_PASSWORD = """
+CHANGE_HASH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'password_changed_at', ARGV[2])
 local sessions = redis.call('SMEMBERS', KEYS[2])
@@ -185,7 +185,10 @@ return 1
 FIND_SESSION = """
 local s = redis.call('HMGET', KEYS[1], 'user', 'csrf', 'created_at', 'expires_at', 'seen_at',
                      'user_created_at', 'password_changed_at')
-if not s[1] then return false end
+if not s[1] then
+  redis.call('SREM', KEYS[3], KEYS[1])
+  return false
+end
 local u = redis.call('HMGET', KEYS[2], 'role', 'created_at', 'password_changed_at')
 local now = tonumber(ARGV[1])
 if not u[1] or u[2] ~= s[6] or u[3] ~= s[7] or now >= tonumber(s[4])
@@ -206,7 +209,8 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _valid_name(name: object) -> str:
+def valid_name(name: object) -> str:
+    """`name` as stored (lower case), or UserError invalid_name."""
     folded = name.strip().lower() if isinstance(name, str) else ""
     if not NAME_PATTERN.fullmatch(folded):
         raise UserError(
@@ -259,7 +263,7 @@ class Users:
         self._clock = clock_ms
         self._create = client.register_script(CREATE_USER)
         self._set_role = client.register_script(SET_ROLE)
-        self._set_password = client.register_script(SET_PASSWORD)
+        self._change_hash = client.register_script(CHANGE_HASH)
         self._rehash = client.register_script(REHASH)
         self._delete = client.register_script(DELETE_USER)
         self._end_sessions = client.register_script(END_SESSIONS)
@@ -271,7 +275,7 @@ class Users:
 
     def create(self, name: str, role: Role | str, password: str) -> User:
         """A new user; UserError (name_taken…) if refused."""
-        name, role = _valid_name(name), _valid_role(role)
+        name, role = valid_name(name), _valid_role(role)
         digest = self.hasher.hash(_valid_password(password))
         now = self._clock()
         with self._changing_users():
@@ -285,7 +289,7 @@ class Users:
     def get(self, name: str) -> User | None:
         """The user called `name` (any case), or None."""
         try:
-            name = _valid_name(name)
+            name = valid_name(name)
         except UserError:
             return None
         return self._user(self.redis.hgetall(keys.console_user(name)))
@@ -326,10 +330,10 @@ class Users:
 
     def set_password(self, name: str, password: str) -> User:
         """Give a user a new password, ending every session of theirs."""
-        name = _valid_name(name)
+        name = valid_name(name)
         digest = self.hasher.hash(_valid_password(password))
         now = self._clock()
-        ended = self._set_password(
+        ended = self._change_hash(
             keys=[keys.console_user(name), keys.console_user_sessions(name)], args=[digest, now]
         )
         user = self.get(name) if ended != -1 else None
@@ -352,7 +356,7 @@ class Users:
         return bool(existed)
 
     def _require(self, name: str) -> User:
-        user = self.get(_valid_name(name))
+        user = self.get(valid_name(name))
         if user is None:
             raise UserError("not_found", f"no user {name.strip().lower()}")
         return user
@@ -385,7 +389,7 @@ class Users:
         parameters than today's is replaced."""
         dummy = self._dummy_hash()  # first, so a process's first sign-in costs the same either way
         try:
-            name = _valid_name(name)
+            name = valid_name(name)
         except UserError:
             name = ""
         record = self.redis.hgetall(keys.console_user(name)) if name else {}
@@ -473,7 +477,7 @@ class Users:
     def close_sessions(self, name: str) -> int:
         """End every session of a user; how many there were."""
         try:
-            name = _valid_name(name)
+            name = valid_name(name)
         except UserError:
             return 0
         return int(self._end_sessions(keys=[keys.console_user_sessions(name)]))
