@@ -120,5 +120,12 @@ def test_every_key_a_flow_leaves_is_named_in_keys_py(api, client, twilio_api, re
     }
     # The app's other keys (flow versions, the dashboard's counters, the console's users) are
     # checked where they are made; here: every key of the verification's own.
-    others = ("ivr:{flows}:", "ivr:{stats:", "ivr:{recent}:", "ivr:{user", "ivr:{users}:")
+    others = (
+        "ivr:{flows}:",
+        "ivr:{prompts}:",
+        "ivr:{stats:",
+        "ivr:{recent}:",
+        "ivr:{user",
+        "ivr:{users}:",
+    )
     assert {k for k in redis_client.scan_iter() if not k.startswith(others)} == named

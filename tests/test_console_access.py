@@ -14,6 +14,8 @@ SAMPLE_ARGUMENTS = {
     "number": "1",
     "call_sid": "CA" + "0" * 32,
     "customer_id": "40001234",
+    "locale": "en-US",
+    "key": "flow.welcome",
 }
 ALLOWED = (200, 302, 404)  # 404: allowed, but the sample id names nothing
 

@@ -252,11 +252,12 @@ class VerificationService:
             )
         channel = Channel(channel)
         self._require_configured(channel)
+        parsed = _parse_number(to, country)
         try:
-            number = self.accept_number(to, country, channel)
-        except InvalidRequest as exc:
-            if exc.field == "to" and self.stats is not None:
-                self.stats.failed(channel, "??", "number_refused")
+            number = self._police(parsed, channel)
+        except InvalidRequest:  # the policy's refusal (not a malformed number) is counted
+            if self.stats is not None:
+                self.stats.failed(channel, parsed.country, "number_refused")
             raise
         try:
             chosen_locale = self.prompts.resolve_locale(locale, number.country)
@@ -297,11 +298,11 @@ class VerificationService:
             if self.stats is not None:
                 self.stats.failed(channel, number.country or "??", "carrier_error")
             raise DeliveryFailed(exc, failed) from None
-        self.store.settle_send(
+        settled = self.store.settle(
             sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
         )
-        if receipt.status in ("sent", "delivered") and self.stats is not None:
-            self.stats.delivered(channel, number.country or "??")
+        if settled.first_delivery and self.stats is not None:  # once per verification
+            self.stats.delivered(channel, number.country)
         return self._require(sid)
 
     def _start_with_code(
@@ -415,7 +416,10 @@ class VerificationService:
 
     def accept_number(self, to: object, country: object, channel: str) -> phone.PhoneNumber:
         """Parse and police a destination; InvalidRequest(field "to" or "country") if refused."""
-        number = _parse_number(to, country)
+        return self._police(_parse_number(to, country), channel)
+
+    def _police(self, number: phone.PhoneNumber, channel: str) -> phone.PhoneNumber:
+        """`number` if the number policy lets us send to it on `channel`, else InvalidRequest."""
         try:
             return self.number_policy.check(number, channel)
         except phone.NumberRefused as exc:
@@ -515,7 +519,7 @@ class VerificationService:
         )
         if ended_now:
             self._announce_sid(result.sid)
-            self._count_end(result.sid, result.outcome)
+            self._count_outcome(result.sid, result.outcome)
         if result.outcome in ("not_pending", "expired"):
             raise NotPending(result.sid, result.status)
         if result.outcome == "throttled":
@@ -546,6 +550,8 @@ class VerificationService:
         verification = self._require(str(sid))
         if ended_now:
             self._announce(verification)
+            if status is Status.EXPIRED and self.stats is not None:  # found past its expiry
+                self.stats.failed(verification.channel, _country(verification.to), "expired")
         if not ended_now or status is not Status.CANCELED:
             raise NotPending(str(sid), status)
         log.info("verification %s: canceled", sid)
@@ -614,7 +620,7 @@ class VerificationService:
         )
         if sid and outcome in ("approved", "expired"):
             self._announce_sid(sid)
-            self._count_end(sid, outcome)
+            self._count_outcome(sid, outcome)
         elif outcome == "refused" and self.stats is not None:
             self.stats.failed(Channel.MISSED_CALL, number.country or "??", "caller_id_untrusted")
         return outcome
@@ -645,7 +651,7 @@ class VerificationService:
             if result is not None and result[0]:
                 ended += 1
                 self._announce_sid(sid)
-                self._count_end(sid, "expired")
+                self._count_outcome(sid, "expired")
             self.store.untrack_expiry(sid)  # ended now, earlier, or gone: off the list
         return ended
 
@@ -659,22 +665,29 @@ class VerificationService:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""
         if not is_sid(sid) or status not in DELIVERY_STATUSES or not provider_sid:
             return False
-        applied = self.store.record_delivery(sid, provider_sid, status, error[:64])
-        # A code call is delivered when answered; an SMS when the carrier says so.
-        if applied and status in ("in-progress", "delivered") and self.stats is not None:
-            verification = self.store.get(sid)
-            if verification is not None:
-                self.stats.delivered(verification.channel, _country(verification.to))
-        return applied
+        update = self.store.record_delivery(sid, provider_sid, status, error[:64])
+        # The store tells the first proof of delivery (an SMS sent or delivered, a call
+        # answered, a flash call ringing): a verification counts as delivered once.
+        if update.first_delivery:
+            self._count_outcome(sid, "delivered")
+        return update.applied
 
-    def _count_end(self, sid: str, outcome: str) -> None:
-        """Count a verification's end on the dashboard: approved (with its time) or failed."""
+    def _count_outcome(self, sid: str, outcome: str) -> None:
+        """Count what became of a verification on the dashboard: delivered, approved (with its
+        time) or failed. Never fails the caller: the verification itself went through."""
         if self.stats is None:
             return
-        verification = self.store.get(sid)
+        try:
+            verification = self.store.get(sid)
+        except Exception:
+            log.warning("verification %s: %s not counted", sid, outcome, exc_info=True)
+            return
         if verification is None:
             return
         country = _country(verification.to)
+        if outcome == "delivered":
+            self.stats.delivered(verification.channel, country)
+            return
         if outcome == "approved":
             ended_at = verification.updated_at or verification.created_at
             seconds = max(0.0, (ended_at - verification.created_at) / 1000)

@@ -95,23 +95,38 @@ local RANK = {requested = 0, accepted = 1, queued = 1, scheduled = 1, initiated 
   ['no-answer'] = 5, canceled = 5, failed = 5, delivered = 5, undelivered = 5, read = 6}
 """
 
+# Whether a carrier status proves the code reached the phone: an SMS sent or delivered, a call
+# answered (in-progress, completed), a flash call ringing (its caller ID is the code). The
+# first proof is noted in the verification (delivered_at), so a verification counts as
+# delivered once, whatever re-sends and repeated callbacks say. Returns 1 the first time.
+_LUA_FIRST_DELIVERY = """
+local PROOF = {sent = true, delivered = true, read = true, ['in-progress'] = true,
+  completed = true}
+local function first_delivery(vkey, channel, status, now_s)
+  if not (PROOF[status] or (channel == 'flash_call' and status == 'ringing')) then return 0 end
+  return redis.call('HSETNX', vkey, 'delivered_at', now_s)
+end
+"""
+
 # Record the carrier's answer to a send: its sid and status, or the error. A status callback
 # that came before this answer (parked by RECORD_DELIVERY) is merged in. The verification fails
 # only when every one of its sends has failed: a concurrent re-send may have got through.
 # KEYS[1] verification hash
 # ARGV[1] slot key prefix  ARGV[2] attempt index  ARGV[3] attempt status  ARGV[4] provider sid
 # ARGV[5] error
-# Returns the verification's status, or false when it is gone.
+# Returns {the verification's status, 1 when the attempt's status (a parked one included) is
+# its first proof of delivery, else 0}, or false when it is gone.
 SETTLE_SEND = (
     _LUA_NOW
     + _LUA_FINISH
     + _LUA_RANK
+    + _LUA_FIRST_DELIVERY
     + """
-local current = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'attempts')
+local current = redis.call('HMGET', KEYS[1], 'sid', 'to', 'status', 'attempts', 'channel')
 if not current[1] then return false end
 local attempts = cjson.decode(current[4])
 local attempt = attempts[tonumber(ARGV[2]) + 1]
-if not attempt then return current[3] end
+if not attempt then return {current[3], 0} end
 attempt.status = ARGV[3]
 attempt.updated_at = now
 if ARGV[5] ~= '' then attempt.error = ARGV[5] end
@@ -130,12 +145,12 @@ end
 redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
 if ARGV[3] == 'failed' and current[3] == 'pending' then
   for _, other in ipairs(attempts) do
-    if other.status ~= 'failed' then return current[3] end
+    if other.status ~= 'failed' then return {current[3], 0} end
   end
   finish(ARGV[1], KEYS[1], current[1], current[2], 'failed', now_s)
-  return 'failed'
+  return {'failed', 0}
 end
-return current[3]
+return {current[3], first_delivery(KEYS[1], current[5], attempt.status, now_s)}
 """
 )
 
@@ -143,29 +158,33 @@ return current[3]
 # A callback for a sid not recorded yet (it beat our own settle_send) is parked in the hash.
 # KEYS[1] verification hash
 # ARGV[1] provider sid  ARGV[2] new status  ARGV[3] error code ('' if none)
-# Returns 1 when an attempt was updated, 2 when parked, 0 when stale or the hash is gone.
+# Returns {1 when an attempt was updated, 2 when parked, 0 when stale or the hash is gone;
+# 1 when the status (parked or not) is the verification's first proof of delivery, else 0}.
 RECORD_DELIVERY = (
     _LUA_NOW
     + _LUA_RANK
+    + _LUA_FIRST_DELIVERY
     + """
-local encoded = redis.call('HGET', KEYS[1], 'attempts')
-if not encoded then return 0 end
-local attempts = cjson.decode(encoded)
+local current = redis.call('HMGET', KEYS[1], 'attempts', 'channel')
+if not current[1] then return {0, 0} end
+local attempts = cjson.decode(current[1])
 for _, attempt in ipairs(attempts) do
   if attempt.provider_sid == ARGV[1] then
-    if (RANK[ARGV[2]] or 0) < (RANK[attempt.status] or 0) then return 0 end
+    if (RANK[ARGV[2]] or 0) < (RANK[attempt.status] or 0) then return {0, 0} end
     attempt.status = ARGV[2]
     attempt.updated_at = now
     if ARGV[3] ~= '' then attempt.error = ARGV[3] end
     redis.call('HSET', KEYS[1], 'attempts', cjson.encode(attempts), 'updated_at', now_s)
-    return 1
+    return {1, first_delivery(KEYS[1], current[2], ARGV[2], now_s)}
   end
 end
 local field = 'early:' .. ARGV[1]
 local parked = redis.call('HGET', KEYS[1], field)
-if parked and (RANK[cjson.decode(parked).status] or 0) > (RANK[ARGV[2]] or 0) then return 0 end
+if parked and (RANK[cjson.decode(parked).status] or 0) > (RANK[ARGV[2]] or 0) then
+  return {0, 0}
+end
 redis.call('HSET', KEYS[1], field, cjson.encode({status = ARGV[2], error = ARGV[3]}))
-return 2
+return {2, first_delivery(KEYS[1], current[2], ARGV[2], now_s)}
 """
 )
 
@@ -346,6 +365,18 @@ class StartResult:
 
 
 @dataclass(frozen=True)
+class Settled:
+    status: Status | None  # the verification's status after the carrier's answer; None: gone
+    first_delivery: bool  # the answer is the verification's first proof of delivery
+
+
+@dataclass(frozen=True)
+class DeliveryUpdate:
+    applied: bool  # the attempt was updated, or the callback parked until its send settles
+    first_delivery: bool  # the status is the verification's first proof of delivery
+
+
+@dataclass(frozen=True)
 class CheckResult:
     outcome: str  # approved | wrong | not_pending | throttled | not_found
     sid: str | None
@@ -439,8 +470,22 @@ class VerificationStore:
         error: str = "",
     ) -> Status | None:
         """Record the carrier's answer on an attempt; the verification's status after it."""
+        return self.settle(
+            sid, attempt_index, status=status, provider_sid=provider_sid, error=error
+        ).status
+
+    def settle(
+        self,
+        sid: str,
+        attempt_index: int,
+        *,
+        status: str,
+        provider_sid: str = "",
+        error: str = "",
+    ) -> Settled:
+        """`settle_send`, telling also whether the answer is the first proof of delivery."""
         tag = routing_tag_of(sid)
-        status_after = self._settle(
+        reply = self._settle(
             keys=[keys.verification(tag, sid)],
             args=[
                 keys.number_prefix(tag),
@@ -450,16 +495,20 @@ class VerificationStore:
                 error,
             ],
         )
-        return Status(status_after) if status_after else None
+        if not reply:
+            return Settled(None, False)
+        return Settled(Status(reply[0]), bool(reply[1]))
 
-    def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
-        """Apply (or park, if its send is not settled yet) a carrier status callback; False
-        when it is out of date or the verification is gone."""
+    def record_delivery(
+        self, sid: str, provider_sid: str, status: str, error: str = ""
+    ) -> DeliveryUpdate:
+        """Apply (or park, if its send is not settled yet) a carrier status callback; not
+        applied when it is out of date or the verification is gone."""
         tag = routing_tag_of(sid)
-        updated = self._delivery(
+        applied, first = self._delivery(
             keys=[keys.verification(tag, sid)], args=[provider_sid, status, error]
         )
-        return bool(updated)
+        return DeliveryUpdate(bool(applied), bool(first))
 
     def check(
         self,
@@ -575,3 +624,13 @@ class VerificationStore:
         pipe.time()
         data, (seconds, micros) = pipe.execute()
         return Verification.from_hash(data, seconds * 1000 + micros // 1000) if data else None
+
+    def get_many(self, sids: list[str]) -> list[Verification | None]:
+        """Several verifications as `get` reads them, in one round trip; None for those gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hgetall(keys.verification(routing_tag_of(sid), sid))
+        pipe.time()
+        *found, (seconds, micros) = pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
+        return [Verification.from_hash(data, now_ms) if data else None for data in found]

@@ -105,7 +105,8 @@ def verifications_csv() -> Response:
     out = io.StringIO()
     writer = csv.DictWriter(out, ["sid", "to", "channel", "status", "created_at", "updated_at"])
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:  # a leading + or = would be a formula to a spreadsheet (CSV injection)
+        writer.writerow({k: f"'{v}" if str(v)[:1] in "=+-@" else v for k, v in row.items()})
     return Response(
         out.getvalue(),
         mimetype="text/csv",
