@@ -193,11 +193,22 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
         path = flows / "default.yaml"
         original = path.read_text(encoding="utf-8")
         path.write_text(original.replace("prompt: flow.welcome", "prompt: flow.opening_hours"))
-        time.sleep(1.2)  # each worker looks at the folder at most once a second
-        answers = [_signed_call(base, token) for _ in range(6)]  # keep-alive off: both workers
+        # Each worker looks at the folder at most once a second: poll, with a deadline, until
+        # six calls in a row (keep-alive off: both workers) hear the edit.
+        deadline = time.monotonic() + 20
+        answers: list[str] = []
+        while time.monotonic() < deadline:
+            answers = [_signed_call(base, token) for _ in range(6)]
+            if all("around the clock" in answer for answer in answers):
+                break
         assert all("around the clock" in answer for answer in answers), answers
         path.write_text(original.replace("start: welcome", "start: nowhere"))
-        time.sleep(1.2)
+        # For longer than a worker's reload interval, every call still hears the last good one.
+        watched_until = time.monotonic() + 1.5
+        while time.monotonic() < watched_until:
+            assert "around the clock" in _signed_call(base, token), (
+                "a broken edit is refused; the last good version keeps serving"
+            )
         assert all("around the clock" in _signed_call(base, token) for _ in range(4)), (
             "a broken edit is refused; the last good version keeps serving"
         )
