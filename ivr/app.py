@@ -25,6 +25,7 @@ from ivr.flows.library import open_library
 from ivr.flows.state import CallStateStore
 from ivr.flows.versions import DocumentVersions
 from ivr.prompts import PromptCatalogs, load_catalogs
+from ivr.recordings import Recordings
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
 from ivr.users import AuditLog, Users, ensure_development_admin
@@ -48,6 +49,7 @@ class Services:
     redis: redis.Redis
     redis_backend: str  # "embedded" or "redis"
     prompts: PromptCatalogs
+    recordings: Recordings  # uploaded in the console; played from Redis on every host
     carrier: Carrier
     code_secrets: CodeSecrets
     verifications: VerificationService
@@ -177,6 +179,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         redis=client,
         redis_backend=backend,
         prompts=prompts,
+        recordings=Recordings(client),
         carrier=carrier,
         code_secrets=code_secrets,
         verifications=verifications,

@@ -227,3 +227,13 @@ def console_users_lock() -> str:
     """String: a short lock (redis-py's Lock) held while a user is created, deleted or changes
     role, so the last-admin rule is checked and kept across hosts; beside the names set."""
     return f"{NAMESPACE}:{{users}}:lock"
+
+
+# -- recorded prompts uploaded in the console (see ivr.recordings) ----------------------------
+
+
+def prompt_recording(digest: str) -> str:
+    """Hash: one uploaded recording by its content's SHA-256 (audio as base64, type, length,
+    who uploaded it); kept while any catalog version may name it. Its own slot: recordings are
+    large and are read alone."""
+    return f"{NAMESPACE}:{{recording:{digest}}}:audio"

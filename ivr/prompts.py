@@ -23,6 +23,8 @@ import redis
 import yaml
 from twilio.twiml import TwiML
 
+from ivr.recordings import RECORDING_NAME
+
 if TYPE_CHECKING:
     from ivr.flows.versions import DocumentVersions
 
@@ -80,6 +82,23 @@ class CatalogError(ValueError):
 
 def _placeholders(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def _uploaded_recordings(section: object, prompts: dict[str, str], source: str) -> dict[str, str]:
+    """A catalog's `recordings:` (prompt key -> name of a recording uploaded in the console,
+    see ivr.recordings); they win over a file of the same key in the audio folder."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise CatalogError(f"{source}: recordings must map prompt keys to recording names")
+    found = {}
+    for key, name in section.items():
+        if str(key) not in prompts:
+            raise CatalogError(f"{source}: recordings: {key} is not a prompt of this catalog")
+        if not isinstance(name, str) or not RECORDING_NAME.match(name):
+            raise CatalogError(f"{source}: recordings: {key}: {name!r} is not a recording name")
+        found[str(key)] = name
+    return found
 
 
 @dataclass
@@ -242,6 +261,7 @@ class PromptCatalogs:
             for file in sorted(audio_dir.iterdir()):
                 if file.suffix in AUDIO_SUFFIXES:
                     audio[file.stem] = file.name
+        audio.update(_uploaded_recordings(data.get("recordings"), prompts, source))
         return LocaleCatalog(
             locale=locale,
             voice=str(data.get("voice") or "Polly.Joanna-Neural"),

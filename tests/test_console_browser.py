@@ -23,6 +23,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+WAV = (  # one second of silence, 8 kHz, 16-bit mono
+    b"RIFF"
+    + (36 + 16000).to_bytes(4, "little")
+    + b"WAVEfmt "
+    + bytes.fromhex("1000000001000100401f0000803e000002001000")
+    + b"data"
+    + (16000).to_bytes(4, "little")
+    + bytes(16000)
+)
 SCREENSHOTS = REPO / "tests" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -140,6 +149,7 @@ def shot(page: Page, name: str) -> None:
     pages also as small PNGs under docs/console/ for the README."""
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-view.png"))  # what the user sees now
     if os.environ.get("IVR_DOC_SCREENSHOTS") == "1" and name in DOC_SHOTS:
         folder = REPO / "docs" / "console"
         folder.mkdir(parents=True, exist_ok=True)
@@ -373,7 +383,6 @@ def test_a_prompt_is_edited_drafted_published_and_heard(page, served):
     page.get_by_label("Text of flow.welcome in en-US").fill("Welcome to {app_name}, {nobody}.")
     page.get_by_role("button", name="Save to draft").click()
     expect(page.get_by_role("alert")).to_contain_text("unknown variable(s) nobody")
-    page.get_by_role("link", name="Edit flow.welcome in en-US").click()
     page.get_by_label("Text of flow.welcome in en-US").fill("Welcome to {app_name} banking.")
     page.get_by_role("button", name="Save to draft").click()
     expect(page.get_by_role("status")).to_contain_text("saved to the draft")
@@ -386,3 +395,30 @@ def test_a_prompt_is_edited_drafted_published_and_heard(page, served):
     page.get_by_role("button", name="Call").click()
     expect(page.get_by_role("log")).to_contain_text("Welcome to Acme banking.")
     page.get_by_role("button", name="Hang up").click()
+
+
+def test_a_recording_is_uploaded_checked_by_its_content_and_played_in_the_page(page, served):
+    sign_in(page, served)
+    page.goto("/console/prompts")
+    page.get_by_role("link", name="Edit flow.opening_hours in en-US").click()
+    chooser = page.get_by_label("Recording of flow.opening_hours in en-US (WAV or MP3, up to 5 MB)")
+    chooser.set_input_files(
+        files=[{"name": "short.mp3", "mimeType": "audio/mpeg", "buffer": b"hello"}]
+    )
+    page.get_by_role("button", name="Upload recording").click()
+    expect(page.get_by_role("alert")).to_contain_text("short.mp3: only WAV and MP3")
+    chooser.set_input_files(files=[{"name": "short.wav", "mimeType": "audio/wav", "buffer": WAV}])
+    page.get_by_role("button", name="Upload recording").click()
+    expect(page.get_by_role("status")).to_contain_text("(en-US, 1 s) was saved to the draft")
+    player = page.get_by_label("Draft recording of flow.opening_hours in en-US")
+    seconds = player.evaluate(
+        "audio => new Promise((resolve, reject) => {"
+        " audio.addEventListener('loadedmetadata', () => resolve(audio.duration));"
+        " audio.addEventListener('error', () => reject(new Error('not playable')));"
+        " audio.load(); })"
+    )
+    assert seconds == pytest.approx(1.0, abs=0.05)
+    player.scroll_into_view_if_needed()
+    shot(page, "prompts-recording")
+    page.get_by_role("button", name="Discard the en-US draft").click()
+    expect(page.get_by_role("status")).to_contain_text("discarded")

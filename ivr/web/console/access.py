@@ -28,7 +28,10 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 OPEN_ENDPOINTS = {"console.sign_in"}  # the only page a signed-out visitor may see
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-LARGE_UPLOADS = {"console.import_customers": 2 * 1024 * 1024 + 64 * 1024}  # bytes
+LARGE_UPLOADS = {  # bytes: the file's limit, and room for the form around it
+    "console.import_customers": 2 * 1024 * 1024 + 64 * 1024,
+    "console.upload_recording": 5 * 1024 * 1024 + 64 * 1024,
+}
 
 # No inline script or style anywhere: the page scripts and the stylesheet are files of ours.
 CONTENT_SECURITY_POLICY = "; ".join(

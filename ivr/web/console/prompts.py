@@ -11,16 +11,19 @@ from __future__ import annotations
 import io
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
-from flask import abort, redirect, render_template, request, url_for
+from flask import Response, abort, redirect, render_template, request, url_for
 from ruamel.yaml import YAML
 
 from ivr.app import services
 from ivr.flows.versions import DocumentVersions, StalePublish
-from ivr.prompts import CatalogError
+from ivr.prompts import CatalogError, LocaleCatalog
+from ivr.recordings import MAX_RECORDING_BYTES, RECORDING_NAME, BadRecording
 from ivr.users import Role
 from ivr.web.console import access, blueprint
+from ivr.web.public import recording_response
 
 MAX_PROMPT_TEXT = 2000
 
@@ -42,6 +45,10 @@ def _catalog_text(locale: str) -> tuple[str, int]:
     if live is None:
         abort(404, description=f"no catalog for {locale}")
     return live.text, live.number
+
+
+def _recording_url(name: str | None) -> str | None:
+    return url_for("console.recording", name=name) if name and RECORDING_NAME.match(name) else None
 
 
 def _variables(text: str) -> list[str]:
@@ -69,24 +76,33 @@ def prompts() -> str:
                     "audio": url_for("public.prompt_audio", locale=locale, filename=audio)
                     if audio
                     else None,
+                    "uploaded": bool(audio and RECORDING_NAME.match(audio)),
                 }
             )
         default_text = catalogs.catalogs[catalogs.default_locale].prompts.get(key, "")
         rows.append({"key": key, "variables": _variables(default_text), "cells": cells})
     drafts = _versions().drafts() if catalogs.published is not None else {}
-    draft_texts = {}
+    drafted = {}  # locale -> {key: (text, recording URL or None)} where the draft differs
     for locale, draft in drafts.items():
         try:
-            draft_texts[locale] = catalogs.parse(draft.text, locale, f"{locale} draft").prompts
+            catalog = catalogs.parse(draft.text, locale, f"{locale} draft")
         except CatalogError:
-            draft_texts[locale] = {}
+            continue
+        live = catalogs.catalogs.get(locale)
+        drafted[locale] = {
+            key: (text, _recording_url(catalog.audio.get(key)))
+            for key, text in catalog.prompts.items()
+            if live is None
+            or text != live.prompts.get(key)
+            or catalog.audio.get(key) != live.audio.get(key)
+        }
     return render_template(
         "console/prompts.html",
         rows=rows,
         locales=locales,
         default_locale=catalogs.default_locale,
         drafts=drafts,
-        draft_texts=draft_texts,
+        drafted=drafted,
         editing=(request.args.get("locale"), request.args.get("key")),
         can_edit=access.current_session().role.allows(Role.EDITOR),
         done=request.args.get("done"),
@@ -98,47 +114,160 @@ def prompts() -> str:
 @access.requires(Role.EDITOR)
 def save_prompt(locale: str, key: str) -> Any:
     """A prompt's text saved into its locale's draft, if it uses only known variables."""
+    _known_prompt(locale, key)
     catalogs = services().prompts
-    if locale not in catalogs.catalogs:
-        abort(404, description=f"no catalog for {locale}")
     text = " ".join(request.form.get("text", "").split())
     if not text or len(text) > MAX_PROMPT_TEXT:
-        return _back(error=f"the text of {key} must have 1 to {MAX_PROMPT_TEXT} characters")
-    reference = catalogs.catalogs[catalogs.default_locale].prompts.get(key)
-    if reference is None:
-        abort(404, description=f"no prompt {key}")
+        return _back(
+            locale=locale,
+            key=key,
+            error=f"the text of {key} must have 1 to {MAX_PROMPT_TEXT} characters",
+        )
+    reference = catalogs.catalogs[catalogs.default_locale].prompts[key]
     try:
         unknown = sorted(set(_variables(text)) - set(_variables(reference)))
     except ValueError as exc:
-        return _back(error=f"{key}: {exc} (write {{{{ and }}}} for braces)")
+        return _back(locale=locale, key=key, error=f"{key}: {exc} (write {{{{ and }}}} for braces)")
     if unknown:
         allowed = ", ".join(f"{{{v}}}" for v in _variables(reference)) or "none"
-        return _back(error=f"{key}: unknown variable(s) {', '.join(unknown)}; allowed: {allowed}")
+        return _back(
+            locale=locale,
+            key=key,
+            error=f"{key}: unknown variable(s) {', '.join(unknown)}; allowed: {allowed}",
+        )
+    before = _change_draft(locale, lambda document: _set_text(document, key, text))
+    services().audit.record(
+        access.current_session().user,
+        "prompt.draft",
+        f"{locale}:{key}",
+        before={"text": before},
+        after={"text": text},
+    )
+    return _back(done=f"{key} ({locale}) saved to the draft")
+
+
+def _set_text(document: Any, key: str, text: str) -> object:
+    before = document["prompts"].get(key)
+    document["prompts"][key] = text
+    return before
+
+
+def _change_draft(locale: str, change: Callable[[Any], object]) -> object:
+    """Apply `change` to the locale's catalog (its draft, else the live version), comments
+    and order kept, check that the result still serves, and save it as the draft; what
+    `change` returned (the value before). A refused result aborts with its reason."""
     source, base = _catalog_text(locale)
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 100
     document = yaml.load(source)
-    before = document["prompts"].get(key)
-    document["prompts"][key] = text
+    before = change(document)
     out = io.StringIO()
     yaml.dump(document, out)
     try:
-        catalogs.parse(out.getvalue(), locale, f"{locale} draft")
+        services().prompts.parse(out.getvalue(), locale, f"{locale} draft")
     except CatalogError as exc:
-        return _back(error=str(exc))
-    user = access.current_session().user
+        abort(_back(error=str(exc)))
     _versions().save_draft(
-        locale, out.getvalue(), author=user, base=base, now_ms=int(time.time() * 1000)
+        locale,
+        out.getvalue(),
+        author=access.current_session().user,
+        base=base,
+        now_ms=int(time.time() * 1000),
     )
+    return before
+
+
+def _draft_or_live(locale: str) -> LocaleCatalog:
+    source, _ = _catalog_text(locale)
+    return services().prompts.parse(source, locale, f"{locale} draft")
+
+
+def _known_prompt(locale: str, key: str) -> None:
+    catalogs = services().prompts
+    if locale not in catalogs.catalogs:
+        abort(404, description=f"no catalog for {locale}")
+    if key not in catalogs.catalogs[catalogs.default_locale].prompts:
+        abort(404, description=f"no prompt {key}")
+
+
+@blueprint.post("/prompts/<locale>/<key>/recording")
+@access.requires(Role.EDITOR)
+def upload_recording(locale: str, key: str) -> Any:
+    """A recording for one prompt in one locale, into the locale's draft: checked by its
+    content, kept in Redis (every host plays it), played instead of the text once published."""
+    _known_prompt(locale, key)
+    upload = request.files.get("recording")
+    if upload is None or not upload.filename:
+        return _back(error="choose a WAV or MP3 file to upload", locale=locale, key=key)
+    if key not in _draft_or_live(locale).prompts:
+        return _back(
+            error=f"write the {locale} text of {key} first: it is the recording's transcript",
+            locale=locale,
+            key=key,
+        )
+    data = upload.stream.read(MAX_RECORDING_BYTES + 1)
+    try:
+        recording = services().recordings.store(data, uploaded_by=access.current_session().user)
+    except BadRecording as exc:
+        return _back(error=f"{upload.filename}: {exc}", locale=locale, key=key)
+
+    def set_recording(document: Any) -> object:
+        recordings = document.setdefault("recordings", {})
+        before = recordings.get(key)
+        recordings[key] = recording.name
+        return before
+
+    before = _change_draft(locale, set_recording)
     services().audit.record(
-        user, "prompt.draft", f"{locale}:{key}", before={"text": before}, after={"text": text}
+        access.current_session().user,
+        "prompt.recording",
+        f"{locale}:{key}",
+        before={"recording": before},
+        after={"recording": recording.name, "seconds": recording.seconds, "file": upload.filename},
     )
-    return _back(done=f"{key} ({locale}) saved to the draft")
+    return _back(
+        done=f"the recording of {key} ({locale}, {recording.seconds:g} s) was saved to the draft"
+    )
+
+
+@blueprint.post("/prompts/<locale>/<key>/recording/remove")
+@access.requires(Role.EDITOR)
+def remove_recording(locale: str, key: str) -> Any:
+    """The uploaded recording taken out of the draft: the text is spoken again once published."""
+    _known_prompt(locale, key)
+
+    def drop_recording(document: Any) -> object:
+        recordings = document.get("recordings") or {}
+        before = recordings.pop(key, None)
+        if not recordings and "recordings" in document:
+            del document["recordings"]
+        return before
+
+    before = _change_draft(locale, drop_recording)
+    if before is None:
+        return _back(error=f"{key} ({locale}) has no uploaded recording", locale=locale, key=key)
+    services().audit.record(
+        access.current_session().user,
+        "prompt.recording.remove",
+        f"{locale}:{key}",
+        before={"recording": before},
+        after={"recording": None},
+    )
+    return _back(done=f"the recording of {key} ({locale}) was removed from the draft")
+
+
+@blueprint.get("/recordings/<name>")
+@access.requires(Role.VIEWER)
+def recording(name: str) -> Response:
+    """Any uploaded recording, drafts' included, for the page's player."""
+    return recording_response(name)
 
 
 def _back(**args: str) -> Any:
-    return redirect(url_for("console.prompts", **args))
+    """Back to the page; with the cell's locale and key, to its edit form (after a refusal)."""
+    anchor = "edit-form" if "key" in args else None
+    return redirect(url_for("console.prompts", _anchor=anchor, **args))
 
 
 @blueprint.post("/prompts/<locale>/publish")
