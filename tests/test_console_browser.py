@@ -248,8 +248,12 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     form = page.locator("#node-form")
     form.get_by_label("Key of option 5").select_option("4")
     form.get_by_label("Target of option 5").select_option("goodbye")
+    # ...and the menu's short prompt says so, in English, in the same form.
+    short_prompt = form.get_by_label("flow.main_menu.short in en-US")
+    short_prompt.fill(short_prompt.input_value() + " To say goodbye, press 4.")
     form.get_by_role("button", name="Save to draft").click()
-    expect(page.get_by_role("status")).to_contain_text("Saved to the draft")
+    expect(page.get_by_role("status")).to_contain_text("The flow's draft passes every check")
+    expect(page.get_by_role("status")).to_contain_text("in the prompt draft of en-US")
     expect(page.locator("svg.flow-diagram .edge-label", has_text="4")).to_have_count(1)
     shot(page, "node-form-saved")
 
@@ -274,6 +278,19 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     page.get_by_role("button", name="Roll back to version 1").click()
     expect(page.get_by_role("status")).to_contain_text("Rolled back: version 3 is live")
     hear_option_4(page, expect_goodbye=False)
+
+    # The prompt drafted from the node form is published on the Prompts page, and heard.
+    page.goto("/console/prompts")
+    expect(page.get_by_role("region", name="Draft of en-US")).to_contain_text("Draft of en-US")
+    page.get_by_role("button", name="Publish the en-US prompts").click()
+    expect(page.get_by_role("status")).to_contain_text("are live")
+    page.goto("/console/simulator")
+    page.get_by_label("Flow").select_option("default|live")
+    page.get_by_role("button", name="Call").click()
+    page.get_by_role("group", name="Keypad").get_by_role("button", name="1", exact=True).click()
+    page.get_by_role("group", name="Keypad").get_by_role("button", name="7", exact=True).click()
+    expect(page.get_by_role("log")).to_contain_text("To say goodbye, press 4.")  # the repeat
+    page.get_by_role("button", name="Hang up").click()
 
 
 def hear_option_4(page: Page, *, expect_goodbye: bool, version: str = "live") -> None:

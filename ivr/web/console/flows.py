@@ -22,6 +22,7 @@ from ivr.flows.problems import Problem
 from ivr.flows.versions import Draft, StalePublish, Version
 from ivr.users import Role
 from ivr.web.console import access, blueprint
+from ivr.web.console import prompts as console_prompts
 from ivr.web.console.node_forms import (
     FormError,
     defaults_of,
@@ -189,12 +190,14 @@ def _render_flow(
         form_problems=form_problems or [],
         can_edit=access.current_session().role.allows(Role.EDITOR),
         saved=request.args.get("saved"),
+        saved_prompts=[p for p in request.args.get("prompts", "").split(",") if p],
     )
     return body if status == 200 else (body, status)
 
 
 def _prompt_texts(fields: list[Any]) -> dict[str, dict[str, str]]:
-    """Per prompt key named in the form, its text in every locale (a missing one: empty)."""
+    """Per prompt key named in the form, its text in every locale as it will next be said
+    (the prompt draft's, else the live one; a missing translation: empty)."""
     prompts = services().prompts
     keys = set()
     for form_field in fields:
@@ -203,33 +206,66 @@ def _prompt_texts(fields: list[Any]) -> dict[str, dict[str, str]]:
         elif form_field.kind == "prompts":
             keys.update(form_field.value)
     return {
-        key: {locale: prompts.catalogs[locale].prompts.get(key, "") for locale in prompts.locales}
+        key: {locale: console_prompts.current_text(locale, key) or "" for locale in prompts.locales}
         for key in sorted(keys)
     }
+
+
+PROMPT_TEXT_FIELD = "prompt_text"  # prompt_text:<key>:<locale>, the node form's text boxes
+
+
+def _submitted_prompt_texts() -> dict[tuple[str, str], str]:
+    """(locale, key) -> text of every prompt text box that changes what a caller hears. Boxes
+    left empty where there was no translation stay untranslated."""
+    prompts = services().prompts
+    known_keys = prompts.catalogs[prompts.default_locale].prompts
+    changed = {}
+    for field_name, value in request.form.items():
+        kind, _, rest = field_name.partition(":")
+        key, _, locale = rest.rpartition(":")
+        if kind != PROMPT_TEXT_FIELD or key not in known_keys or locale not in prompts.catalogs:
+            continue
+        current = console_prompts.current_text(locale, key)
+        if " ".join(value.split()) != (current or "") and (value.strip() or current):
+            changed[(locale, key)] = value
+    return changed
 
 
 @blueprint.post("/flows/<name>/nodes/<node_id>")
 @access.requires(Role.EDITOR)
 def save_node(name: str, node_id: str) -> Any:
-    """A node form saved: written into the draft if the whole flow still passes the checks."""
+    """A node form saved: the node into the flow's draft if the whole flow still passes the
+    checks, and its prompts' texts into their locales' prompt drafts; nothing when any of it
+    is refused."""
     view = _flow_view(name)
     flow = view.shown_flow
     if flow is None or node_id not in flow.nodes:
         abort(404, description=f"no node {node_id!r} in flow {name!r}")
     node = flow.nodes[node_id]
     form = {key: request.form.getlist(key) for key in request.form}
+    texts = _submitted_prompt_texts()
     try:
         text = replace_node(view.text, node_id, submitted_node(node, form), defaults_of(node))
+        for (_locale, key), submitted in texts.items():
+            console_prompts.checked_text(key, submitted)
     except FormError as exc:
         return _render_flow(view, node_id, form_error=f"{exc.field}: {exc}", status=422)
+    except console_prompts.PromptRefused as exc:
+        return _render_flow(view, node_id, form_error=str(exc), status=422)
     loaded, problems = _library().check(name, text)
     if loaded is None:
         errors = [p for p in problems if p.severity == "error"]
         return _render_flow(
             view, node_id, form_error="The change was not saved.", form_problems=errors, status=422
         )
-    _save_draft(view, text, f"node {node_id}")
-    return redirect(url_for("console.flow_page", name=name, node=node_id, saved="node"))
+    if text != view.text:
+        _save_draft(view, text, f"node {node_id}")
+    for (locale, key), submitted in texts.items():
+        console_prompts.draft_text(locale, key, submitted)
+    drafted = ",".join(sorted({locale for locale, _ in texts}))
+    return redirect(
+        url_for("console.flow_page", name=name, node=node_id, saved="node", prompts=drafted or None)
+    )
 
 
 def _save_draft(view: FlowView, text: str, what: str) -> None:

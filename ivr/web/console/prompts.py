@@ -115,27 +115,50 @@ def prompts() -> str:
 def save_prompt(locale: str, key: str) -> Any:
     """A prompt's text saved into its locale's draft, if it uses only known variables."""
     _known_prompt(locale, key)
+    try:
+        draft_text(locale, key, request.form.get("text", ""))
+    except PromptRefused as exc:
+        return _back(locale=locale, key=key, error=str(exc))
+    return _back(done=f"{key} ({locale}) saved to the draft")
+
+
+class PromptRefused(ValueError):
+    """A prompt text that cannot serve, with the reason for the editor."""
+
+
+def checked_text(key: str, submitted: str) -> str:
+    """The text as it will be said (whitespace folded); PromptRefused when it is empty, too
+    long, or uses a variable the default locale's text does not have (none other is filled)."""
     catalogs = services().prompts
-    text = " ".join(request.form.get("text", "").split())
+    text = " ".join(submitted.split())
     if not text or len(text) > MAX_PROMPT_TEXT:
-        return _back(
-            locale=locale,
-            key=key,
-            error=f"the text of {key} must have 1 to {MAX_PROMPT_TEXT} characters",
-        )
+        raise PromptRefused(f"the text of {key} must have 1 to {MAX_PROMPT_TEXT} characters")
     reference = catalogs.catalogs[catalogs.default_locale].prompts[key]
     try:
         unknown = sorted(set(_variables(text)) - set(_variables(reference)))
     except ValueError as exc:
-        return _back(locale=locale, key=key, error=f"{key}: {exc} (write {{{{ and }}}} for braces)")
+        raise PromptRefused(f"{key}: {exc} (write {{{{ and }}}} for braces)") from None
     if unknown:
         allowed = ", ".join(f"{{{v}}}" for v in _variables(reference)) or "none"
-        return _back(
-            locale=locale,
-            key=key,
-            error=f"{key}: unknown variable(s) {', '.join(unknown)}; allowed: {allowed}",
-        )
-    before = _change_draft(locale, lambda document: _set_text(document, key, text))
+        raise PromptRefused(f"{key}: unknown variable(s) {', '.join(unknown)}; allowed: {allowed}")
+    return text
+
+
+def current_text(locale: str, key: str) -> str | None:
+    """A prompt's text in the locale's draft, else its live version (None: not translated)."""
+    return _draft_or_live(locale).prompts.get(key)
+
+
+def draft_text(locale: str, key: str, submitted: str) -> bool:
+    """Save a prompt's text into its locale's draft, audited; False when it was already so.
+    PromptRefused when the text cannot serve. Used by this page and by the flow's node form."""
+    text = checked_text(key, submitted)
+    if current_text(locale, key) == text:
+        return False
+    try:
+        before = _change_draft(locale, lambda document: _set_text(document, key, text))
+    except CatalogError as exc:
+        raise PromptRefused(str(exc)) from None
     services().audit.record(
         access.current_session().user,
         "prompt.draft",
@@ -143,7 +166,7 @@ def save_prompt(locale: str, key: str) -> Any:
         before={"text": before},
         after={"text": text},
     )
-    return _back(done=f"{key} ({locale}) saved to the draft")
+    return True
 
 
 def _set_text(document: Any, key: str, text: str) -> object:
@@ -155,7 +178,7 @@ def _set_text(document: Any, key: str, text: str) -> object:
 def _change_draft(locale: str, change: Callable[[Any], object]) -> object:
     """Apply `change` to the locale's catalog (its draft, else the live version), comments
     and order kept, check that the result still serves, and save it as the draft; what
-    `change` returned (the value before). A refused result aborts with its reason."""
+    `change` returned (the value before). CatalogError when the result cannot serve."""
     source, base = _catalog_text(locale)
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -164,10 +187,7 @@ def _change_draft(locale: str, change: Callable[[Any], object]) -> object:
     before = change(document)
     out = io.StringIO()
     yaml.dump(document, out)
-    try:
-        services().prompts.parse(out.getvalue(), locale, f"{locale} draft")
-    except CatalogError as exc:
-        abort(_back(error=str(exc)))
+    services().prompts.parse(out.getvalue(), locale, f"{locale} draft")
     _versions().save_draft(
         locale,
         out.getvalue(),
@@ -218,7 +238,10 @@ def upload_recording(locale: str, key: str) -> Any:
         recordings[key] = recording.name
         return before
 
-    before = _change_draft(locale, set_recording)
+    try:
+        before = _change_draft(locale, set_recording)
+    except CatalogError as exc:
+        return _back(error=str(exc), locale=locale, key=key)
     services().audit.record(
         access.current_session().user,
         "prompt.recording",
@@ -244,7 +267,10 @@ def remove_recording(locale: str, key: str) -> Any:
             del document["recordings"]
         return before
 
-    before = _change_draft(locale, drop_recording)
+    try:
+        before = _change_draft(locale, drop_recording)
+    except CatalogError as exc:
+        return _back(error=str(exc), locale=locale, key=key)
     if before is None:
         return _back(error=f"{key} ({locale}) has no uploaded recording", locale=locale, key=key)
     services().audit.record(

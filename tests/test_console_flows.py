@@ -1,0 +1,99 @@
+"""The flow page's node form, as a browser submits it: settings into the flow's draft, the
+texts of the node's prompts into their locales' prompt drafts, all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.console_helpers import form_fields, make_user, sign_in
+
+NODE_PAGE = "/console/flows/default?node=main_menu"
+NODE_FORM = "/console/flows/default/nodes/main_menu"
+
+
+@pytest.fixture
+def editor(app):
+    make_user(app, "eddie", "editor")
+    return sign_in(app, "eddie")
+
+
+def submitted(client, changes: dict[str, str]) -> list[tuple[str, str]]:
+    """The node form as it stands, with `changes` typed into it."""
+    fields = form_fields(client.get(NODE_PAGE).text, "node-settings")
+    return [(name, changes.get(name, value)) for name, value in fields]
+
+
+def post_form(client, fields: list[tuple[str, str]]):
+    from werkzeug.datastructures import MultiDict
+
+    return client.post(NODE_FORM, data=MultiDict(fields))
+
+
+def drafts(app):
+    services = app.extensions["ivr"]
+    return services.flows.library.versions.draft("default"), services.prompts.published.drafts()
+
+
+def test_the_node_form_shows_each_prompt_text_in_every_language(editor):
+    page = editor.get(NODE_PAGE).text
+    assert "What callers hear for flow.main_menu.long" in page
+    assert 'name="prompt_text:flow.main_menu.long:de-DE"' in page
+    assert "For help with your account" in page
+
+
+def test_a_prompt_text_changed_in_the_node_form_goes_to_its_locale_draft_only(app, editor):
+    new_text = "For your account, press 1. Lost card, 2. Hours, 3. Repeat, 9."
+    response = post_form(
+        editor, submitted(editor, {"prompt_text:flow.main_menu.short:en-US": new_text})
+    )
+    assert response.status_code == 302, response.text
+    assert "prompts=en-US" in response.location
+    page = editor.get(response.location).text
+    assert "prompt draft of en-US" in page
+    flow_draft, prompt_drafts = drafts(app)
+    assert flow_draft is None  # the node itself did not change
+    assert set(prompt_drafts) == {"en-US"}
+    assert new_text in prompt_drafts["en-US"].text
+    assert "# Prompts for US English" in prompt_drafts["en-US"].text  # comments kept
+    (entry,) = app.extensions["ivr"].audit.entries(limit=1)
+    assert (entry.action, entry.target) == ("prompt.draft", "en-US:flow.main_menu.short")
+
+
+def test_a_menu_option_and_a_prompt_text_are_saved_together(app, editor):
+    text = "Press 1 for your account, 2 for a lost card, 3 to say goodbye."
+    fields = [
+        (name, "goodbye" if (name, value) == ("options.target", "opening_hours") else value)
+        for name, value in submitted(editor, {"prompt_text:flow.main_menu.short:en-US": text})
+    ]
+    response = post_form(editor, fields)
+    assert response.status_code == 302, response.text
+    flow_draft, prompt_drafts = drafts(app)
+    assert "3: goodbye" in flow_draft.text
+    assert text in prompt_drafts["en-US"].text
+
+
+def test_a_refused_prompt_text_saves_nothing_and_says_why(app, editor):
+    fields = submitted(
+        editor,
+        {
+            "prompt_text:flow.main_menu.short:fr-FR": "Pour {nobody}, tapez 1.",
+            "max_failures": "2",
+        },
+    )
+    response = post_form(editor, fields)
+    assert response.status_code == 422
+    assert "unknown variable(s) nobody" in response.text
+    assert drafts(app) == (None, {})
+
+
+def test_an_untranslated_prompt_left_empty_stays_untranslated(app, editor):
+    fields = submitted(editor, {})
+    assert post_form(editor, fields).status_code == 302
+    assert drafts(app) == (None, {})
+
+
+def test_viewers_see_the_texts_read_only(app):
+    make_user(app, "vera", "viewer")
+    viewer = sign_in(app, "vera")
+    page = viewer.get(NODE_PAGE).text
+    assert 'name="prompt_text:flow.main_menu.long:en-US" rows="2" readonly' in page
