@@ -97,3 +97,20 @@ def test_viewers_see_the_texts_read_only(app):
     viewer = sign_in(app, "vera")
     page = viewer.get(NODE_PAGE).text
     assert 'name="prompt_text:flow.main_menu.long:en-US" rows="2" readonly' in page
+
+
+def test_a_prompt_draft_is_shown_against_the_live_version(app, editor):
+    new_text = "For your account, press 1. Lost card, 2. Hours, 3. Repeat, 9."
+    post_form(editor, submitted(editor, {"prompt_text:flow.main_menu.short:en-US": new_text}))
+    assert "See the changes in en-US" in editor.get("/console/prompts").text
+    page = editor.get("/console/prompts/en-US/diff").text
+    changed = [
+        line for line in page.splitlines() if 'class="added"' in line or 'class="removed"' in line
+    ]
+    assert changed == [
+        '<span class="removed">-    For account help, press 1. Lost or stolen card, 2. Opening hours,'
+        " 3. To repeat, press 9.</span>",
+        f'<span class="added">+    {new_text}</span>',
+    ]
+    assert "No changes" in editor.get("/console/prompts/de-DE/diff").text
+    assert editor.get("/console/prompts/xx-YY/diff").status_code == 404

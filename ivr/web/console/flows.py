@@ -8,7 +8,6 @@ every worker on every host (the library polls the publish generation once a seco
 
 from __future__ import annotations
 
-import difflib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from ivr.flows.versions import Draft, StalePublish, Version
 from ivr.users import Role
 from ivr.web.console import access, blueprint
 from ivr.web.console import prompts as console_prompts
+from ivr.web.console.diffs import diff_lines
 from ivr.web.console.node_forms import (
     FormError,
     defaults_of,
@@ -277,7 +277,7 @@ def _save_draft(view: FlowView, text: str, what: str) -> None:
         _actor(),
         "flow.draft",
         view.name,
-        before={"what": what, "diff": _diff_lines(before, text, context=0)},
+        before={"what": what, "diff": diff_lines(before, text, context=0)},
         after={"base_version": base},
     )
 
@@ -326,20 +326,12 @@ def save_yaml(name: str) -> Any:
 # -- draft: diff, publish, discard ----------------------------------------------------------------
 
 
-def _diff_lines(before: str, after: str, context: int = 3) -> list[str]:
-    return list(
-        difflib.unified_diff(
-            before.splitlines(), after.splitlines(), "live", "draft", n=context, lineterm=""
-        )
-    )
-
-
 @blueprint.get("/flows/<name>/diff")
 @access.requires(Role.VIEWER)
 def flow_diff(name: str) -> str:
     view = _flow_view(name)
     live_text = view.live.text if view.live else ""
-    lines = _diff_lines(live_text, view.draft.text) if view.draft else []
+    lines = diff_lines(live_text, view.draft.text) if view.draft else []
     return render_template("console/flow_diff.html", view=view, diff=lines)
 
 

@@ -203,7 +203,7 @@ class FormError(ValueError):
 def _yaml() -> YAML:
     yaml = YAML()  # round-trip: comments, order and quoting survive
     yaml.preserve_quotes = True
-    yaml.width = 100
+    yaml.width = 4096  # never re-wrap the lines nobody edited
     yaml.indent(mapping=2, sequence=4, offset=2)
     return yaml
 

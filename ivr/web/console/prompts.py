@@ -23,6 +23,7 @@ from ivr.prompts import CatalogError, LocaleCatalog
 from ivr.recordings import MAX_RECORDING_BYTES, RECORDING_NAME, BadRecording
 from ivr.users import Role
 from ivr.web.console import access, blueprint
+from ivr.web.console.diffs import diff_lines
 from ivr.web.public import recording_response
 
 MAX_PROMPT_TEXT = 2000
@@ -182,7 +183,7 @@ def _change_draft(locale: str, change: Callable[[Any], object]) -> object:
     source, base = _catalog_text(locale)
     yaml = YAML()
     yaml.preserve_quotes = True
-    yaml.width = 100
+    yaml.width = 4096  # never re-wrap the lines nobody edited
     document = yaml.load(source)
     before = change(document)
     out = io.StringIO()
@@ -324,6 +325,18 @@ def publish_prompts(locale: str) -> Any:
     )
     services().prompts.refresh(force=True)
     return _back(done=f"the {locale} prompts, version {version.number}, are live")
+
+
+@blueprint.get("/prompts/<locale>/diff")
+@access.requires(Role.VIEWER)
+def prompts_diff(locale: str) -> str:
+    """A locale's draft against its live version, line by line (the catalog's YAML)."""
+    versions = _versions()
+    if locale not in services().prompts.catalogs:
+        abort(404, description=f"no catalog for {locale}")
+    draft, live = versions.draft(locale), versions.live(locale)
+    lines = diff_lines(live.text if live else "", draft.text) if draft else []
+    return render_template("console/prompts_diff.html", locale=locale, draft=draft, diff=lines)
 
 
 @blueprint.post("/prompts/<locale>/discard")
