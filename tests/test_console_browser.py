@@ -439,3 +439,28 @@ def test_a_recording_is_uploaded_checked_by_its_content_and_played_in_the_page(p
     shot(page, "prompts-recording")
     page.get_by_role("button", name="Discard the en-US draft").click()
     expect(page.get_by_role("status")).to_contain_text("discarded")
+
+
+def test_the_calls_page_shows_a_new_call_without_a_reload_and_can_be_paused(page, served):
+    sign_in(page, served)
+    page.goto("/console/calls")
+    control = page.locator("#refresh-control")
+    expect(control).to_contain_text("Updates every 3 s")
+    in_the_ivr = page.locator("#calls-rows tr", has_text="in the IVR")
+    before = in_the_ivr.count()
+    simulator = page.context.new_page()  # same session, another tab
+    simulator.goto("/console/simulator")
+    simulator.get_by_label("Calling from").fill("+14155550142")
+    simulator.get_by_role("button", name="Call").click()
+    expect(simulator.get_by_role("log")).to_contain_text("Thank you for calling Acme")
+    # Refreshed in place (no navigation): the new call is there, in the IVR.
+    expect(in_the_ivr).to_have_count(before + 1, timeout=15_000)
+    expect(control).to_contain_text("Updated at")
+    page.get_by_role("button", name="Pause updates").click()
+    expect(control).to_contain_text("Updates paused")
+    expect(page.get_by_role("button", name="Resume updates")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    simulator.get_by_role("button", name="Hang up").click()
+    shot(page, "calls-live")
+    simulator.close()

@@ -108,8 +108,8 @@ def test_a_prompt_draft_is_shown_against_the_live_version(app, editor):
         line for line in page.splitlines() if 'class="added"' in line or 'class="removed"' in line
     ]
     assert changed == [
-        '<span class="removed">-    For account help, press 1. Lost or stolen card, 2. Opening hours,'
-        " 3. To repeat, press 9.</span>",
+        '<span class="removed">-    For account help, press 1. Lost or stolen card, 2.'
+        " Opening hours, 3. To repeat, press 9.</span>",
         f'<span class="added">+    {new_text}</span>',
     ]
     assert "No changes" in editor.get("/console/prompts/de-DE/diff").text

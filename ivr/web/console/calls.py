@@ -18,7 +18,7 @@ from ivr.web.console import access, blueprint
 
 def _row(call_sid: str, state: CallState | None, started: int) -> dict[str, Any]:
     if state is None:
-        return {"call_sid": call_sid, "started": started, "expired": True}
+        return {"call_sid": call_sid, "started": started, "expired": True, "ended": True}
     last = state.updated_at or started
     return {
         "call_sid": call_sid,
@@ -33,6 +33,7 @@ def _row(call_sid: str, state: CallState | None, started: int) -> dict[str, Any]
         "outcome": state.outcome or "in the IVR",
         "simulated": state.simulated,
         "expired": False,
+        "ended": state.outcome is not None,  # its journey page stops refreshing
     }
 
 
