@@ -78,6 +78,13 @@ def requires(role: Role) -> Callable[[View], View]:
     return decorate
 
 
+def answers_json(view: View) -> View:
+    """Mark a view the page scripts fetch: its errors are JSON problems whatever the request
+    asked for (a script cannot read an HTML error page)."""
+    view.answers_json = True  # type: ignore[attr-defined] - read by wants_json
+    return view
+
+
 def secure_cookies() -> bool:
     base = services().settings.public_base_url or ""
     return base.startswith("https://")
@@ -113,7 +120,12 @@ def _submitted_csrf() -> str:
     return request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
 
 
-def _wants_json() -> bool:
+def wants_json() -> bool:
+    """Whether an error should be answered as JSON: a view the page scripts fetch, or a
+    request that asks for or sends JSON."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "answers_json", False):
+        return True
     return request.accept_mimetypes.best == "application/json" or request.is_json
 
 
@@ -130,7 +142,7 @@ def load_session() -> Response | None:
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     if session is None:
-        if _wants_json() or request.method in _UNSAFE_METHODS:
+        if wants_json() or request.method in _UNSAFE_METHODS:
             abort(401, description="sign in first")
         return redirect(url_for("console.sign_in", next=request.full_path.rstrip("?")))
     if request.method in _UNSAFE_METHODS and not hmac.compare_digest(

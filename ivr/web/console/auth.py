@@ -13,6 +13,7 @@ from ivr.config import Rate
 from ivr.users import Role
 from ivr.verification.limits import Window
 from ivr.web.console import access, blueprint
+from ivr.web.errors import problem
 
 # Argon2 makes each guess cost ~50 ms of our CPU; these bound the guesses themselves.
 SIGN_IN_PER_USER = Rate(10, 900)
@@ -104,6 +105,9 @@ def home() -> Response:
 def console_error(exc: HTTPException) -> Any:
     """Errors as a page (or JSON for the page scripts), in plain words."""
     status = exc.code or 500
-    if request.accept_mimetypes.best == "application/json" or request.is_json:
-        return {"error": exc.description or exc.name, "status": status}, status
+    if access.wants_json():
+        # A problem as the API answers (RFC 9457); `error` is what the page scripts show.
+        detail = exc.description or exc.name
+        reason = exc.name.lower().replace(" ", "_")
+        return problem(status, reason, exc.name, detail, error=detail)
     return render_template("console/error.html", status=status, message=exc.description), status

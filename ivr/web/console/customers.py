@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import phonenumbers
 from flask import Response, abort, redirect, render_template, request, url_for
 
 from ivr.app import services
@@ -104,19 +105,23 @@ def import_customers() -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return _render(None, import_errors=[(0, f"not UTF-8 text (byte {exc.start})")], status=422)
+    country = request.form.get("country", "").strip() or None
+    if country is not None and country.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        return _render(None, import_errors=[(0, "country: an ISO 3166 code like US")], status=422)
     ivr = services()
     rows, errors = read_csv(
         io.StringIO(text, newline=""),
-        country=request.form.get("country") or None,
+        country=country,
         resolve_locale=ivr.prompts.resolve_locale,
     )
     result = ImportResult(errors=errors) if errors else ivr.customers.import_rows(rows)
+    if result.created or result.replaced:  # a concurrent writer may fail rows after others
+        ivr.audit.record(
+            access.current_session().user,
+            "customer.import",
+            upload.filename[:100],
+            after={"created": result.created, "replaced": result.replaced},
+        )
     if result.errors:
         return _render(None, import_errors=sorted(result.errors), status=422)
-    ivr.audit.record(
-        access.current_session().user,
-        "customer.import",
-        upload.filename[:100],
-        after={"created": result.created, "replaced": result.replaced},
-    )
     return _render(None, imported=result)

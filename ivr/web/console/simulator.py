@@ -21,10 +21,13 @@ from ivr.flows.library import PublishedFlows
 from ivr.simulator import Progress, Question
 from ivr.telephony import SimulatedCarrier
 from ivr.users import Role
+from ivr.verification.models import is_call_sid
 from ivr.web.console import access, blueprint
 from ivr.web.webhooks import SIMULATOR_PARAMETER
 
 SIMULATED_CALL_TTL_SECONDS = 2 * 3600
+VERSIONS = ("live", "draft")
+DTMF_KEYS = frozenset("0123456789*#")
 _MAX_KEYS = 32
 
 
@@ -64,8 +67,28 @@ def _save(call_sid: str, record: dict[str, Any]) -> None:
     )
 
 
+def _json_object(*, optional: bool = False) -> dict[str, Any]:
+    """The request's body as a JSON object, or a 4xx that says what is wrong with it (an
+    `optional` body may also be empty)."""
+    if optional and not request.get_data(cache=True):  # too big: 413 (the app's limit)
+        return {}
+    if not request.is_json:
+        abort(415, description="send a JSON object with Content-Type: application/json")
+    data = request.get_json(silent=True)  # too big: 413 before parsing
+    if not isinstance(data, dict):
+        abort(400, description="the body is not a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        abort(400, description=f"{name}: a non-empty string is required")
+    return value
+
+
 def _load(call_sid: str) -> dict[str, Any]:
-    if not call_sid.startswith("CA") or len(call_sid) != 34:
+    if not is_call_sid(call_sid):
         abort(404, description="no such simulated call")
     raw = services().redis.get(keys.simulator_call(call_sid))
     record = json.loads(raw) if raw else None
@@ -95,19 +118,26 @@ def _answer(call_sid: str, record: dict[str, Any], progress: Progress) -> dict[s
 
 @blueprint.post("/simulator/calls")
 @access.requires(Role.VIEWER)
+@access.answers_json
 def simulator_call() -> Any:
-    """Place a simulated call: {flow, version: "live" | "draft", caller}."""
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        abort(400, description="send a JSON object: flow, version, caller")
-    flow_name = str(data.get("flow") or "")
+    """Place a simulated call: {flow, version: "live" (the default) | "draft", caller}."""
+    data = _json_object()
+    flow_name = _text(data, "flow")
+    version = data.get("version", "live")
+    if version not in VERSIONS:
+        abort(400, description='version: "live" or "draft"')
+    # Every field is checked before anything is written (a draft's trial, the call).
+    try:
+        caller = phone.parse(data.get("caller"), None).e164
+    except phone.NumberRefused as exc:
+        abort(400, description=f"caller: {exc.detail}")
     library = services().flows.library
     if not isinstance(library, PublishedFlows):
         abort(503, description="flows are served from files only (no Redis)")
     if flow_name not in library.flows and library.versions.draft(flow_name) is None:
         abort(404, description=f"no flow {flow_name!r}")
     revision = ""
-    if data.get("version") == "draft":
+    if version == "draft":
         draft = library.versions.draft(flow_name)
         if draft is None:
             abort(404, description=f"flow {flow_name!r} has no draft")
@@ -116,10 +146,6 @@ def simulator_call() -> Any:
             errors = "; ".join(p.message for p in problems if p.severity == "error")
             abort(422, description=f"the draft does not pass the checks: {errors}")
         revision = "trial:" + library.versions.save_trial(draft.text)
-    try:
-        caller = phone.parse(data.get("caller"), None).e164
-    except phone.NumberRefused as exc:
-        abort(400, description=f"caller: {exc.detail}")
     served = library.served(flow_name, revision)
     if served is None:
         abort(404, description=f"no flow {flow_name!r}")
@@ -142,28 +168,34 @@ def simulator_call() -> Any:
 
 @blueprint.post("/simulator/calls/<call_sid>/keys")
 @access.requires(Role.VIEWER)
+@access.answers_json
 def simulator_keys(call_sid: str) -> Any:
     """The caller pressed {keys} (or, with keys null, stayed silent until the timeout)."""
     record = _load(call_sid)
+    data = _json_object()
+    if "keys" not in data:
+        abort(400, description="keys: the keys pressed, or null for silence")
+    pressed = data["keys"]
+    if pressed is not None and (
+        not isinstance(pressed, str)
+        or not 1 <= len(pressed) <= _MAX_KEYS
+        or not DTMF_KEYS.issuperset(pressed)
+    ):
+        abort(400, description=f"keys: 1 to {_MAX_KEYS} of 0-9, * and #, or null for silence")
     question = record.get("question")
     if question is None:
         abort(409, description="the call is not waiting for keys")
-    data = request.get_json(silent=True) or {}
-    pressed = data.get("keys")
-    if pressed is not None and (
-        not isinstance(pressed, str)
-        or len(pressed) > _MAX_KEYS
-        or any(k not in "0123456789*#" for k in pressed)
-    ):
-        abort(400, description="keys are up to 32 of 0-9, * and #")
-    progress = _simulated_phone().press(Question(**question), record["params"], pressed or None)
+    progress = _simulated_phone().press(Question(**question), record["params"], pressed)
     return _answer(call_sid, record, progress)
 
 
 @blueprint.post("/simulator/calls/<call_sid>/hangup")
 @access.requires(Role.VIEWER)
+@access.answers_json
 def simulator_hangup(call_sid: str) -> Any:
+    """The caller hung up (the body, if any, is an empty JSON object)."""
     record = _load(call_sid)
+    _json_object(optional=True)
     record["question"], record["ended_by"] = None, "caller hung up"
     _save(call_sid, record)
     return {"call_sid": call_sid, "ended_by": "caller hung up", "events": []}
@@ -171,6 +203,7 @@ def simulator_hangup(call_sid: str) -> Any:
 
 @blueprint.get("/simulator/calls/<call_sid>/phone")
 @access.requires(Role.VIEWER)
+@access.answers_json
 def simulator_phone(call_sid: str) -> Any:
     """What the simulated phone(s) of this call received: the caller's, and the customer's
     phone on file once the caller is identified."""

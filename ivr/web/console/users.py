@@ -12,6 +12,8 @@ from ivr.app import services
 from ivr.users import Role, UserError
 from ivr.web.console import access, blueprint
 
+_MAX_AUDIT_PAGE = 10_000  # 100 entries a page: the log keeps 10,000 entries at most
+
 
 def _render(**extra: Any) -> Any:
     status = extra.pop("status", 200)
@@ -96,6 +98,7 @@ def delete_user(name: str) -> Any:
 @blueprint.get("/audit")
 @access.requires(Role.ADMIN)
 def audit() -> str:
-    page = max(0, request.args.get("page", 0, type=int))
+    # Bounded: Redis refuses list offsets past 2**63, which is no reason for a 503.
+    page = min(max(0, request.args.get("page", 0, type=int)), _MAX_AUDIT_PAGE)
     entries = services().audit.entries(limit=100, offset=page * 100)
     return render_template("console/audit.html", entries=entries, page=page)
