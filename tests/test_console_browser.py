@@ -464,3 +464,50 @@ def test_the_calls_page_shows_a_new_call_without_a_reload_and_can_be_paused(page
     simulator.get_by_role("button", name="Hang up").click()
     shot(page, "calls-live")
     simulator.close()
+
+
+A11Y_PAGES = [
+    "/console/flows",
+    "/console/flows/default",
+    "/console/flows/default?node=main_menu",
+    "/console/flows/default/yaml",
+    "/console/flows/default/diff",
+    "/console/flows/default/history",
+    "/console/simulator",
+    "/console/verifications",
+    "/console/calls",
+    "/console/customers",
+    "/console/prompts",
+    "/console/prompts?locale=en-US&key=flow.welcome",
+    "/console/prompts/en-US/diff",
+    "/console/users",
+    "/console/audit",
+]
+A11Y_RULES = {
+    "runOnly": {
+        "type": "tag",
+        "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"],
+    },
+    "resultTypes": ["violations"],
+}
+
+
+def test_every_page_passes_axe_core_wcag_2_2_aa(page, served, browser):
+    """axe-core (the engine behind Lighthouse's accessibility audit) on every page, signed out
+    and signed in: labels, names, contrast, landmarks, ARIA use."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    axe = Axe()
+    found = {}
+    page.goto("/console/sign-in")
+    found["/console/sign-in"] = axe.run(page, options=A11Y_RULES)
+    sign_in(page, served)
+    for path in A11Y_PAGES:
+        page.goto(path)
+        found[path] = axe.run(page, options=A11Y_RULES)
+    report = "\n".join(
+        f"{path}:\n{results.generate_report()}"
+        for path, results in found.items()
+        if results.violations_count
+    )
+    assert not report, report
