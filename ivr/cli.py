@@ -19,7 +19,7 @@ from flask import Flask
 from ivr.config import ConfigError, Settings, redact_url
 from ivr.flow_cli import flows, settings_or_exit, simulate
 from ivr.prompts import PromptCatalogs, load_catalogs
-from ivr.users_cli import users
+from ivr.users_cli import cli_actor, users
 
 _SECRET_FIELDS = {
     "twilio_auth_token",
@@ -297,6 +297,13 @@ def customers_import(file: Path, country: str | None, dry_run: bool) -> None:
         result = ImportResult(errors=errors)
     else:
         result = ivr.customers.import_rows(rows, dry_run=dry_run)
+    if not dry_run and (result.created or result.replaced):  # as the console's import does
+        ivr.audit.record(
+            cli_actor(),
+            "customer.import",
+            file.name[:100],
+            after={"created": result.created, "replaced": result.replaced},
+        )
     for line, message in sorted(result.errors):
         click.echo(f"{file}:{line}: {message}", err=True)
     if result.errors:

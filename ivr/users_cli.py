@@ -27,7 +27,8 @@ def _services() -> tuple[Users, AuditLog]:
     return ivr.users, ivr.audit
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """Who the audit log names for a change made through `ivr`: cli:<login name>."""
     try:
         login = getpass.getuser()
     except (OSError, KeyError):  # no login name: a container's bare uid, say
@@ -70,7 +71,7 @@ def users_create(name: str, role: str) -> None:
         user = accounts.create(name, role, _password())
     except UserError as exc:
         raise _refused(exc) from None
-    audit.record(_actor(), "user.create", user.name, after={"role": user.role.value})
+    audit.record(cli_actor(), "user.create", user.name, after={"role": user.role.value})
     click.echo(f"created {user.name} ({user.role})")
 
 
@@ -99,7 +100,7 @@ def users_delete(name: str) -> None:
         raise _refused(exc) from None
     if not deleted or user is None:
         raise click.ClickException(f"no user {name.strip().lower()}")
-    audit.record(_actor(), "user.delete", user.name, before={"role": user.role.value})
+    audit.record(cli_actor(), "user.delete", user.name, before={"role": user.role.value})
     click.echo(f"deleted {user.name}; their sessions ended")
 
 
@@ -114,7 +115,7 @@ def users_password(name: str) -> None:
         user = accounts.set_password(name, _password())
     except UserError as exc:
         raise _refused(exc) from None
-    audit.record(_actor(), "user.password", user.name)  # what changed, never the password
+    audit.record(cli_actor(), "user.password", user.name)  # what changed, never the password
     click.echo(f"password of {user.name} changed; their sessions ended")
 
 
@@ -135,7 +136,7 @@ def users_role(name: str, role: str) -> None:
     except UserError as exc:
         raise _refused(exc) from None
     audit.record(
-        _actor(),
+        cli_actor(),
         "user.role",
         user.name,
         before={"role": before.role.value},

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
+
 import pytest
 from click.testing import CliRunner
 
 from ivr.cli import main
 from ivr.customers import Customer, CustomerDirectory
+from ivr.users import AuditLog
 from tests.conftest import SECRET_KEY
 
 GOOD = """id,phone,name,sms,locale
@@ -48,6 +51,25 @@ def test_import_creates_every_customer_and_says_how_many(directory, tmp_path):
         "87654321", "+14155550142", "Grace Hopper", sms=False, locale="es-ES"
     )
     assert directory.find_by_phone("+14155550177").name == "Turing, Alan"
+
+
+def test_an_import_is_audited_as_the_cli_user_with_its_counts(directory, redis_client, tmp_path):
+    directory.put(Customer("12345678", "+14155550161", "Ada"))
+    result = import_csv(csv_file(tmp_path, GOOD, name="crm-export.csv"))
+    assert result.exit_code == 0, result.output
+    [entry] = AuditLog(redis_client).entries()
+    assert (entry.actor, entry.action, entry.target) == (
+        f"cli:{getpass.getuser()}",
+        "customer.import",
+        "crm-export.csv",
+    )
+    assert (entry.before, entry.after) == (None, {"created": 2, "replaced": 1})
+
+
+def test_an_import_that_writes_nothing_is_not_audited(directory, redis_client, tmp_path):
+    assert import_csv(csv_file(tmp_path, GOOD), "--dry-run").exit_code == 0
+    assert import_csv(csv_file(tmp_path, GOOD + "123,+14155550199,Bad Id,yes\n")).exit_code == 1
+    assert AuditLog(redis_client).entries() == []
 
 
 def test_importing_again_replaces(directory, tmp_path):
