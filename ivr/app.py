@@ -28,7 +28,7 @@ from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.recordings import Recordings
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
 from ivr.tokens import ApiTokens
-from ivr.users import AuditLog, Users, ensure_development_admin
+from ivr.users import ADMIN_PASSWORD_FILE, AuditLog, Users, ensure_development_admin
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
@@ -188,7 +188,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customer_finder=customer_finder,
         flows=flows,
         events=_event_dispatcher(settings, outbox, verifications),
-        users=(users := Users(client)),
+        users=(users := Users(client, development_password_file=instance / ADMIN_PASSWORD_FILE)),
         audit=AuditLog(client),
         console_admin_password_file=_development_admin(settings, users, instance),
         base_url=base_url,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -35,6 +36,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from ivr import keys
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{1,31}$")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
@@ -253,7 +255,10 @@ class Users:
         session_max_seconds: int = 24 * 3600,
         hasher: PasswordHasher | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        development_password_file: Path | None = None,
     ):
+        """`development_password_file` is where ensure_development_admin writes the first
+        admin's password: it is deleted once that password stops being the admin's."""
         if session_idle_seconds <= 0 or session_max_seconds <= 0:
             raise ValueError("session lifetimes are positive")
         self.redis = client
@@ -261,6 +266,7 @@ class Users:
         self.max_ms = session_max_seconds * 1000
         self.hasher = hasher or PasswordHasher()  # public: tests swap in a cheap one
         self._clock = clock_ms
+        self.development_password_file = development_password_file
         self._create = client.register_script(CREATE_USER)
         self._set_role = client.register_script(SET_ROLE)
         self._change_hash = client.register_script(CHANGE_HASH)
@@ -339,6 +345,7 @@ class Users:
         user = self.get(name) if ended != -1 else None
         if user is None:
             raise UserError("not_found", f"no user {name}")
+        self._forget_development_password(user.name)
         return user
 
     def delete(self, name: str) -> bool:
@@ -353,7 +360,20 @@ class Users:
                 keys=[keys.console_user(user.name), keys.console_user_sessions(user.name)]
             )
             self.redis.srem(keys.console_user_names(), user.name)
+        self._forget_development_password(user.name)
         return bool(existed)
+
+    def _forget_development_password(self, name: str) -> None:
+        """After the development admin's password changed or the admin went, the generated
+        password written down in the instance folder signs nobody in: delete the file, so
+        neither it nor the sign-in page (which mentions it while it exists) misleads."""
+        path = self.development_password_file
+        if name != DEVELOPMENT_ADMIN or path is None:
+            return
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # the change is made; a file we may not delete is no reason to fail
+            log.warning("console: could not delete the stale password file %s (%s)", path, exc)
 
     def _require(self, name: str) -> User:
         user = self.get(valid_name(name))

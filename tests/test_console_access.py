@@ -177,3 +177,33 @@ def test_after_sign_in_the_visitor_goes_where_they_were_headed_but_never_off_sit
     form["csrf_token"] = token
     response = client.post("/console/sign-in?next=/console/flows/default", data=form)
     assert response.headers["Location"] == "/console/flows/default"
+
+
+def test_the_sign_in_page_points_to_the_development_password_only_while_it_is_valid(
+    console_app, make_app
+):
+    other_worker = make_app(  # the same instance folder and Redis: another worker
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_caller_id=None,
+        twilio_api_base_url=None,
+    )
+    hint = "the password is in"
+    for app in (console_app, other_worker):
+        assert hint in app.test_client().get("/console/sign-in").text
+    path = console_app.extensions["ivr"].console_admin_password_file
+    admin = sign_in(console_app, "ada")
+    response = post(admin, "/console/users/admin/password")
+    assert response.status_code == 200, response.text
+    assert not path.exists(), "the file held the admin's old password"
+    for app in (console_app, other_worker):
+        assert hint not in app.test_client().get("/console/sign-in").text
+
+
+def test_deleting_the_development_admin_in_the_console_deletes_its_password_file(console_app):
+    path = console_app.extensions["ivr"].console_admin_password_file
+    assert path.exists()
+    response = post(sign_in(console_app, "ada"), "/console/users/admin/delete")
+    assert response.status_code == 302, response.text
+    assert not path.exists()
+    assert "the password is in" not in console_app.test_client().get("/console/sign-in").text

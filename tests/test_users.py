@@ -599,6 +599,46 @@ def test_a_deleted_password_file_is_not_reported(users, tmp_path):
     assert ensure_development_admin(users, tmp_path) is None
 
 
+def _development(redis_client: redis.Redis, instance: Path) -> tuple[Users, Path]:
+    users = Users(
+        redis_client, hasher=CHEAP_HASHER, development_password_file=instance / ADMIN_PASSWORD_FILE
+    )
+    path = ensure_development_admin(users, instance)
+    assert path is not None and path.exists()
+    users.create("alice", Role.ADMIN, PASSWORD)
+    return users, path
+
+
+def test_a_new_password_for_the_development_admin_deletes_the_stale_file(redis_client, tmp_path):
+    users, path = _development(redis_client, tmp_path)
+    users.set_password("alice", OTHER_PASSWORD)
+    with pytest.raises(UserError):
+        users.set_password("admin", "short")
+    assert path.exists(), "another user's change, or a refused one, leaves the file"
+    users.set_password("Admin", OTHER_PASSWORD)
+    assert not path.exists()
+    assert ensure_development_admin(users, tmp_path) is None, "the next start points to nothing"
+    assert users.authenticate("admin", OTHER_PASSWORD) is not None
+
+
+def test_deleting_the_development_admin_deletes_the_file(redis_client, tmp_path):
+    users, path = _development(redis_client, tmp_path)
+    users.delete("alice")
+    with pytest.raises(UserError):
+        users.delete("admin")  # the last admin stays, and so does the file
+    assert path.exists()
+    users.create("alice", Role.ADMIN, PASSWORD)
+    assert users.delete("admin")
+    assert not path.exists()
+
+
+def test_without_a_development_file_a_password_change_touches_no_file(redis_client, tmp_path):
+    users = Users(redis_client, hasher=CHEAP_HASHER)
+    path = ensure_development_admin(users, tmp_path)
+    users.set_password("admin", OTHER_PASSWORD)
+    assert path is not None and path.exists()
+
+
 # -- the audit log -------------------------------------------------------------------------------
 
 

@@ -222,6 +222,34 @@ def test_in_development_the_console_admin_is_there_already(env, monkeypatch, use
     assert users.authenticate("admin", password) is not None
 
 
+@pytest.fixture
+def development(env, redis_client, monkeypatch) -> Path:
+    """No Twilio account: the CLI's app makes the development admin and its password file."""
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_CALLER_ID"):
+        monkeypatch.delenv(name)
+    assert run("list").exit_code == 0
+    path = Path(env["INSTANCE_PATH"]) / ADMIN_PASSWORD_FILE
+    assert path.exists()
+    return path
+
+
+def test_a_new_admin_password_deletes_the_development_password_file(development, users):
+    result = run("password", "admin", input=OTHER_PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    assert not development.exists(), "the file would hold a password that no longer works"
+    assert run("list").exit_code == 0 and not development.exists(), "nor comes back"
+    assert users.authenticate("admin", OTHER_PASSWORD) is not None
+
+
+def test_deleting_the_admin_deletes_the_development_password_file(development, users):
+    assert run("create", "ada", "--role", "admin", input=PASSWORD + "\n").exit_code == 0
+    assert run("password", "ada", input=OTHER_PASSWORD + "\n").exit_code == 0
+    assert development.exists(), "another user's password is not in it"
+    result = run("delete", "admin")
+    assert result.exit_code == 0, result.output
+    assert not development.exists()
+
+
 def _read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import Any
 
 from flask import Response, make_response, redirect, render_template, request, url_for
@@ -25,6 +26,13 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/console") and not target.startswith("//"):
         return target
     return url_for("console.home")
+
+
+def _development_password_file() -> Path | None:
+    """The development admin's password file while it is there: it goes once the password it
+    holds is changed (ivr.users), in this process or any other."""
+    path = services().console_admin_password_file
+    return path if path is not None and path.is_file() else None
 
 
 @blueprint.route("/sign-in", methods=["GET", "POST"])
@@ -71,7 +79,7 @@ def sign_in() -> Any:
         error=error,
         username=username,
         sign_in_token=access.sign_in_csrf_token(pre_session),
-        dev_password_file=services().console_admin_password_file,
+        dev_password_file=_development_password_file(),
     )
     response = make_response(body, status)
     response.set_cookie(
