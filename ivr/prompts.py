@@ -8,6 +8,7 @@ English words read by a Spanish voice.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import string
@@ -270,6 +271,17 @@ class PromptCatalogs:
             prompts=prompts,
             audio=audio,
         )
+
+    def overlaid(self, texts: dict[str, str]) -> PromptCatalogs:
+        """These catalogs with some locales' texts in place of theirs (the prompt drafts, for a
+        simulator's trial): a copy that never reloads. CatalogError when a text cannot serve."""
+        trial = copy.copy(self)
+        trial.published = None
+        trial._lock = threading.Lock()
+        trial.catalogs = dict(self.catalogs)
+        for locale, text in texts.items():
+            trial.catalogs[locale] = self.parse(text, locale, f"{locale} draft")
+        return trial
 
     @property
     def locales(self) -> list[str]:

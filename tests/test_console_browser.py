@@ -260,6 +260,17 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     # The draft can be tried before it is published; the live flow does not have it yet.
     hear_option_4(page, expect_goodbye=True, version="draft")
     hear_option_4(page, expect_goodbye=False)
+    # The draft call says the prompt draft too (the menu's short prompt, on a repeat).
+    page.goto("/console/simulator")
+    page.get_by_label("Flow").select_option("default|draft")
+    page.get_by_role("button", name="Call").click()
+    keypad, log = page.get_by_role("group", name="Keypad"), page.get_by_role("log")
+    expect(log).to_contain_text("Para español, pulse 2.")
+    keypad.get_by_role("button", name="1", exact=True).click()
+    expect(log).to_contain_text("For help with your account")
+    keypad.get_by_role("button", name="7", exact=True).click()
+    expect(log).to_contain_text("To say goodbye, press 4.")
+    page.get_by_role("button", name="Hang up").click()
     page.goto("/console/flows/default")
 
     page.get_by_role("link", name="Changes").click()
@@ -287,9 +298,12 @@ def test_a_supervisor_changes_a_menu_option_publishes_and_rolls_back(page, serve
     page.goto("/console/simulator")
     page.get_by_label("Flow").select_option("default|live")
     page.get_by_role("button", name="Call").click()
-    page.get_by_role("group", name="Keypad").get_by_role("button", name="1", exact=True).click()
-    page.get_by_role("group", name="Keypad").get_by_role("button", name="7", exact=True).click()
-    expect(page.get_by_role("log")).to_contain_text("To say goodbye, press 4.")  # the repeat
+    keypad, log = page.get_by_role("group", name="Keypad"), page.get_by_role("log")
+    expect(log).to_contain_text("Para español, pulse 2.")
+    keypad.get_by_role("button", name="1", exact=True).click()
+    expect(log).to_contain_text("For help with your account")
+    keypad.get_by_role("button", name="7", exact=True).click()
+    expect(log).to_contain_text("To say goodbye, press 4.")  # the repeat
     page.get_by_role("button", name="Hang up").click()
 
 
@@ -452,7 +466,7 @@ def test_the_calls_page_shows_a_new_call_without_a_reload_and_can_be_paused(page
     simulator.goto("/console/simulator")
     simulator.get_by_label("Calling from").fill("+14155550142")
     simulator.get_by_role("button", name="Call").click()
-    expect(simulator.get_by_role("log")).to_contain_text("Thank you for calling Acme")
+    expect(simulator.get_by_role("log")).to_contain_text("For English, press 1.")
     # Refreshed in place (no navigation): the new call is there, in the IVR.
     expect(in_the_ivr).to_have_count(before + 1, timeout=15_000)
     expect(control).to_contain_text("Updated at")

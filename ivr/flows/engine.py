@@ -29,7 +29,7 @@ from ivr.flows.hours import is_open
 from ivr.flows.library import PublishedFlows
 from ivr.flows.loader import FlowLibrary, LoadedFlow
 from ivr.flows.state import CallState, CallStateStore
-from ivr.prompts import PromptCatalogs
+from ivr.prompts import CatalogError, PromptCatalogs
 from ivr.verification.models import Status
 from ivr.verification.service import (
     DeliveryFailed,
@@ -64,6 +64,7 @@ class Trial:
 
     flow: str
     revision: str = ""  # "" the live version, "7", or "trial:<digest>" (a draft)
+    prompts: str = ""  # "" the live prompts, or "trial:<digest>": the prompt drafts too
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class _Turn:
     call_sid: str = ""
     stateless: bool = False  # nothing of this turn is saved: offer no way back into it
     unconfirmed: bool = False  # the state came from the URL: not yet known to be current
+    prompts: PromptCatalogs | None = None  # what this call hears (the drafts, in a trial)
     response: VoiceResponse = field(default_factory=VoiceResponse)
     pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     # Verbs whose action URL leads back into the flow: filled in once the turn's state is final.
@@ -151,6 +153,7 @@ class FlowEngine:
     ):
         self.library = library
         self.prompts = prompts
+        self._trial_prompts: dict[tuple[str, int], PromptCatalogs] = {}
         self.states = states
         self.verifications = verifications
         self.customers = customers
@@ -176,9 +179,10 @@ class FlowEngine:
             locale=locale,
             caller=call.caller,
             flow_revision=served.revision,
+            prompts_revision=call.trial.prompts if call.trial else "",
             simulated=call.trial is not None,
         )
-        turn = _Turn(flow, state, next_step=1, call_sid=call.call_sid)
+        turn = _Turn(flow, state, 1, call.call_sid, prompts=self._prompts_of(state))
         try:
             self._walk(turn, STAY)
         except FlowError as exc:
@@ -214,7 +218,12 @@ class FlowEngine:
         if flow is None or state.node not in flow.nodes:
             return self._on_error(flow, state, "the call's flow or node is gone")
         turn = _Turn(
-            flow, state, next_step=step + 1, call_sid=call.call_sid, unconfirmed=unconfirmed
+            flow,
+            state,
+            next_step=step + 1,
+            call_sid=call.call_sid,
+            unconfirmed=unconfirmed,
+            prompts=self._prompts_of(state),
         )
         try:
             node = flow.nodes[state.node]
@@ -238,6 +247,27 @@ class FlowEngine:
         if call.trial is not None:
             return self.library.served(call.trial.flow, call.trial.revision)
         return self.library.served_for_number(call.called)
+
+    def _prompts_of(self, state: CallState) -> PromptCatalogs:
+        """What the call hears: the live prompts, or for a simulator's trial of the drafts,
+        the prompt drafts frozen when it started (the live ones once the trial expired)."""
+        revision = state.prompts_revision
+        if not revision or self.prompts.published is None:
+            return self.prompts
+        key = (revision, self.prompts.version)
+        found = self._trial_prompts.get(key)
+        if found is None:
+            text = self.prompts.published.trial(revision.removeprefix("trial:"))
+            try:
+                drafts = json.loads(text) if text else {}
+                found = self.prompts.overlaid(drafts) if drafts else self.prompts
+            except (ValueError, CatalogError) as exc:
+                log.warning("trial prompts %s refused (%s): the live ones serve", revision, exc)
+                found = self.prompts
+            if len(self._trial_prompts) >= 16:  # a few supervisors' trials at a time
+                self._trial_prompts.clear()
+            self._trial_prompts[key] = found
+        return found
 
     def _flow_of(self, state: CallState) -> model.Flow | None:
         """The flow version the call started on (it finishes on it, whatever is published)."""
@@ -319,7 +349,7 @@ class FlowEngine:
         node = flow.nodes.get(state.node) if flow else None
         if flow is None or node is None or not node.waits_for_keys:
             return self._goodbye(state.locale, "call.error")
-        turn = _Turn(flow, state, next_step=state.step, call_sid=call_sid)
+        turn = _Turn(flow, state, state.step, call_sid, prompts=self._prompts_of(state))
         self._gather_for(turn, node, repeat=True)
         turn.fill_links(self.states.seal(call_sid, state))
         return turn.response
@@ -333,7 +363,7 @@ class FlowEngine:
         )
         if flow is None or target is None or not hands_over:
             return self._goodbye(state.locale, "call.error")
-        turn = _Turn(flow, state, next_step=state.step + 1, stateless=True)
+        turn = _Turn(flow, state, state.step + 1, stateless=True, prompts=self._prompts_of(state))
         turn.say("call.error_transfer")
         getattr(self, f"_enter_{target.type}")(turn, target)
         return turn.response
@@ -342,8 +372,9 @@ class FlowEngine:
 
     def _flush(self, turn: _Turn, target: Any) -> None:
         """Speak the collected prompts into `target` (the response, or a Gather)."""
+        prompts = turn.prompts or self.prompts
         for key, values in turn.pending:
-            self.prompts.speak(target, turn.state.locale, key, app_name=self.app_name, **values)
+            prompts.speak(target, turn.state.locale, key, app_name=self.app_name, **values)
         turn.pending.clear()
 
     def _gather(self, turn: _Turn, **options: Any) -> Gather:
@@ -391,7 +422,8 @@ class FlowEngine:
                 turn, num_digits=1, timeout=node.timeout_seconds, finish_on_key=""
             )
             for key, locale in node.options.items():
-                self.prompts.speak(gather, locale, node.prompt, app_name=self.app_name, digit=key)
+                prompts = turn.prompts or self.prompts
+                prompts.speak(gather, locale, node.prompt, app_name=self.app_name, digit=key)
 
     # -- nodes that need no input ----------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class CallState:
     node: str
     locale: str
     flow_revision: str = ""  # the flow version the call runs on, to its end ("" = the live one)
+    prompts_revision: str = ""  # a simulator's trial of the prompt drafts ("" = the live ones)
     simulated: bool = False  # a console simulator's call: codes go to the simulated phone
     caller: str = ""  # the caller ID as Twilio sent it (E.164 when it is a number)
     step: int = 0
@@ -243,17 +244,17 @@ class CallStateStore:
         except (InvalidTag, ValueError, TypeError, zlib.error, UnicodeDecodeError):
             return None
 
-    def seal_trial(self, call_sid: str, flow: str, revision: str) -> str:
-        """A token that makes `call_sid` a console simulator's call of `flow` at `revision`:
-        its first webhook's URL carries it. Only the holder of SECRET_KEY can make one, and a
-        real Twilio call never has it."""
+    def seal_trial(self, call_sid: str, flow: str, revision: str, prompts: str = "") -> str:
+        """A token that makes `call_sid` a console simulator's call of `flow` at `revision`
+        (and the prompts at `prompts`): its first webhook's URL carries it. Only the holder of
+        SECRET_KEY can make one, and a real Twilio call never has it."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        plain = json.dumps([flow, revision], separators=(",", ":")).encode()
+        plain = json.dumps([flow, revision, prompts], separators=(",", ":")).encode()
         box = self._trial_seal.encrypt(nonce, plain, call_sid.encode())
         return base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
 
-    def open_trial(self, call_sid: str, token: str) -> tuple[str, str] | None:
-        """(flow, revision) of a simulator's call, or None when `token` does not open."""
+    def open_trial(self, call_sid: str, token: str) -> tuple[str, str, str] | None:
+        """(flow, revision, prompts) of a simulator's call, or None when `token` does not open."""
         if not token or len(token) > MAX_SEALED_CHARS:
             return None
         try:
@@ -261,7 +262,9 @@ class CallStateStore:
             plain = self._trial_seal.decrypt(
                 raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], call_sid.encode()
             )
-            flow, revision = json.loads(plain)
+            flow, revision, prompts = json.loads(plain)
         except (InvalidTag, ValueError, TypeError, UnicodeDecodeError):
             return None
-        return (flow, revision) if isinstance(flow, str) and isinstance(revision, str) else None
+        if not all(isinstance(part, str) for part in (flow, revision, prompts)):
+            return None
+        return flow, revision, prompts

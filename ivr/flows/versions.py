@@ -179,6 +179,11 @@ class DocumentVersions:
         number = self.redis.hget(keys.documents_live(self.kind), name)
         return self.version(name, int(number)) if number else None
 
+    def live_number(self, name: str) -> int | None:
+        """The live version's number alone (one small read, fresh from Redis)."""
+        number = self.redis.hget(keys.documents_live(self.kind), name)
+        return int(number) if number else None
+
     def version(self, name: str, number: int) -> Version | None:
         raw = self.redis.hget(keys.document_versions(self.kind, name), str(number))
         return Version.from_json(name, number, raw) if raw is not None else None

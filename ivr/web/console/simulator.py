@@ -45,17 +45,29 @@ def _carrier() -> SimulatedCarrier:
     return carrier
 
 
+def _prompt_drafts() -> dict[str, str]:
+    """Locale -> the text of its prompt draft, for every locale that has one."""
+    published = services().prompts.published
+    if published is None:
+        return {}
+    return {locale: draft.text for locale, draft in published.drafts().items()}
+
+
 @blueprint.get("/simulator")
 @access.requires(Role.VIEWER)
 def simulator() -> str:
     library = services().flows.library
     flows = sorted(library.flows)
     drafts = sorted(library.versions.drafts()) if isinstance(library, PublishedFlows) else []
+    prompt_drafts = _prompt_drafts()
+    if prompt_drafts:  # every flow can be tried with the prompt drafts
+        drafts = sorted({*drafts, *flows})
     customers = services().customers.search("", limit=200)
     return render_template(
         "console/simulator.html",
         flows=flows,
         drafts=drafts,
+        prompt_drafts=sorted(prompt_drafts),
         customers=customers,
         chosen=request.args.get("flow", "default"),
     )
@@ -136,22 +148,31 @@ def simulator_call() -> Any:
         abort(503, description="flows are served from files only (no Redis)")
     if flow_name not in library.flows and library.versions.draft(flow_name) is None:
         abort(404, description=f"no flow {flow_name!r}")
-    revision = ""
+    # "live": the version live now, read from Redis (a worker that has not looked yet would
+    # start it on the one before). "draft": the flow's draft if it has one, and the prompt
+    # drafts if there are any, frozen for the call.
+    live = library.versions.live_number(flow_name)
+    revision, prompts = (str(live) if live else ""), ""
     if version == "draft":
         draft = library.versions.draft(flow_name)
-        if draft is None:
-            abort(404, description=f"flow {flow_name!r} has no draft")
-        loaded, problems = library.check(flow_name, draft.text)
-        if loaded is None:
-            errors = "; ".join(p.message for p in problems if p.severity == "error")
-            abort(422, description=f"the draft does not pass the checks: {errors}")
-        revision = "trial:" + library.versions.save_trial(draft.text)
+        prompt_drafts = _prompt_drafts()
+        if draft is None and not prompt_drafts:
+            abort(404, description=f"flow {flow_name!r} has no draft, nor do the prompts")
+        if draft is not None:
+            loaded, problems = library.check(flow_name, draft.text)
+            if loaded is None:
+                errors = "; ".join(p.message for p in problems if p.severity == "error")
+                abort(422, description=f"the draft does not pass the checks: {errors}")
+            revision = "trial:" + library.versions.save_trial(draft.text)
+        if prompt_drafts:
+            frozen = json.dumps(prompt_drafts, sort_keys=True, separators=(",", ":"))
+            prompts = "trial:" + services().prompts.published.save_trial(frozen)
     served = library.served(flow_name, revision)
     if served is None:
         abort(404, description=f"no flow {flow_name!r}")
     called = served.flow.numbers[0] if served.flow.numbers else services().verifications.caller_id
     call_sid = "CA" + secrets.token_hex(16)
-    token = services().flows.states.seal_trial(call_sid, flow_name, revision)
+    token = services().flows.states.seal_trial(call_sid, flow_name, revision, prompts)
     params = {
         "CallSid": call_sid,
         "AccountSid": "AC" + "0" * 32,
