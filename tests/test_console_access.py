@@ -134,6 +134,17 @@ def test_wrong_passwords_are_refused_alike_and_then_limited(console_app):
     assert blocked.status_code == 429, "even the right password waits out the limit"
 
 
+def test_only_wrong_passwords_use_up_the_sign_in_limits(console_app):
+    """A call center's staff behind one address all sign in; successes are not counted."""
+    for _ in range(35):  # more than the per-user (10) and per-address (30) limits
+        sign_in(console_app, "vera")
+    client = console_app.test_client()
+    token = csrf_of(client.get("/console/sign-in").text)
+    wrong = {"username": "vera", "password": "y" * 12, "csrf_token": token}
+    statuses = [client.post("/console/sign-in", data=wrong).status_code for _ in range(11)]
+    assert statuses == [401] * 10 + [429]
+
+
 def test_sign_out_and_deleting_a_user_end_their_sessions(console_app):
     admin = sign_in(console_app, "ada")
     editor = sign_in(console_app, "eddie")

@@ -56,11 +56,13 @@ class Refusal:
 
 class SendLimiter:
     def __init__(self, client: redis.Redis):
+        self._client = client
         self._script = client.register_script(SEND_WINDOWS)
 
-    def acquire(self, windows: list[Window]) -> Refusal | None:
-        """Count one send in every window; a Refusal when any window is full."""
-        args: list[object] = [secrets.token_hex(8)]
+    def acquire(self, windows: list[Window], member: str | None = None) -> Refusal | None:
+        """Count one send in every window; a Refusal when any window is full. `member` names
+        the count, for `forget`."""
+        args: list[object] = [member or secrets.token_hex(8)]
         for window in windows:
             args += [window.rate.limit, window.rate.window_seconds * 1000]
         index, wait_ms = self._script(
@@ -69,3 +71,10 @@ class SendLimiter:
         if index == 0:
             return None
         return Refusal(windows[index - 1].scope, max(1, -(-int(wait_ms) // 1000)))
+
+    def forget(self, windows: list[Window], member: str) -> None:
+        """Take back a count made by `acquire(windows, member)`: an attempt that turned out
+        not to be one to limit (a sign-in that succeeded)."""
+        self._client.zrem(keys.send_window(windows[0].scope, windows[0].value), member)
+        for window in windows[1:]:
+            self._client.zrem(keys.send_window(window.scope, window.value), member)

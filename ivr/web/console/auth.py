@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,15 @@ def sign_in() -> Any:
         if not hmac.compare_digest(submitted.encode(), expected.encode()):
             error, status = "The form was out of date. Please sign in again.", 400
         else:
-            refusal = services().verifications.limiter.acquire(
-                [
-                    Window("console-sign-in-user", username or "-", SIGN_IN_PER_USER),
-                    Window(
-                        "console-sign-in-address", request.remote_addr or "-", SIGN_IN_PER_ADDRESS
-                    ),
-                ]
-            )
+            # Every attempt is counted while it runs (parallel guesses all count); one that
+            # succeeds is taken back, so a call center's staff behind one address can all
+            # sign in, and only wrong passwords use up the limits.
+            limiter, attempt = services().verifications.limiter, secrets.token_hex(8)
+            windows = [
+                Window("console-sign-in-user", username or "-", SIGN_IN_PER_USER),
+                Window("console-sign-in-address", request.remote_addr or "-", SIGN_IN_PER_ADDRESS),
+            ]
+            refusal = limiter.acquire(windows, member=attempt)
             if refusal is not None:
                 minutes = max(1, -(-refusal.retry_after_seconds // 60))
                 error = f"Too many sign-in attempts. Try again in {minutes} minute(s)."
@@ -67,6 +69,7 @@ def sign_in() -> Any:
                 if user is None:
                     error, status = "The username or password is not right.", 401
                 else:
+                    limiter.forget(windows, attempt)
                     session = services().users.open_session(user)
                     response = redirect(_safe_next(request.args.get("next")))
                     access.set_session_cookie(response, session)
