@@ -173,6 +173,7 @@ def test_placing_a_call_refuses_other_content_types(viewer, unchanged, body, con
         ({"flow": ["default"], "caller": CALLER}, "flow"),
         ({"flow": {"name": "default"}, "caller": CALLER}, "flow"),
         ({"flow": "", "caller": CALLER}, "flow"),
+        ({"flow": "x" * 5000, "caller": CALLER}, "flow"),
         ({"flow": "default", "version": "beta", "caller": CALLER}, "version"),
         ({"flow": "default", "version": 1, "caller": CALLER}, "version"),
         ({"flow": "default", "version": None, "caller": CALLER}, "version"),

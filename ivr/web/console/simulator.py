@@ -92,10 +92,13 @@ def _json_object(*, optional: bool = False) -> dict[str, Any]:
     return data
 
 
+MAX_FIELD_CHARS = 100  # a flow's name; longer is garbage, not echoed back in the error
+
+
 def _text(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
-    if not isinstance(value, str) or not value.strip():
-        abort(400, description=f"{name}: a non-empty string is required")
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS:
+        abort(400, description=f"{name}: a string of 1 to {MAX_FIELD_CHARS} characters")
     return value
 
 
