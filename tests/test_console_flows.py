@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.console_helpers import form_fields, make_user, sign_in
+from tests.console_helpers import form_fields, make_user, session_csrf, sign_in
 
 NODE_PAGE = "/console/flows/default?node=main_menu"
 NODE_FORM = "/console/flows/default/nodes/main_menu"
@@ -114,3 +114,29 @@ def test_a_prompt_draft_is_shown_against_the_live_version(app, editor):
     ]
     assert "No changes" in editor.get("/console/prompts/de-DE/diff").text
     assert editor.get("/console/prompts/xx-YY/diff").status_code == 404
+
+
+def test_prompts_are_rolled_back_like_flows(app, editor):
+    """Published prompt versions are listed per locale; a rollback publishes a copy of the old
+    one (its texts and recordings) and callers hear it at once."""
+    original = "For account help, press 1."
+    post_form(editor, submitted(editor, {"prompt_text:flow.main_menu.short:en-US": "Press 1."}))
+    editor.post(
+        "/console/prompts/en-US/publish",
+        data={"csrf_token": session_csrf(editor), "comment": "shorter"},
+    )
+    prompts = app.extensions["ivr"].prompts
+    assert prompts.text("en-US", "flow.main_menu.short") == "Press 1."
+    page = editor.get("/console/prompts/en-US/history").text
+    assert "shorter" in page and "Roll back the en-US prompts to version 1" in page
+    response = editor.post(
+        "/console/prompts/en-US/rollback/1", data={"csrf_token": session_csrf(editor)}
+    )
+    assert "Rolled back: version 3" in editor.get(response.location).text
+    assert prompts.text("en-US", "flow.main_menu.short").startswith(original)
+    (entry,) = app.extensions["ivr"].audit.entries(limit=1)
+    assert (entry.action, entry.after) == ("prompt.rollback", {"version": 3, "copy_of": 1})
+    missing = editor.post(
+        "/console/prompts/en-US/rollback/99", data={"csrf_token": session_csrf(editor)}
+    )
+    assert missing.status_code == 404

@@ -339,6 +339,49 @@ def prompts_diff(locale: str) -> str:
     return render_template("console/prompts_diff.html", locale=locale, draft=draft, diff=lines)
 
 
+@blueprint.get("/prompts/<locale>/history")
+@access.requires(Role.VIEWER)
+def prompts_history(locale: str) -> str:
+    """Every published version of a locale's catalog (who, when, comment), with Roll back."""
+    versions = _versions()
+    if locale not in services().prompts.catalogs:
+        abort(404, description=f"no catalog for {locale}")
+    live = versions.live_number(locale)
+    return render_template(
+        "console/prompts_history.html",
+        locale=locale,
+        history=versions.history(locale),
+        live=live,
+        can_edit=access.current_session().role.allows(Role.EDITOR),
+        rolled_back=request.args.get("rolled_back"),
+    )
+
+
+@blueprint.post("/prompts/<locale>/rollback/<int:number>")
+@access.requires(Role.EDITOR)
+def rollback_prompts(locale: str, number: int) -> Any:
+    """Publish a copy of an older version (texts and recordings as they were) as the newest."""
+    versions = _versions()
+    old = versions.version(locale, number)
+    if old is None:
+        abort(404, description=f"{locale}: no version {number} (it may have been pruned)")
+    try:
+        services().prompts.parse(old.text, locale, f"{locale}@{number}")
+    except CatalogError as exc:
+        abort(409, description=f"version {number} can no longer serve: {exc}")
+    live = versions.live_number(locale)
+    version = versions.rollback(locale, number, author=access.current_session().user)
+    services().audit.record(
+        access.current_session().user,
+        "prompt.rollback",
+        locale,
+        before={"version": live},
+        after={"version": version.number, "copy_of": number},
+    )
+    services().prompts.refresh(force=True)
+    return redirect(url_for("console.prompts_history", locale=locale, rolled_back=version.number))
+
+
 @blueprint.post("/prompts/<locale>/discard")
 @access.requires(Role.EDITOR)
 def discard_prompts(locale: str) -> Any:
