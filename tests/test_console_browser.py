@@ -141,7 +141,18 @@ def page(browser, served) -> Iterator[Page]:
     assert not problems, f"the browser reported errors: {problems}"
 
 
-DOC_SHOTS = {"flow-diagram", "node-form-saved", "simulator", "call-journey", "verifications"}
+DOC_SHOTS = {
+    "flows",
+    "flow-diagram",
+    "node-form-saved",
+    "simulator",
+    "calls",
+    "call-journey",
+    "verifications",
+    "prompts-recording",
+    "customers-import-refused",
+    "audit",
+}
 
 
 def shot(page: Page, name: str) -> None:
@@ -199,6 +210,7 @@ def test_an_admin_adds_a_viewer_who_sees_no_users_page(page, served, browser):
     password = page.locator("code.secret").inner_text()
     page.get_by_role("link", name="Audit log").click()
     expect(page.get_by_role("table", name="Audit log")).to_contain_text("user.create")
+    shot(page, "audit")
     assert password not in page.content(), "never a password in the audit log"
     viewer = browser.new_context(base_url=str(served["base"])).new_page()
     viewer.goto("/console/sign-in")
