@@ -36,6 +36,13 @@ def _versions() -> DocumentVersions:
     return published
 
 
+def _versions_of(locale: str) -> DocumentVersions:
+    """The versions, for a locale that has a catalog (else 404)."""
+    if locale not in services().prompts.catalogs:
+        abort(404, description=f"no catalog for {locale}")
+    return _versions()
+
+
 def _catalog_text(locale: str) -> tuple[str, int]:
     """The text an edit starts from (the draft, else the live version) and its base version."""
     versions = _versions()
@@ -331,9 +338,7 @@ def publish_prompts(locale: str) -> Any:
 @access.requires(Role.VIEWER)
 def prompts_diff(locale: str) -> str:
     """A locale's draft against its live version, line by line (the catalog's YAML)."""
-    versions = _versions()
-    if locale not in services().prompts.catalogs:
-        abort(404, description=f"no catalog for {locale}")
+    versions = _versions_of(locale)
     draft, live = versions.draft(locale), versions.live(locale)
     lines = diff_lines(live.text if live else "", draft.text) if draft else []
     return render_template("console/prompts_diff.html", locale=locale, draft=draft, diff=lines)
@@ -343,9 +348,7 @@ def prompts_diff(locale: str) -> str:
 @access.requires(Role.VIEWER)
 def prompts_history(locale: str) -> str:
     """Every published version of a locale's catalog (who, when, comment), with Roll back."""
-    versions = _versions()
-    if locale not in services().prompts.catalogs:
-        abort(404, description=f"no catalog for {locale}")
+    versions = _versions_of(locale)
     live = versions.live_number(locale)
     return render_template(
         "console/prompts_history.html",
