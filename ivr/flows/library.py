@@ -24,6 +24,7 @@ from ivr.flows.lint import lint
 from ivr.flows.loader import (
     FlowFileError,
     FlowLibrary,
+    FlowLookups,
     Linter,
     LoadedFlow,
     cross_flow_problems,
@@ -67,7 +68,7 @@ def open_library(
     return PublishedFlows(DocumentVersions(client, "flows"), files, linter_for(prompts))
 
 
-class PublishedFlows:
+class PublishedFlows(FlowLookups):
     """Live flow versions from Redis, by name and by called number, with the same reading API
     as FlowLibrary (get, for_number, flows, refused) plus versions (served)."""
 
@@ -112,14 +113,6 @@ class PublishedFlows:
         found: dict[Path | str, list[Problem]] = dict(self.files.refused) if self.files else {}
         found.update(self._refused_live)
         return found
-
-    def get(self, name: str) -> Flow | None:
-        served = self.served(name)
-        return served.flow if served else None
-
-    def for_number(self, called: str) -> Flow | None:
-        served = self.served_for_number(called)
-        return served.flow if served else None
 
     def served_for_number(self, called: str) -> LoadedFlow | None:
         self.refresh()

@@ -173,7 +173,27 @@ def load_flow_text(
     return LoadedFlow(flow, None, problems, revision=revision, text=text)
 
 
-class FlowLibrary:
+class FlowLookups:
+    """What the engine and the CLI read from a library, in terms of the two ways it serves a
+    flow (`served`, `served_for_number`): the same for files and for published versions."""
+
+    def served(self, name: str, revision: str = "") -> LoadedFlow | None:
+        raise NotImplementedError
+
+    def served_for_number(self, called: str) -> LoadedFlow | None:
+        raise NotImplementedError
+
+    def get(self, name: str) -> Flow | None:
+        served = self.served(name)
+        return served.flow if served else None
+
+    def for_number(self, called: str) -> Flow | None:
+        """The flow answering `called` (Twilio's To): the one naming it, else the default."""
+        served = self.served_for_number(called)
+        return served.flow if served else None
+
+
+class FlowLibrary(FlowLookups):
     """The flows of one folder, by name and by called number; reloads changed files."""
 
     def __init__(
@@ -201,16 +221,6 @@ class FlowLibrary:
         self.refresh(force=True)
 
     # -- reading ---------------------------------------------------------------------------
-
-    def get(self, name: str) -> Flow | None:
-        self.refresh()
-        loaded = self._flows.get(name)
-        return loaded.flow if loaded else None
-
-    def for_number(self, called: str) -> Flow | None:
-        """The flow answering `called` (Twilio's To): the one naming it, else the default."""
-        served = self.served_for_number(called)
-        return served.flow if served else None
 
     def served_for_number(self, called: str) -> LoadedFlow | None:
         """The flow answering `called`, with what it was loaded from."""
