@@ -138,21 +138,16 @@ class PhoneSimulator:
         transcript = CallTranscript(sid)
         pending_keys: list[str] | KeySource = keys if callable(keys) else list(keys)
         self._status(status_callback, base, "in-progress")
-        first = {**base, "CallStatus": "in-progress"}
-        next_request: tuple[str, dict[str, str]] | None = (url, first)
-        requests = 0
-        while next_request and requests < MAX_WEBHOOK_REQUESTS:
-            requests += 1
-            target, params = next_request
-            status, body = self.post(target, params)
-            if status != 200:
-                transcript.events.append(Heard("error", f"HTTP {status}: {body[:200]}"))
-                transcript.ended_by = "error"
+        progress = self.begin(url, {**base, "CallStatus": "in-progress"})
+        for _ in range(MAX_WEBHOOK_REQUESTS):
+            transcript.events += progress.events
+            if progress.question is None:
+                transcript.ended_by = progress.ended_by or "hangup"
                 break
-            next_request = self._play(target, body, base, pending_keys, transcript)
+            pressed = _next_keys(pending_keys, transcript)
+            progress = self.press(progress.question, base, pressed)
         else:
-            if next_request:
-                transcript.ended_by = "loop"
+            transcript.ended_by = "loop"
         self._status(status_callback, base, "completed")
         return transcript
 
@@ -253,47 +248,6 @@ class PhoneSimulator:
     def _status(self, callback: str | None, base: dict[str, str], status: str) -> None:
         if callback:
             self.post(callback, {**base, "CallStatus": status})
-
-    def _play(
-        self,
-        url: str,
-        body: str,
-        base: dict[str, str],
-        keys: list[str] | KeySource,
-        transcript: CallTranscript,
-    ) -> tuple[str, dict[str, str]] | None:
-        """Follow one TwiML document; the next webhook to request, or None when the call ends."""
-        try:
-            root = ET.fromstring(body)  # noqa: S314 - our own app's TwiML
-        except ET.ParseError:
-            transcript.events.append(Heard("error", "not TwiML"))
-            transcript.ended_by = "error"
-            return None
-        for verb in root:
-            tag = verb.tag
-            if tag in ("Say", "Play", "Pause"):
-                self._hear(verb, transcript)
-            elif tag == "Gather":
-                for prompt in verb:
-                    self._hear(prompt, transcript)
-                action = urljoin(url, verb.get("action", ""))  # Twilio resolves relative URLs
-                pressed = _next_keys(keys, transcript)
-                if pressed:
-                    transcript.events.append(Heard("keys", pressed))
-                    finish = verb.get("finishOnKey", "#")
-                    digits = pressed.removesuffix(finish) if finish else pressed
-                    return action, {**base, "Digits": digits}
-                transcript.events.append(Heard("timeout"))
-                if verb.get("actionOnEmptyResult") == "true":
-                    return action, {**base, "Digits": ""}
-            elif tag == "Redirect":
-                return urljoin(url, (verb.text or "").strip()), dict(base)
-            else:
-                ended = self._ending(verb, transcript)
-                if ended:
-                    transcript.ended_by = ended
-                    return None
-        return None
 
     @staticmethod
     def _hear(verb: ET.Element, transcript: CallTranscript) -> None:
