@@ -325,6 +325,8 @@ def test_a_hung_up_call_waits_for_no_keys(viewer, unchanged):
     assert viewer.post(f"/console/simulator/calls/{sid}/hangup").status_code == 200  # no body
     with unchanged():
         assert_problem(viewer.post(f"/console/simulator/calls/{sid}/keys", {"keys": "1"}), 409)
+        again = viewer.post(f"/console/simulator/calls/{sid}/hangup")  # changes nothing
+    assert again.status_code == 200 and again.json["ended_by"] == "caller hung up"
     assert viewer.get(f"/console/simulator/calls/{sid}/phone").status_code == 200
 
 

@@ -217,9 +217,12 @@ def simulator_keys(call_sid: str) -> Any:
 @access.requires(Role.VIEWER)
 @access.answers_json
 def simulator_hangup(call_sid: str) -> Any:
-    """The caller hung up (the body, if any, is an empty JSON object)."""
+    """The caller hung up (the body, if any, is an empty JSON object). A call that already
+    ended keeps the way it ended: hanging up again changes nothing."""
     record = _load(call_sid)
     _json_object(optional=True)
+    if record.get("ended_by"):
+        return {"call_sid": call_sid, "ended_by": record["ended_by"], "events": []}
     record["question"], record["ended_by"] = None, "caller hung up"
     _save(call_sid, record)
     return {"call_sid": call_sid, "ended_by": "caller hung up", "events": []}
