@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## Serve the app with gunicorn on $PORT (default 5000); embedded Redis when REDIS_URL is unset.
+## Serve the app with gunicorn on 127.0.0.1:$PORT (default 5000); embedded Redis when REDIS_URL
+## is unset. Ctrl-C, or killing this make, stops gunicorn, its workers and the embedded Redis.
 run: $(STAMP)
-	$(BIN)/gunicorn --config python:ivr.gunicorn_config "ivr:create_app()"
+	IVR_STOP_WITH_PARENT=1 exec $(BIN)/gunicorn --config python:ivr.gunicorn_config "ivr:create_app()"
 
 ## The whole suite with coverage (fails under 85 %), after a lint.
 test: $(STAMP)

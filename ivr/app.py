@@ -6,7 +6,6 @@ Nothing is created at import time, so every test builds its own app (Flask's tut
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import redis
 from flask import Flask, current_app
 
 from ivr import phone, store
-from ivr.config import Secrets, Settings, load_settings, resolve_secrets
+from ivr.config import Secrets, Settings, instance_folder, load_settings, resolve_secrets
 from ivr.customers import CrmLookup, CustomerDirectory, CustomerFinder
 from ivr.events import EventDispatcher, EventOutbox
 from ivr.flows.engine import FlowEngine
@@ -90,9 +89,9 @@ def services() -> Services:
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `config` overrides environment variables (keys as variable names)."""
     overrides = dict(config or {})
-    instance_path = overrides.pop("INSTANCE_PATH", None) or os.environ.get("INSTANCE_PATH")
-    instance_path = str(Path(instance_path).resolve()) if instance_path else None
-    app = Flask(__name__, instance_path=instance_path)
+    override = overrides.pop("INSTANCE_PATH", None)
+    instance_path = Path(override).resolve() if override else instance_folder()
+    app = Flask(__name__, instance_path=str(instance_path))
     settings = load_settings(overrides)
     _configure_logging(settings.log_level)
     app.config.update(

@@ -29,8 +29,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PROMPTS_DIR = PACKAGE_DIR.parent / "voice_prompts"
-DEFAULT_FLOWS_DIR = PACKAGE_DIR.parent / "flows"
+# The starting set of prompts and flows, shipped inside the package (in a checkout, links to
+# the repository's voice_prompts/ and flows/), so an installed wheel serves from any folder.
+DEFAULT_PROMPTS_DIR = (PACKAGE_DIR / "starter" / "voice_prompts").resolve()
+DEFAULT_FLOWS_DIR = (PACKAGE_DIR / "starter" / "flows").resolve()
+
+
+def instance_folder() -> Path:
+    """Where development secrets, API tokens' key and the embedded Redis live: INSTANCE_PATH,
+    else ./instance of the working directory, for the server and every `ivr` command alike
+    (Flask's default, for an installed package, is inside the virtualenv)."""
+    return Path(os.environ.get("INSTANCE_PATH") or "instance").resolve()
+
 
 # Countries voice and SMS may reach unless ALLOWED_COUNTRIES says otherwise: North America,
 # Western Europe, Australia and New Zealand — markets with low toll-fraud exposure. Deployments

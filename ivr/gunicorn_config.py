@@ -1,18 +1,39 @@
 """gunicorn settings for `make run`, `ivr serve` and the Procfile.
 
-Binds 0.0.0.0:$PORT (5000), runs $WEB_CONCURRENCY workers (2) with threads, so a worker waiting
-on Twilio's REST API does not hold up webhooks. With REDIS_URL unset the master starts the
-embedded Redis before forking, so every worker shares one server, and stops it on exit. Each
-worker runs the events thread (see ivr.events) when EVENTS_WEBHOOK_URL is set.
+Listens on 127.0.0.1:$PORT (5000) in development; on every interface when HOST says so, when
+PORT is set explicitly (a platform's router connects from outside), or when a Twilio account
+is configured (Twilio must reach it). Runs $WEB_CONCURRENCY workers (2) with threads, so a
+worker waiting on Twilio's REST API does not hold up webhooks.
+
+Before anything listens, the master checks the settings and the prompt catalogs: a bad one prints
+one line per problem and gunicorn exits (no worker boots, no traceback). With REDIS_URL unset
+the master starts the embedded Redis before forking, so every worker shares one server, and
+stops it on exit. With IVR_STOP_WITH_PARENT=1 (`make run`) the master also stops when the
+process that started it ends, so killing `make run` ends everything. Each worker runs the
+events thread (see ivr.events) when EVENTS_WEBHOOK_URL is set.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import signal
+import sys
+import threading
+import time
 from typing import Any
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
+
+def _host() -> str:
+    """Where to listen: HOST, else every interface if PORT was set explicitly or Twilio must
+    reach us, else loopback only (a development token and admin password are in use)."""
+    if os.environ.get("HOST"):
+        return os.environ["HOST"]
+    if os.environ.get("PORT") or os.environ.get("TWILIO_ACCOUNT_SID"):
+        return "0.0.0.0"  # noqa: S104 - a platform's router or Twilio connects from outside
+    return "127.0.0.1"
+
+
+bind = f"{_host()}:{os.environ.get('PORT') or '5000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
@@ -27,19 +48,53 @@ _embedded: Any = None
 
 
 def on_starting(server: Any) -> None:
-    """Start the embedded Redis in the master, so workers find it running."""
+    """Refuse a configuration that cannot serve, before anything listens; then start the
+    embedded Redis in the master, so workers find it running."""
     global _embedded
+    _refuse_what_cannot_serve()
+    if os.environ.get("IVR_STOP_WITH_PARENT") == "1":
+        _stop_with_parent(server)
     if os.environ.get("REDIS_URL"):
         return
-    from flask import Flask
-
+    from ivr.config import instance_folder
     from ivr.store import EmbeddedRedis
 
-    instance = os.environ.get("INSTANCE_PATH")
-    instance_path = instance or Flask("ivr.app").instance_path
-    _embedded = EmbeddedRedis(Path(instance_path).resolve() / "redis")
+    _embedded = EmbeddedRedis(instance_folder() / "redis")
     url = _embedded.ensure_running()
     server.log.info("embedded redis serving on %s", url)
+
+
+def _refuse_what_cannot_serve() -> None:
+    """The checks create_app would fail on in every worker, made once: the settings and the
+    prompt catalogs. One line per problem on stderr, then exit 2."""
+    from ivr.config import ConfigError, load_settings
+    from ivr.prompts import load_catalogs
+
+    try:
+        settings = load_settings()
+        load_catalogs(settings.voice_prompts_dir, settings.default_locale)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"ivr: {problem}", file=sys.stderr)
+        print(
+            "ivr: not started: fix the settings above (`ivr check-config` lists them)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def _stop_with_parent(server: Any) -> None:
+    """Stop gracefully (workers, then the embedded Redis) once the process that started us is
+    gone: `make run &` then `kill %1` must not leave a server behind."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        server.log.info("the process that started gunicorn ended: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def post_worker_init(worker: Any) -> None:
