@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,12 +65,22 @@ def _stop(server: subprocess.Popen[bytes]) -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project built as a wheel and installed into a folder of its own (its dependencies
-    come from this environment); yields that folder, for PYTHONPATH."""
+    come from this environment); that folder, for PYTHONPATH."""
+    # From a copy: pip builds in the source tree, and a stale build/ there would ride along.
+    source = tmp_path_factory.mktemp("source") / "ivr"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "instance", "tests", "__pycache__", "*_cache"
+        ),
+    )
     build = tmp_path_factory.mktemp("wheel")
     subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(REPO), "-w", build],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w", build],
         check=True,
         capture_output=True,
     )
