@@ -73,7 +73,12 @@ def parse(raw: object, country_hint: object = None) -> PhoneNumber:
         number = phonenumbers.parse(raw, hint)
     except phonenumbers.NumberParseException:
         detail = "not a phone number"
-        if hint is None and not raw.strip().startswith("+"):
+        if hint is None and _plus_became_space(raw):
+            detail += (
+                ": it starts with a space where '+' belongs, which is what a '+' becomes in a "
+                "form-encoded body; send the '+' as %2B (curl --data-urlencode does), or send JSON"
+            )
+        elif hint is None and not raw.strip().startswith("+"):
             detail += " (use E.164 like +14155550100, or give 'country' for a national number)"
         raise NumberRefused("invalid_number", detail) from None
     if not phonenumbers.is_valid_number(number):
@@ -83,6 +88,11 @@ def parse(raw: object, country_hint: object = None) -> PhoneNumber:
         country=phonenumbers.region_code_for_number(number) or "ZZ",
         number_type=phonenumbers.number_type(number),
     )
+
+
+def _plus_became_space(raw: str) -> bool:
+    """True for " 14155550100": E.164 whose '+' a form decoder read as a space."""
+    return raw[:1] == " " and raw.lstrip(" ")[:1].isdigit()
 
 
 def parse_caller_id(raw: object) -> PhoneNumber | None:

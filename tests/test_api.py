@@ -397,6 +397,60 @@ def test_bad_start_requests_get_a_clear_problem(
     assert twilio_api.requests == []
 
 
+JSON_START = '{"to": "+14155550123", "channel": "sms"}'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "says"),
+    [
+        ("application/x-www-form-urlencoded", "its Content-Type says a form"),  # curl -d
+        (None, "it has no Content-Type"),
+        ("text/plain", "its Content-Type is text/plain"),
+    ],
+)
+def test_json_sent_without_its_content_type_is_told_to_send_it(api, twilio_api, content_type, says):
+    headers = {**api.headers, **({"Content-Type": content_type} if content_type else {})}
+    for path, document in (
+        ("/v1/verifications", JSON_START),
+        ("/v1/verifications/check", '{"to": "+14155550123", "code": "123456"}'),
+        ("/v1/customers/12345678", '{"phone": "+14155550161", "name": "Ada"}'),
+    ):
+        send = api.client.put if path.startswith("/v1/customers") else api.client.post
+        response = send(path, data=document, headers=headers)
+        problem = assert_problem(response, 415, "unsupported_media_type")
+        assert says in problem["detail"]
+        assert "send the header 'Content-Type: application/json'" in problem["detail"]
+        assert "unknown field" not in problem["detail"]
+    assert twilio_api.requests == []
+
+
+def test_a_body_neither_json_nor_a_form_names_both_types(api):
+    response = api.client.post("/v1/verifications", data="to=x", headers=api.headers)
+    problem = assert_problem(response, 415, "unsupported_media_type")
+    assert problem["detail"] == (
+        "send 'Content-Type: application/json' (or application/x-www-form-urlencoded): "
+        "the request has none"
+    )
+
+
+def form_post(api, path: str, text: str):
+    headers = {**api.headers, "Content-Type": "application/x-www-form-urlencoded"}
+    return api.client.post(path, data=text, headers=headers)
+
+
+@pytest.mark.parametrize("number", ["+14155550123", "+1 415 555 0123"])
+def test_a_plus_that_form_encoding_turned_into_a_space_is_explained(api, twilio_api, number):
+    start = form_post(api, "/v1/verifications", f"to={number}&channel=sms")
+    problem = assert_problem(start, 400, "invalid_number", "to")
+    assert "what a '+' becomes in a form-encoded body" in problem["detail"]
+    assert "%2B" in problem["detail"]
+    check = form_post(api, "/v1/verifications/check", f"to={number}&code=123456")
+    assert "%2B" in assert_problem(check, 400, "invalid_number", "to")["detail"]
+    assert twilio_api.requests == []
+    encoded = form_post(api, "/v1/verifications", "to=%2B14155550123&channel=sms")
+    assert encoded.status_code == 201, encoded.get_data(as_text=True)
+
+
 def test_huge_bodies_are_refused_with_413(api, twilio_api):
     response = api.client.post(
         "/v1/verifications",

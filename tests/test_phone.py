@@ -72,6 +72,14 @@ def test_a_national_number_without_a_country_hint_is_refused_with_advice():
     assert "country" in refused.detail
 
 
+@pytest.mark.parametrize("raw", [" 14155550123", " 1 415 555 0123", "  442079460018"])
+def test_a_leading_space_for_a_plus_is_blamed_on_form_encoding(raw):
+    refused = refusal(parse, raw)
+    assert refused.reason == "invalid_number"
+    assert "what a '+' becomes in a form-encoded body" in refused.detail
+    assert "%2B" in refused.detail
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -72,20 +72,44 @@ def authenticate() -> Response | None:
     return None
 
 
+def _looks_like_json() -> bool:
+    """True when the body starts like a JSON object or array (read before any form parsing,
+    which takes it from the cache)."""
+    return request.get_data(cache=True).lstrip()[:1] in (b"{", b"[")
+
+
+def _unsupported_media_type(detail: str) -> BodyError:
+    return BodyError(415, "unsupported_media_type", "Unsupported media type", detail)
+
+
 def body(*allowed: str) -> dict[str, Any]:
     """The request's fields (JSON object or form), names lower-cased; refuses unknown names."""
-    if request.mimetype == "application/json":
+    mimetype = request.mimetype
+    if mimetype == "application/json":
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
             raise BodyError(400, "invalid_json", "Malformed JSON", "the body must be a JSON object")
-    elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    elif mimetype == "multipart/form-data":
         data = request.form.to_dict()
+    elif mimetype == "application/x-www-form-urlencoded":
+        # curl -d sends this type unless told otherwise: a JSON body would otherwise come out
+        # as one field named after the whole document ("unknown field(s): {...}").
+        if _looks_like_json():
+            raise _unsupported_media_type(
+                "the body is JSON but its Content-Type says a form "
+                "(application/x-www-form-urlencoded, curl -d's default): send the header "
+                "'Content-Type: application/json'"
+            )
+        data = request.form.to_dict()
+    elif _looks_like_json():
+        said = f"its Content-Type is {mimetype}" if mimetype else "it has no Content-Type"
+        raise _unsupported_media_type(
+            f"the body is JSON but {said}: send the header 'Content-Type: application/json'"
+        )
     else:
-        raise BodyError(
-            415,
-            "unsupported_media_type",
-            "Unsupported media type",
-            "send application/json (or application/x-www-form-urlencoded)",
+        said = f", not {mimetype}" if mimetype else ": the request has none"
+        raise _unsupported_media_type(
+            f"send 'Content-Type: application/json' (or application/x-www-form-urlencoded){said}"
         )
     fields: dict[str, Any] = {}
     for name, value in data.items():
