@@ -194,12 +194,16 @@ def test_check_needs_a_code_and_a_target(api):
     assert_problem(api.check("123456", sid="VE" + "0" * 32), 404, "not_found")
 
 
-def test_a_sid_with_another_number_approves_nothing(api, twilio_api):
-    """A client that takes the sid from a form and the number from its session is safe."""
+def test_a_sid_with_another_number_approves_nothing_and_says_so(api, twilio_api):
+    """A client that takes the sid from a form and the number from its session is safe, and
+    told what went wrong (but not which number the sid is for)."""
     mine = api.start(to="+12125550101", channel="sms").get_json()["sid"]
     my_code = sms_code(twilio_api)
     api.start(to=TO, channel="sms")
-    assert_problem(api.check(my_code, sid=mine, to=TO), 404, "not_found")
+    response = api.check(my_code, sid=mine, to=TO)
+    problem = assert_problem(response, 404, "number_mismatch", "to")
+    assert problem["detail"] == "this verification is for another number"
+    assert "2125550101" not in response.get_data(as_text=True)
     assert api.get(f"/v1/verifications/{mine}").get_json()["check_attempts"] == 0
     approved = api.check(my_code, sid=mine, to="+12125550101").get_json()
     assert approved["valid"] is True
@@ -225,6 +229,34 @@ def test_get_and_cancel(api, twilio_api):
 def test_unknown_or_malformed_sids_are_404(api, sid):
     assert_problem(api.get(f"/v1/verifications/{sid}"), 404, "not_found")
     assert_problem(api.post(f"/v1/verifications/{sid}/cancel"), 404, "not_found")
+
+
+@pytest.mark.parametrize("sid", ["nope", "VE" + "Z" * 32, "ve" + "0" * 32, "VE123"])
+def test_a_malformed_sid_is_told_what_a_sid_looks_like_wherever_it_is_sent(api, sid):
+    shape = "VE followed by 32 hex digits (0-9, a-f)"
+    for response in (
+        api.get(f"/v1/verifications/{sid}"),
+        api.post(f"/v1/verifications/{sid}/cancel"),
+    ):  # a path names a resource: 404, as for any sid that names nothing
+        problem = assert_problem(response, 404, "not_found")
+        assert problem["detail"] == f"no verification with this sid: a sid is {shape}"
+    # A body's field with the wrong shape breaks the request's schema, as a bad code does.
+    problem = assert_problem(api.check("123456", sid=sid), 400, "invalid_sid", "sid")
+    assert problem["detail"] == f"sid must be {shape}"
+
+
+def test_a_well_formed_sid_that_names_nothing_says_so_on_every_route(api):
+    sid = "VE" + "0" * 32
+    for response in (
+        api.get(f"/v1/verifications/{sid}"),
+        api.post(f"/v1/verifications/{sid}/cancel"),
+        api.check("123456", sid=sid),
+    ):
+        assert assert_problem(response, 404, "not_found")["detail"] == (
+            "no verification with this sid"
+        )
+    problem = assert_problem(api.check("123456", to=TO), 404, "not_found")
+    assert problem["detail"] == "no verification is pending for this number"
 
 
 # -- limits ------------------------------------------------------------------------------------

@@ -36,3 +36,39 @@ def test_component_schemas_are_valid_json_schema(client):
         jsonschema.Draft202012Validator.check_schema(
             {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
         )
+
+
+def documented_statuses(client, path: str, method: str) -> set[int]:
+    operation = client.get("/v1/openapi.json").get_json()["paths"][path][method]
+    return {int(status) for status in operation["responses"]}
+
+
+def test_the_statuses_of_bad_sids_and_bad_bodies_are_the_documented_ones(client, api):
+    malformed, unknown = "nope", "VE" + "0" * 32
+    form = {**api.headers, "Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        ("/v1/verifications/{sid}", "get", api.get(f"/v1/verifications/{malformed}"), 404),
+        (
+            "/v1/verifications/{sid}/cancel",
+            "post",
+            api.post(f"/v1/verifications/{malformed}/cancel"),
+            404,
+        ),
+        ("/v1/verifications/check", "post", api.check("123456", sid=malformed), 400),
+        ("/v1/verifications/check", "post", api.check("123456", sid=unknown), 404),
+        (
+            "/v1/verifications/check",
+            "post",
+            client.post("/v1/verifications/check", data='{"code": "123456"}', headers=form),
+            415,
+        ),
+        (
+            "/v1/verifications",
+            "post",
+            client.post("/v1/verifications", data='{"to": "+14155550123"}', headers=form),
+            415,
+        ),
+    ]
+    for path, method, response, status in cases:
+        assert response.status_code == status, (path, response.get_data(as_text=True))
+        assert status in documented_statuses(client, path, method), (path, method, status)

@@ -30,6 +30,7 @@ class Channel(StrEnum):
 
 # "VE" + the number's 8-hex routing tag + 24 random hex: 32 hex digits, like a Twilio sid.
 SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
+SID_SHAPE = "VE followed by 32 hex digits (0-9, a-f)"  # SID_PATTERN, for people
 
 
 def is_sid(value: object) -> bool:

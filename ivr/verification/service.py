@@ -16,7 +16,14 @@ from ivr.telephony import Carrier, CarrierError, Receipt
 from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
 from ivr.verification.limits import SendLimiter, Window
-from ivr.verification.models import Channel, Status, Verification, is_call_sid, is_sid
+from ivr.verification.models import (
+    SID_SHAPE,
+    Channel,
+    Status,
+    Verification,
+    is_call_sid,
+    is_sid,
+)
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import StartResult, VerificationStore, missed_call_scope
 
@@ -76,8 +83,25 @@ class RateLimited(VerificationError):
 
 
 class NotFound(VerificationError):
+    """No verification answers the sid (or, by number, none is pending for it)."""
+
+    def __init__(self, detail: str = "no verification with this sid") -> None:
+        super().__init__("not_found", detail)
+
+
+class OtherNumber(NotFound):
+    """The sid names a verification, but of another number than the `to` given with it: no
+    code is checked (a code sent to one phone never approves another). The other number is
+    not said."""
+
     def __init__(self) -> None:
-        super().__init__("not_found", "no such verification (or none pending for that number)")
+        super().__init__("this verification is for another number")
+        self.reason = "number_mismatch"
+
+
+# A sid that is not a sid at all: said so, with what one looks like.
+NOT_A_SID = f"no verification with this sid: a sid is {SID_SHAPE}"
+NOTHING_PENDING = "no verification is pending for this number"
 
 
 class NotPending(VerificationError):
@@ -502,7 +526,7 @@ class VerificationService:
                 lookup["scope"] = FLASH_CALL_SCOPE
         if sid is not None:
             if not is_sid(sid):
-                raise InvalidRequest("sid", "invalid_sid", "sid must look like VE + 32 hex digits")
+                raise InvalidRequest("sid", "invalid_sid", f"sid must be {SID_SHAPE}")
             lookup["sid"] = str(sid)
         result = self.store.check(
             digest=self.secrets.digest(code),
@@ -510,8 +534,10 @@ class VerificationService:
             failure_budget=self.code_policy.failure_budget,
             **lookup,
         )
+        if result.outcome == "other_number":
+            raise OtherNumber()
         if result.outcome == "not_found" or result.sid is None or result.status is None:
-            raise NotFound()
+            raise NotFound("no verification with this sid" if sid else NOTHING_PENDING)
         if result.outcome == "not_checkable":
             raise NotCheckable(result.sid)
         ended_now = result.outcome in ("approved", "expired") or (
@@ -536,13 +562,13 @@ class VerificationService:
 
     def get(self, sid: object) -> Verification:
         if not is_sid(sid):
-            raise NotFound()
+            raise NotFound(NOT_A_SID)
         return self._require(str(sid))
 
     def cancel(self, sid: object) -> Verification:
         """Cancel a pending verification; NotPending if it had already ended."""
         if not is_sid(sid):
-            raise NotFound()
+            raise NotFound(NOT_A_SID)
         result = self.store.cancel(str(sid))
         if result is None:
             raise NotFound()

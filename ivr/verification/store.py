@@ -197,8 +197,9 @@ return {2, first_delivery(KEYS[1], current[2], ARGV[2], now_s)}
 # ARGV[7] the number the verification must be for ("" when the caller gave only a sid)
 # Returns {outcome, sid, status, detail, number}: outcome is "approved", "wrong",
 # "not_pending", "expired" (it was pending, and this check found it past its expiry),
-# "throttled" (detail = ms until the budget allows a check), "not_found" or "not_checkable" (a
-# missed-call verification: the call approves it, no code does).
+# "throttled" (detail = ms until the budget allows a check), "not_found", "other_number" (the
+# sid's verification is for another number than ARGV[7]: nothing of it is returned) or
+# "not_checkable" (a missed-call verification: the call approves it, no code does).
 CHECK = (
     _LUA_NOW
     + _LUA_FINISH
@@ -217,7 +218,8 @@ if ARGV[2] == 'to' then
 end
 local v = redis.call('HMGET', vkey, 'sid', 'to', 'status', 'expires_at', 'channel',
                     'max_attempts')
-if not v[1] or (ARGV[7] ~= '' and v[2] ~= ARGV[7]) then return {'not_found', '', '', 0, ''} end
+if not v[1] then return {'not_found', '', '', 0, ''} end
+if ARGV[7] ~= '' and v[2] ~= ARGV[7] then return {'other_number', '', '', 0, ''} end
 sid = v[1]
 if v[5] == 'missed_call' then return {'not_checkable', sid, v[3], 0, v[2]} end
 if v[3] ~= 'pending' then return {'not_pending', sid, v[3], 0, v[2]} end
@@ -378,7 +380,7 @@ class DeliveryUpdate:
 
 @dataclass(frozen=True)
 class CheckResult:
-    outcome: str  # approved | wrong | not_pending | throttled | not_found
+    outcome: str  # approved | wrong | not_pending | expired | throttled | not_found | other_number
     sid: str | None
     status: Status | None
     to: str | None = None

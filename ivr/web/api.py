@@ -30,6 +30,7 @@ from ivr.verification.service import (
     NotCheckable,
     NotFound,
     NotPending,
+    OtherNumber,
     RateLimited,
     VerificationError,
 )
@@ -151,6 +152,8 @@ def _verification_error(exc: VerificationError) -> Response:
             scope=exc.scope,
             retry_after=exc.retry_after,
         )
+    if isinstance(exc, OtherNumber):
+        return problem(404, exc.reason, "Verification for another number", exc.detail, field="to")
     if isinstance(exc, NotFound):
         return problem(404, "not_found", "Not found", exc.detail)
     if isinstance(exc, MissedCallsBusy):
@@ -386,7 +389,7 @@ def simulator_answer(call_sid: str) -> Response:
     keys = _simulated_keys(body("keys") if request.content_length else {})
     call = carrier.find(call_sid)
     if call is None or call["kind"] != "call":
-        raise NotFound()
+        raise NotFound("the simulated carrier placed no call with this sid")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     phone = PhoneSimulator(app, services().secrets.webhook_auth_token)
     transcript = phone.call(
