@@ -48,16 +48,25 @@ def test_the_published_json_schema_is_current():
     assert json.loads(run("flows", "schema").output) == published
 
 
-def test_check_names_the_file_and_line_of_a_schema_error(team_flows):
+@pytest.mark.parametrize(
+    ("setting", "typo"), [("max_timeouts", "max_timouts"), ("max_failures", "max_failure")]
+)
+def test_check_names_the_file_and_line_of_a_schema_error_and_the_setting_meant(
+    team_flows, setting, typo
+):
     path = team_flows / "default.yaml"
-    text = path.read_text(encoding="utf-8").replace("    max_timeouts: 3", "    max_timouts: 3")
+    text = path.read_text(encoding="utf-8")
+    assert f"    {setting}: " in text
+    text = text.replace(f"    {setting}: ", f"    {typo}: ", 1)
     path.write_text(text, encoding="utf-8")
-    line = next(n for n, row in enumerate(text.splitlines(), 1) if "max_timouts" in row)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if f" {typo}:" in row)
     result = run("flows", "check")
     assert result.exit_code == 1
-    assert f"{path}:{line}: error: nodes.main_menu.menu.max_timouts: unknown setting" in (
-        result.output
+    # The path is the file's (nodes.<id>.<setting>): the node's type is not repeated in it.
+    said = (
+        f"{path}:{line}: error: nodes.main_menu.{typo}: unknown setting; did you mean '{setting}'?"
     )
+    assert said in result.output.splitlines()
 
 
 def test_check_reports_lint_errors_until_the_flow_is_right(team_flows):

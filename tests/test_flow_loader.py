@@ -50,10 +50,34 @@ def test_the_name_inside_must_match_the_file_name(tmp_path):
 def test_schema_errors_point_at_their_lines(tmp_path):
     text = "start: bye\nnodes:\n  bye:\n    type: hangup\n  menu:\n    type: menu\n    greting: x\n"
     problems = problems_of(write(tmp_path, "f", text))
-    assert any(":7: error: nodes.menu.menu.greting: unknown setting" in p for p in problems)
-    assert any("nodes.menu.menu.greeting: Field required" in p for p in problems)
+    assert any(
+        p.endswith(":7: error: nodes.menu.greting: unknown setting; did you mean 'greeting'?")
+        for p in problems
+    )
+    assert any("nodes.menu.greeting: Field required" in p for p in problems)
     unknown_type = problems_of(write(tmp_path, "g", "start: a\nnodes:\n  a: {type: dance}\n"))
     assert "unknown node type; expected one of:" in unknown_type[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (  # a top-level setting
+            "numbrs: []\n" + HANGUP,
+            "numbrs: unknown setting; did you mean 'numbers'?",
+        ),
+        (  # one of a nested setting (an agent's dial)
+            "start: a\nnodes:\n  a:\n    type: agent\n    dial: {numbr: '+14155550100'}\n",
+            "nodes.a.dial.numbr: unknown setting; did you mean 'number'?",
+        ),
+        (  # nothing close: the settings this node type takes
+            "start: bye\nnodes:\n  bye: {type: hangup, zzz: 1}\n",
+            "nodes.bye.zzz: unknown setting; the settings here are: description, type, prompt",
+        ),
+    ],
+)
+def test_an_unknown_setting_suggests_the_one_meant(tmp_path, text, says):
+    assert any(p.endswith(says) for p in problems_of(write(tmp_path, "f", text)))
 
 
 def test_the_library_picks_flows_by_called_number_then_the_default(tmp_path):

@@ -9,7 +9,6 @@ in every language a caller can reach. Errors keep a flow from serving; warnings 
 
 from __future__ import annotations
 
-import difflib
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 
@@ -28,7 +27,7 @@ from ivr.flows.model import (
     SayNode,
     TransferNode,
 )
-from ivr.flows.problems import Problem, Severity
+from ivr.flows.problems import Problem, Severity, did_you_mean
 from ivr.prompts import PromptCatalogs
 
 TERMINAL_TYPES = (AgentNode, TransferNode, HangupNode)
@@ -103,11 +102,6 @@ class _Report:
 # -- names -----------------------------------------------------------------------------------
 
 
-def _suggestion(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _branch(label: str) -> str:
     """A branch as the team wrote it: `option 3`, `next`, `the 'not found' branch`."""
     if label.startswith("key "):
@@ -122,15 +116,16 @@ def _branch(label: str) -> str:
 def _check_references(flow: Flow, report: _Report, flow_names: Collection[str] | None) -> None:
     nodes = flow.nodes
     if flow.start not in nodes:
-        report.error(f"start {flow.start!r} is not a node{_suggestion(flow.start, nodes)}")
+        report.error(f"start {flow.start!r} is not a node{did_you_mean(flow.start, nodes)}")
     if flow.on_error and flow.on_error not in nodes:
-        report.error(f"on_error {flow.on_error!r} is not a node{_suggestion(flow.on_error, nodes)}")
+        hint = did_you_mean(flow.on_error, nodes)
+        report.error(f"on_error {flow.on_error!r} is not a node{hint}")
     for node_id, node in nodes.items():
         for label, target in node.exits().items():
             if target not in nodes:
                 report.error(
                     f"{_branch(label)} goes to {target!r}, which is not a node"
-                    + _suggestion(target, nodes),
+                    + did_you_mean(target, nodes),
                     node_id,
                 )
         if (
@@ -141,7 +136,7 @@ def _check_references(flow: Flow, report: _Report, flow_names: Collection[str] |
         ):
             report.error(
                 f"transfer to flow {node.to_flow!r}, which is not a flow file"
-                + _suggestion(node.to_flow, flow_names),
+                + did_you_mean(node.to_flow, flow_names),
                 node_id,
             )
 
@@ -482,7 +477,7 @@ def _check_texts(
                 f"prompt {key!r} is missing in the default locale {default}"
                 + (f" and in {elsewhere}" if elsewhere else "")
                 + ", so it cannot be spoken"
-                + _suggestion(key, defaults),
+                + did_you_mean(key, defaults),
                 node_id,
             )
             continue
@@ -522,7 +517,7 @@ def _check_language_prompts(
                     f"option {key} ({locale}): prompt {node.prompt!r} is missing in {locale}"
                     + (f" and in the default locale {default}" if locale != default else "")
                     + ", so it cannot be spoken"
-                    + _suggestion(node.prompt, defaults),
+                    + did_you_mean(node.prompt, defaults),
                     node_id,
                 )
 

@@ -15,13 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ivr.flows.model import Flow
-from ivr.flows.problems import Problem, errors
+from ivr.flows.model import Flow, node_types
+from ivr.flows.problems import Problem, did_you_mean, errors
 from ivr.prompts import PromptCatalogs
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,45 @@ def _node_lines(root: yaml.Node | None) -> dict[str, int]:
     return {str(k.value): k.start_mark.line + 1 for k, _ in nodes.value}
 
 
+def _without_node_type(location: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic location inside a node, without the node's type that pydantic puts after its
+    id (nodes.main_menu.menu.max_failure): the file says nodes.main_menu.max_failure."""
+    if len(location) >= 3 and location[0] == "nodes" and location[2] in node_types():
+        return location[:2] + location[3:]
+    return location
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (DialTarget in `DialTarget | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, (_model_of(arg) for arg in get_args(annotation))), None)
+
+
+def _settings_at(location: tuple[Any, ...]) -> list[str]:
+    """The settings a mapping takes, for the pydantic location of one of its keys: a flow's, a
+    node type's, or a nested setting's (an agent's dial); [] when unknown."""
+    parent = location[:-1]
+    model: type[BaseModel] | None = Flow
+    if parent[:1] == ("nodes",):
+        model = node_types().get(str(parent[2])) if len(parent) >= 3 else None
+        parent = parent[3:]
+    for part in parent:
+        field = model.model_fields.get(str(part)) if model else None
+        model = _model_of(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
 def _describe(error: dict[str, Any]) -> str:
     """A pydantic error as one line an IVR designer understands."""
-    location = ".".join(str(part) for part in error["loc"])
+    location = ".".join(str(part) for part in _without_node_type(error["loc"]))
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        message = "unknown setting (a typo?)"
+        settings = _settings_at(error["loc"])
+        hint = did_you_mean(str(error["loc"][-1]), settings)
+        if settings and not hint:
+            hint = f"; the settings here are: {', '.join(settings)}"
+        message = "unknown setting" + (hint or " (a typo?)")
     elif error["type"] == "union_tag_invalid":
         message = "unknown node type; expected one of: " + error["ctx"]["expected_tags"]
     elif error["type"] == "string_pattern_mismatch":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -438,6 +438,16 @@ class Flow(BaseModel):
     nodes: dict[NodeId, Node] = Field(min_length=1)
 
 
+def node_types() -> dict[str, type[BaseModel]]:
+    """A node's `type:` -> the model of that kind of node (say and play share one)."""
+    union = get_args(Node)[0]
+    return {
+        literal: model
+        for model in get_args(union)
+        for literal in get_args(model.model_fields["type"].annotation)
+    }
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a flow file, for editors (yaml-language-server) and other tools."""
     schema = Flow.model_json_schema()
@@ -464,4 +474,5 @@ __all__ = [
     "SayNode",
     "TransferNode",
     "json_schema",
+    "node_types",
 ]

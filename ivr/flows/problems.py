@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,3 +28,9 @@ class Problem:
 
 def errors(problems: list[Problem]) -> list[Problem]:
     return [problem for problem in problems if problem.severity == "error"]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """ "; did you mean 'x'?" for the closest of `choices` to a misspelt `name`, else ""."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
