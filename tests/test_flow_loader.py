@@ -29,10 +29,47 @@ def problems_of(path) -> list[str]:
     return [str(problem) for problem in caught.value.problems]
 
 
-def test_a_yaml_syntax_error_is_reported_with_its_line(tmp_path):
-    path = write(tmp_path, "broken", "start: bye\nnodes:\n  bye: {type: hangup\n")
+@pytest.mark.parametrize(
+    ("text", "place", "says"),
+    [
+        (  # the '{' that is never closed, not the end of the file where PyYAML notices
+            "start: bye\nnodes:\n  bye: {type: hangup\n",
+            "3:8",
+            "a '{' opened here is not closed by '}'",
+        ),
+        (  # the key without its ':', not the next line
+            "start: bye\nnodes\n  bye: {type: hangup}\n",
+            "2:1",
+            "this line has a setting name but no ':' after it (write 'name: value')",
+        ),
+        (
+            "start: bye\ndescription: Press 1: sales\nnodes:\n  bye: {type: hangup}\n",
+            "2:21",
+            "a ':' inside a value: put the value in quotes if it holds ': '",
+        ),
+        (
+            "start: bye\nnodes:\n  bye:\n    type: hangup\n     prompt: bye\n",
+            "5:12",
+            "or this line is indented more than the settings beside it",
+        ),
+        (
+            "start: bye\nnodes:\n    bye:\n      type: hangup\n  other: {type: hangup}\n",
+            "5:3",
+            "this line is indented differently from the settings beside it",
+        ),
+        ("start: bye\nnodes:\n\tbye: {type: hangup}\n", "3:1", "a tab: YAML indents with spaces"),
+        ('start: bye\ndescription: "oops\nnodes: {}\n', "2:14", "a quote opened here is never"),
+        ("description: 'it's'\n" + HANGUP, "1:18", "double it ('it''s')"),
+        ("start: @bye\n", "1:8", "a value cannot start with '@': put the value in quotes"),
+    ],
+)
+def test_a_yaml_syntax_error_is_said_plainly_where_the_mistake_is(tmp_path, text, place, says):
+    path = write(tmp_path, "broken", text)
     [problem] = problems_of(path)
-    assert problem.startswith(f"{path}:4: error: not valid YAML")
+    assert problem.startswith(f"{path}:{place}: error: not valid YAML: ")
+    assert says in problem
+    for jargon in ("while scanning", "while parsing", "could not find expected", "<block end>"):
+        assert jargon not in problem
 
 
 @pytest.mark.parametrize("text", ["", "- a list\n", "just words\n"])

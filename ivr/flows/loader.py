@@ -20,6 +20,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ivr.flows import yaml_errors
 from ivr.flows.model import Flow, node_types
 from ivr.flows.problems import Problem, did_you_mean, errors
 from ivr.prompts import PromptCatalogs
@@ -150,12 +151,10 @@ def parse_flow_text(text: str, flow_name: str, source: str) -> tuple[Flow, dict[
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FlowFileError(
-            [Problem("error", f"not valid YAML: {problem}", source, line)]
-        ) from None
+        mistake = yaml_errors.explain(exc)
+        message = f"not valid YAML: {mistake.message}"
+        problem = Problem("error", message, source, mistake.line, column=mistake.column)
+        raise FlowFileError([problem]) from None
     if not isinstance(data, dict):
         raise FlowFileError(
             [Problem("error", "a flow file is a mapping (name, start, nodes…)", source, 1)]

@@ -19,9 +19,11 @@ class Problem:
     file: str = ""
     line: int | None = None  # 1-based, when the YAML position is known
     node: str | None = None
+    column: int | None = None  # 1-based, for YAML syntax errors
 
     def __str__(self) -> str:
         place = self.file + (f":{self.line}" if self.line else "")
+        place += f":{self.column}" if self.line and self.column else ""
         where = f" (node {self.node})" if self.node else ""
         return f"{place}: {self.severity}: {self.message}{where}".lstrip(": ")
 
