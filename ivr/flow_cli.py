@@ -18,7 +18,7 @@ from ivr.config import ConfigError, Settings, load_settings
 from ivr.flows.library import PublishedFlows, cross_flow_problems, linter_for
 from ivr.flows.loader import FLOW_SUFFIX, FlowFileError, LoadedFlow, load_flow_file
 from ivr.flows.model import json_schema
-from ivr.flows.problems import Problem, errors
+from ivr.flows.problems import Problem, did_you_mean, errors
 from ivr.flows.render import as_dot, as_mermaid, as_text_tree
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.simulator import CallTranscript, Heard, PhoneSimulator
@@ -110,7 +110,7 @@ def flows_show(name: str, output: str) -> None:
     settings = settings_or_exit()
     file = Path(name) if name.endswith(FLOW_SUFFIX) else settings.flows_dir / f"{name}{FLOW_SUFFIX}"
     if not file.is_file():
-        click.echo(f"no flow {name!r} ({file} does not exist)", err=True)
+        click.echo(_no_such_flow(name, file, settings.flows_dir), err=True)
         sys.exit(1)
     try:
         flow = load_flow_file(file, None, set()).flow
@@ -120,6 +120,19 @@ def flows_show(name: str, output: str) -> None:
         sys.exit(1)
     render = {"text": as_text_tree, "mermaid": as_mermaid, "dot": as_dot}[output]
     click.echo(render(flow))
+
+
+def _no_such_flow(name: str, file: Path, folder: Path) -> str:
+    """Why `flows show NAME` found nothing, and which flows there are to show."""
+    if name.endswith(FLOW_SUFFIX):
+        return f"no flow file {file}"
+    existing = [path.stem for path in _flow_files(folder)] if folder.is_dir() else []
+    if not existing:
+        return f"no flow {name!r}: {folder} (FLOWS_DIR) holds no flow files (*{FLOW_SUFFIX})"
+    return (
+        f"no flow {name!r} in {folder} (FLOWS_DIR){did_you_mean(name, existing)}\n"
+        f"flows there: {', '.join(existing)}"
+    )
 
 
 def _published_flows() -> tuple[PublishedFlows, AuditLog]:
@@ -289,8 +302,11 @@ class FlowSimulation:
         library = self.ivr.flows.library
         flow = library.get(flow_name) if flow_name else library.for_number("")
         if flow is None:
+            served = sorted(library.flows)
+            hint = did_you_mean(flow_name, served) if flow_name else ""
+            hint += f"\nflows served: {', '.join(served)}" if served else ""
             refused = [str(p) for ps in library.refused.values() for p in errors(ps)]
-            hint = ("; refused:\n  " + "\n  ".join(refused)) if refused else ""
+            hint += ("\nrefused:\n  " + "\n  ".join(refused)) if refused else ""
             raise LookupError(f"no flow {flow_name or '(default)'!r} is served{hint}")
         if flow.numbers:
             return flow.numbers[0]

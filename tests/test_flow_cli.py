@@ -102,10 +102,27 @@ def test_show_draws_the_default_flow(output):
         assert result.output.startswith("digraph")
 
 
-def test_show_an_unknown_flow_says_so():
+def test_show_an_unknown_flow_says_so_and_lists_the_flows_there_are(team_flows):
+    for name in ("support", "sales"):
+        (team_flows / f"{name}.yaml").write_text(
+            "start: bye\nnodes:\n  bye: {type: hangup}\n", encoding="utf-8"
+        )
     result = run("flows", "show", "nothing-here")
     assert result.exit_code == 1
-    assert "no flow 'nothing-here'" in result.output
+    assert result.stderr.splitlines() == [
+        f"no flow 'nothing-here' in {team_flows} (FLOWS_DIR)",
+        "flows there: default, sales, support",
+    ]
+    assert run("flows", "show", "suport").stderr.startswith(
+        f"no flow 'suport' in {team_flows} (FLOWS_DIR); did you mean 'support'?\n"
+    )
+
+
+def test_show_in_a_folder_without_flows_says_it_holds_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWS_DIR", str(tmp_path))
+    result = run("flows", "show", "default")
+    assert result.exit_code == 1
+    assert f"{tmp_path} (FLOWS_DIR) holds no flow files (*.yaml)" in result.stderr
 
 
 def test_simulate_walks_a_caller_through_keypad_authentication_to_the_queue(simulation_env):
@@ -197,3 +214,12 @@ def test_a_new_menu_option_with_a_new_spanish_prompt_goes_live_without_a_restart
         f"{PUBLIC_BASE_URL}/voice/incoming", from_="+14155550123", to=CALLER_ID, keys=["2", "4"]
     )
     assert transcript.spoken[-1] == "Abrimos a las nueve."
+
+
+def test_simulate_an_unknown_flow_names_the_flows_served(simulation_env):
+    result = run("simulate", "defualt", "--keys", "")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "no flow 'defualt' is served; did you mean 'default'?",
+        "flows served: default",
+    ]
