@@ -26,6 +26,8 @@ from ivr.telephony import SimulatedCarrier
 from ivr.users import AuditLog
 
 CODE_KEY = "code"  # in --keys: type the one-time code the phone on file just received
+_KEYS = re.compile(r"[0-9*#]*")  # what a keypad can press in one go ("" is silence)
+ASK_KEYS = f"keys (Enter for silence, '{CODE_KEY}' to type the code the phone received)"
 
 
 def settings_or_exit() -> Settings:
@@ -215,13 +217,17 @@ def flows_schema() -> None:
 # -- ivr simulate ---------------------------------------------------------------------------------
 
 
+def _not_keys(text: str) -> str:
+    return f"{text!r}: keys are 0-9, * and #, or {CODE_KEY!r}"
+
+
 def _parse_keys(text: str | None) -> list[str] | None:
     if text is None:
         return None
     keys = [part.strip() for part in text.split(",")]
     for part in keys:
-        if part != CODE_KEY and not re.fullmatch(r"[0-9*#]*", part):
-            raise click.BadParameter(f"{part!r}: keys are 0-9, * and #, or {CODE_KEY!r}")
+        if part != CODE_KEY and not _KEYS.fullmatch(part):
+            raise click.BadParameter(_not_keys(part))
     return keys
 
 
@@ -413,8 +419,13 @@ def describe(event: Heard) -> str:
 
 
 def _ask() -> str | None:
-    text = click.prompt("keys (Enter for silence)", default="", show_default=False)
-    return text.strip() or None
+    """The caller's next keys, typed at the terminal; asked again until a keypad could press
+    them (or they are CODE_KEY)."""
+    while True:
+        text = click.prompt(ASK_KEYS, default="", show_default=False).strip()
+        if text == CODE_KEY or _KEYS.fullmatch(text):
+            return text or None
+        click.echo(f"  {_not_keys(text)}", err=True)
 
 
 __all__ = ["flows", "simulate"]

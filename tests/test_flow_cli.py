@@ -144,6 +144,20 @@ def test_simulate_is_interactive_without_keys(simulation_env):
     assert "Gracias por su llamada. Adiós." in result.output
 
 
+def test_simulate_interactive_prompt_says_code_types_the_received_code(simulation_env):
+    imported = simulation_env.parent / "customers.csv"
+    imported.write_text("id,phone,name,sms\n12345678,+14155550161,Ada Lovelace,yes\n")
+    assert run("customers", "import", str(imported)).exit_code == 0
+    result = run("simulate", "default", "--from", "+14155550161", input="1\nabc\n1\ncode\n")
+    assert result.exit_code == 0, result.output
+    assert "keys (Enter for silence, 'code' to type the code the phone received):" in (
+        result.stdout
+    )
+    assert "'abc': keys are 0-9, * and #, or 'code'" in result.stderr
+    assert "presses: abc" not in result.stdout, "asked again, never pressed"
+    assert "you are verified" in result.stdout
+
+
 def test_simulate_refuses_keys_a_phone_cannot_press(simulation_env):
     result = run("simulate", "--keys", "1,a")
     assert result.exit_code == 2
