@@ -218,8 +218,18 @@ def tokens_list() -> None:
     """Names and creation times of issued tokens (never the tokens)."""
     from ivr.verification.models import iso_time
 
-    for token in _app().extensions["ivr"].api_tokens.list():
+    app = _app()
+    issued = app.extensions["ivr"].api_tokens.list()
+    for token in issued:
         click.echo(f"{token.name}\t{iso_time(token.created_at * 1000)}")
+    if not issued:  # on stderr: a script reading the list still gets an empty one
+        if app.extensions["ivr"].settings.ivr_api_token is not None:
+            also = "IVR_API_TOKEN is accepted too"
+        else:
+            also = (
+                f"the development token in {Path(app.instance_path) / 'api_token'} is accepted too"
+            )
+        click.echo(f"no tokens issued; create one with 'ivr tokens create NAME' ({also})", err=True)
 
 
 @tokens.command("revoke")

@@ -255,10 +255,26 @@ def test_tokens_list_shows_names_but_never_tokens(shared_state):
     assert "ivr_" not in result.output
 
 
-def test_tokens_list_is_empty_before_any_token(shared_state):
+def test_tokens_list_before_any_token_says_there_is_none_and_how_to_make_one(
+    shared_state, tmp_path
+):
     result = run("tokens", "list")
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""
+    assert result.stdout == "", "the list itself stays empty for scripts"
+    assert result.stderr == (
+        "no tokens issued; create one with 'ivr tokens create NAME' (the development token "
+        f"in {tmp_path / 'instance' / 'api_token'} is accepted too)\n"
+    )
+
+
+def test_tokens_list_without_tokens_mentions_ivr_api_token_when_it_is_set(
+    shared_state, monkeypatch
+):
+    monkeypatch.setenv("IVR_API_TOKEN", API_TOKEN)
+    result = run("tokens", "list")
+    assert result.exit_code == 0, result.output
+    assert "(IVR_API_TOKEN is accepted too)" in result.stderr
+    assert API_TOKEN not in result.output
 
 
 def test_an_issued_token_authenticates_against_the_api(shared_state, make_app):
