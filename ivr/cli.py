@@ -9,11 +9,13 @@ import math
 import os
 import secrets
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 import phonenumbers
+import redis
 from flask import Flask
 
 from ivr.config import ConfigError, Settings, redact_url
@@ -151,6 +153,64 @@ def production_gaps(settings: Settings) -> list[str]:
     return gaps
 
 
+@dataclass
+class RedisFindings:
+    """What `ivr check-config` learned from the Redis at REDIS_URL: a one-line summary, what
+    production still needs there, and what it could not check."""
+
+    summary: str
+    gaps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def redis_findings(url: str) -> RedisFindings:
+    """Ask the Redis at `url` (once, failing fast) whether it can hold the app's state: it
+    answers, never evicts, and persists. Replicas are reported, not required."""
+    from ivr.store import connect
+
+    client = connect(url)
+    snapshots: str | None = None  # the `save` points; None when CONFIG GET is refused
+    refused = ""
+    try:
+        client.ping()
+        memory, persistence = client.info("memory"), client.info("persistence")
+        replication = client.info("replication")
+        try:
+            snapshots = str(client.config_get("save").get("save", "")).strip()
+        except redis.RedisError as exc:  # managed services and ACLs often refuse CONFIG
+            refused = f"CONFIG GET refused: {type(exc).__name__}"
+    except redis.RedisError as exc:
+        problem = f"REDIS_URL does not answer ({type(exc).__name__})"
+        return RedisFindings(f"{problem}.", [f"{problem}: the app cannot serve without it."])
+    finally:
+        client.close()
+    policy = memory.get("maxmemory_policy", "unknown")
+    aof = bool(persistence.get("aof_enabled"))
+    shown_snapshots = "(not readable)" if snapshots is None else snapshots or "none"
+    found = RedisFindings(
+        f"Redis answers: maxmemory-policy {policy}, appendonly {'yes' if aof else 'no'}, "
+        f"save {shown_snapshots}, {replication.get('role', 'unknown')} with "
+        f"{replication.get('connected_slaves', 0)} replica(s)."
+    )
+    if policy != "noeviction":
+        found.gaps.append(
+            f"Redis's maxmemory-policy is {policy}: use noeviction, or codes, send limits and "
+            "call state may be evicted under memory pressure."
+        )
+    if aof:
+        return found
+    if snapshots is None:
+        found.notes.append(
+            f"Redis persistence not checked ({refused}): make sure AOF or RDB snapshots are on."
+        )
+    elif not snapshots:
+        found.gaps.append(
+            "Redis persists nothing (appendonly no, no save points): a restart loses the "
+            "customer directory, published flows, sessions and send limits."
+        )
+    return found
+
+
 @main.group()
 def events() -> None:
     """The events webhook (EVENTS_WEBHOOK_URL)."""
@@ -173,9 +233,15 @@ def check_config(production: bool) -> None:
         click.echo(f"  {name.upper():<32} {_shown(name, getattr(settings, name))}")
     carrier = "twilio" if settings.uses_twilio else "simulated"
     click.echo(f"\nCarrier: {carrier}; Redis: {'REDIS_URL' if settings.redis_url else 'embedded'}")
+    gaps = production_gaps(settings)
+    if settings.redis_url:
+        found = redis_findings(settings.redis_url)
+        click.echo(found.summary)
+        gaps += found.gaps
+        for note in found.notes:
+            click.echo(f"Note: {note}")
     for line in call_channel_notes(settings):
         click.echo(line)
-    gaps = production_gaps(settings)
     if gaps:
         click.echo("\nMissing for production:")
         for gap in gaps:
