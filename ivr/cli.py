@@ -356,7 +356,6 @@ def customers_import(file: Path, country: str | None, dry_run: bool) -> None:
     Every row is checked first; if any is bad, each is reported as FILE:LINE and nothing is
     written. sms is true/false, yes/no or 1/0 (empty: true).
     """
-    from ivr.customers import ImportResult, read_csv
 
     if country is not None and country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise click.BadParameter("an ISO 3166 code like US", param_hint="--country")
@@ -366,13 +365,12 @@ def customers_import(file: Path, country: str | None, dry_run: bool) -> None:
         click.echo(f"{file}: not UTF-8 text (byte {exc.start})", err=True)
         sys.exit(1)
     ivr = _app().extensions["ivr"]
-    rows, errors = read_csv(
-        io.StringIO(text, newline=""), country=country, resolve_locale=ivr.prompts.resolve_locale
+    result = ivr.customers.import_csv(
+        io.StringIO(text, newline=""),
+        country=country,
+        resolve_locale=ivr.prompts.resolve_locale,
+        dry_run=dry_run,
     )
-    if errors:  # the directory is asked only about a file whose every row is well-formed
-        result = ImportResult(errors=errors)
-    else:
-        result = ivr.customers.import_rows(rows, dry_run=dry_run)
     if not dry_run and (result.created or result.replaced):  # as the console's import does
         ivr.audit.record(
             cli_actor(),
@@ -389,7 +387,8 @@ def customers_import(file: Path, country: str | None, dry_run: bool) -> None:
             if written
             else "nothing was written."
         )
-        click.echo(f"{len(result.errors)} bad row(s); {outcome}", err=True)
+        bad_rows = len({line for line, _ in result.errors})
+        click.echo(f"{bad_rows} bad row(s); {outcome}", err=True)
         sys.exit(1)
     verb = "would be" if dry_run else "were"
     click.echo(f"{result.created} customer(s) {verb} created, {result.replaced} replaced.")

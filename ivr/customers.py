@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 import redis
 import requests
@@ -329,21 +329,47 @@ class CustomerDirectory:
                         return found
         return found
 
-    def import_rows(
-        self, rows: list[tuple[int, Customer]], *, dry_run: bool = False
+    def import_csv(
+        self,
+        lines: Iterable[str],
+        *,
+        country: str | None = None,
+        resolve_locale: ResolveLocale | None = None,
+        dry_run: bool = False,
     ) -> ImportResult:
-        """Create or replace many customers; all-or-nothing against bad rows.
+        """Import a CSV (see read_csv), all-or-nothing, reporting every bad row in one pass:
+        its format, an id or phone twice in the file, a phone on file for a customer the file
+        does not move elsewhere. Nothing is written if any row is bad."""
+        read = read_csv(lines, country=country, resolve_locale=resolve_locale)
+        return self.import_rows(
+            read.rows, dry_run=dry_run, bad_rows=read.errors, bad_row_ids=read.bad_row_ids
+        )
+
+    def import_rows(
+        self,
+        rows: list[tuple[int, Customer]],
+        *,
+        dry_run: bool = False,
+        bad_rows: Iterable[tuple[int, str]] = (),
+        bad_row_ids: Mapping[str, int] | None = None,
+    ) -> ImportResult:
+        """Create or replace many customers (line, customer); all-or-nothing against bad rows.
 
         Every row is checked before anything is written: an id or phone twice in the rows, or a
-        phone on file for a customer the rows do not move elsewhere. Rows are written in an
-        order that frees a phone before another row takes it. Only a concurrent writer can
-        still make a row fail once writing began (reported, the other rows stay written).
+        phone on file for a customer the rows do not move elsewhere. `bad_rows` (line, message)
+        are a file's rows that did not even parse, reported with these; `bad_row_ids` are the
+        ids they hold (id → line), which count for "twice". Rows are written in an order that
+        frees a phone before another row takes it. Only a concurrent writer can still make a
+        row fail once writing began (reported, the other rows stay written).
         """
-        result = ImportResult()
-        result.errors = _duplicates(rows)
-        if result.errors:
-            return result
-        by_id = {customer.id: customer for _, customer in rows}
+        result = ImportResult(errors=list(bad_rows))
+        duplicates = _duplicates(rows, bad_row_ids or {})
+        result.errors += duplicates
+        repeated = {line for line, _ in duplicates}
+        rows = [(line, customer) for line, customer in rows if line not in repeated]
+        # A customer a bad row is for is not "outside the file": once that row is right it
+        # may free the phone another row takes, so it is not reported on that other row.
+        by_id = {customer.id for _, customer in rows} | set(bad_row_ids or ())
         pipe = self.redis.pipeline(transaction=False)
         for _, customer in rows:
             pipe.hget(keys.customer_phones(), customer.phone)
@@ -362,6 +388,7 @@ class CustomerDirectory:
                 waits_for[customer.id] = holder
         result.errors += _swaps(rows, waits_for)
         if result.errors:
+            result.errors.sort()
             return result
         if dry_run:
             result.replaced = len(existing)
@@ -385,13 +412,17 @@ class CustomerDirectory:
         return result
 
 
-def _duplicates(rows: list[tuple[int, Customer]]) -> list[tuple[int, str]]:
+def _duplicates(
+    rows: list[tuple[int, Customer]], bad_row_ids: Mapping[str, int]
+) -> list[tuple[int, str]]:
+    """Rows whose id or phone an earlier row has (or whose id an earlier bad row has)."""
     errors = []
     id_line: dict[str, int] = {}
     phone_line: dict[str, tuple[int, str]] = {}
     for line, customer in rows:
-        if customer.id in id_line:
-            errors.append((line, f"id {customer.id} is also on line {id_line[customer.id]}"))
+        first = min(id_line.get(customer.id, line), bad_row_ids.get(customer.id, line))
+        if first < line:
+            errors.append((line, f"id {customer.id} is also on line {first}"))
             continue
         id_line[customer.id] = line
         if customer.phone in phone_line:
@@ -442,26 +473,33 @@ def _freeing_order(customers: list[Customer], waits_for: dict[str, str]) -> list
     return ordered
 
 
+class CsvRows(NamedTuple):
+    """A customer CSV read: good rows and bad ones, each by the line where it starts."""
+
+    rows: list[tuple[int, Customer]]  # (line, customer)
+    errors: list[tuple[int, str]]  # (line, what is wrong)
+    bad_row_ids: dict[str, int]  # the well-formed id of a bad row → its first line
+
+
 def read_csv(
     lines: Iterable[str], *, country: str | None = None, resolve_locale: ResolveLocale | None = None
-) -> tuple[list[tuple[int, Customer]], list[tuple[int, str]]]:
-    """Customers from CSV text with the header `id,phone,name,sms[,locale]`.
-
-    Returns (line, customer) for every good row and (line, message) for every bad one; the line
-    is where the record starts in the file, so a person can find it.
-    """
+) -> CsvRows:
+    """Customers from CSV text with the header `id,phone,name,sms[,locale]`; the line of each
+    row is where the record starts in the file, so a person can find it."""
     reader = csv.reader(lines, strict=True)
     rows: list[tuple[int, Customer]] = []
     errors: list[tuple[int, str]] = []
+    bad_ids: dict[str, int] = {}
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        return [], [(1, f"not a CSV header ({exc})")]
+        return CsvRows([], [(1, f"not a CSV header ({exc})")], {})
     columns = [name.strip().lower() for name in header or []]
     unknown = [name for name in columns if name not in CSV_COLUMNS]
     missing = [name for name in CSV_REQUIRED if name not in columns]
     if unknown or missing or len(set(columns)) != len(columns):
-        return [], [(1, f"the header must be {','.join(CSV_COLUMNS)} (locale is optional)")]
+        header_error = f"the header must be {','.join(CSV_COLUMNS)} (locale is optional)"
+        return CsvRows([], [(1, header_error)], {})
     line = reader.line_num + 1
     while True:
         try:
@@ -479,25 +517,33 @@ def read_csv(
             continue
         values = {name: value.strip() for name, value in zip(columns, record, strict=True)}
         try:
-            sms = parse_sms_flag(values["sms"])
-        except ValueError as exc:
-            errors.append((start, f"sms: {exc}"))
-            continue
-        try:
-            customer = new_customer(
-                values["id"],
-                phone_number=values["phone"],
-                name=values["name"],
-                sms=sms,
-                locale=values.get("locale") or None,
-                country=country,
-                resolve_locale=resolve_locale,
-            )
+            customer = _customer_of(values, country, resolve_locale)
         except InvalidCustomer as exc:
             errors.append((start, f"{exc.field}: {exc.detail}"))
+            if is_account_number(values["id"]):  # for the id checks of the other rows
+                bad_ids.setdefault(values["id"], start)
             continue
         rows.append((start, customer))
-    return rows, errors
+    return CsvRows(rows, errors, bad_ids)
+
+
+def _customer_of(
+    values: Mapping[str, str], country: str | None, resolve_locale: ResolveLocale | None
+) -> Customer:
+    """One CSV row's customer, or InvalidCustomer naming the column at fault."""
+    try:
+        sms = parse_sms_flag(values["sms"])
+    except ValueError as exc:
+        raise InvalidCustomer("sms", "invalid_sms", str(exc)) from None
+    return new_customer(
+        values["id"],
+        phone_number=values["phone"],
+        name=values["name"],
+        sms=sms,
+        locale=values.get("locale") or None,
+        country=country,
+        resolve_locale=resolve_locale,
+    )
 
 
 # -- the CRM hook --------------------------------------------------------------------------------

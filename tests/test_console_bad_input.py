@@ -484,6 +484,21 @@ def test_a_bad_csv_is_listed_and_nothing_is_imported(editor, unchanged, content,
         assert_page(upload(editor, content), 422, says)
 
 
+def test_a_bad_csv_lists_every_kind_of_bad_row_at_once(console_app, editor):
+    console_app.extensions["ivr"].customers.put(Customer("99999999", "+14155550199", "Here"))
+    content = (
+        b"id,phone,name,sms\n"
+        b"12345678,+14155550161,Ada,yes\n"
+        b"abc,+14155550162,Bad Id,yes\n"  # line 3: the row's format
+        b"12345678,+14155550163,Ada again,yes\n"  # line 4: twice in the file
+        b"22223333,+14155550199,Taker,yes\n"  # line 5: a phone on file for someone else
+    )
+    text = assert_page(upload(editor, content), 422, "line 3: id")
+    assert "line 4: id 12345678 is also on line 2" in text
+    assert "line 5: this phone is already on file for customer 99999999" in text
+    assert console_app.extensions["ivr"].customers.get("12345678") is None
+
+
 def test_an_unknown_country_is_said_once(editor, unchanged):
     national = (
         b"id,phone,name,sms\n12345678,(415) 555-0161,Ada,yes\n87654321,(415) 555-0162,Bo,no\n"

@@ -127,6 +127,56 @@ def test_every_bad_row_is_reported_with_its_line_and_nothing_is_written(
     assert not list(redis_client.scan_iter("ivr:{customers}:*")), "no customer written"
 
 
+def test_bad_fields_duplicates_and_phones_on_file_are_all_reported_in_one_run(
+    directory, redis_client, tmp_path
+):
+    """One run lists every bad row, whatever makes it bad: the file's format, an id or phone
+    twice in the file, a phone held by a customer outside the file."""
+    directory.put(Customer("9999", "+14155550199", "Already Here"))
+    path = csv_file(
+        tmp_path,
+        "id,phone,name,sms\n"
+        "1111,+14155550161,Ada,yes\n"  # 2: good
+        "2222,+1415,Bad Phone,yes\n"  # 3: phone
+        "1111,+14155550162,Ada again,yes\n"  # 4: id twice
+        "3333,+14155550161,Grace,yes\n"  # 5: phone twice
+        "4444,+14155550199,Taker,yes\n"  # 6: phone on file for 9999
+        "5555,+14155550165,Maybe,perhaps\n",  # 7: sms
+    )
+    result = import_csv(path)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:3: phone: not a valid phone number",
+        f"{path}:4: id 1111 is also on line 2",
+        f"{path}:5: phone is also on line 2 (customer 1111): one each",
+        f"{path}:6: this phone is already on file for customer 9999",
+        f"{path}:7: sms: sms must be true/false, yes/no or 1/0, got 'perhaps'",
+        "5 bad row(s); nothing was written.",
+    ]
+    assert directory.get("1111") is None and directory.get("4444") is None
+
+
+def test_an_id_twice_counts_a_bad_row_and_a_customer_a_bad_row_moves_is_not_outside(
+    directory, tmp_path
+):
+    directory.put(Customer("1111", "+14155550161", "Old Owner"))
+    path = csv_file(
+        tmp_path,
+        "id,phone,name,sms\n"
+        "1111,+14155550162,,yes\n"  # 2: no name (1111 gives up its phone, once fixed)
+        "1111,+14155550163,Twice,yes\n"  # 3: the id of line 2 again
+        "2222,+14155550161,New Owner,yes\n",  # 4: takes 1111's phone: fine once 2 is fixed
+    )
+    result = import_csv(path)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:2: name: 'name' is required",
+        f"{path}:3: id 1111 is also on line 2",
+        "2 bad row(s); nothing was written.",
+    ]
+    assert directory.get("1111").phone == "+14155550161"
+
+
 def test_a_wrong_header_is_reported_on_line_1(directory, tmp_path):
     result = import_csv(csv_file(tmp_path, "account,phone,name\n1234,+14155550161,Ada\n"))
     assert result.exit_code == 1

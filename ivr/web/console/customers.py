@@ -10,14 +10,7 @@ import phonenumbers
 from flask import Response, abort, redirect, render_template, request, url_for
 
 from ivr.app import services
-from ivr.customers import (
-    Customer,
-    ImportResult,
-    InvalidCustomer,
-    PhoneTaken,
-    new_customer,
-    read_csv,
-)
+from ivr.customers import Customer, InvalidCustomer, PhoneTaken, new_customer
 from ivr.users import Role
 from ivr.web.console import access, blueprint
 
@@ -109,12 +102,11 @@ def import_customers() -> Any:
     if country is not None and country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         return _render(None, import_errors=[(0, "country: an ISO 3166 code like US")], status=422)
     ivr = services()
-    rows, errors = read_csv(
+    result = ivr.customers.import_csv(
         io.StringIO(text, newline=""),
         country=country,
         resolve_locale=ivr.prompts.resolve_locale,
     )
-    result = ImportResult(errors=errors) if errors else ivr.customers.import_rows(rows)
     if result.created or result.replaced:  # a concurrent writer may fail rows after others
         ivr.audit.record(
             access.current_session().user,
