@@ -19,7 +19,14 @@ import redis
 from flask import Flask
 
 from ivr.config import ConfigError, Settings, redact_url
-from ivr.flow_cli import flows, settings_or_exit, simulate
+from ivr.flow_cli import (
+    VERBOSITY,
+    command_log_level,
+    flows,
+    settings_or_exit,
+    simulate,
+    verbose_log_level,
+)
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.users_cli import cli_actor, users
 
@@ -33,8 +40,17 @@ _SECRET_FIELDS = {
 
 
 @click.group()
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Show the app's log while a command runs: -v for INFO, -vv for DEBUG (else only "
+    "warnings; LOG_LEVEL set in the environment is used too).",
+)
+@click.pass_context
+def main(context: click.Context, verbose: int) -> None:
     """Voice-OTP and IVR authentication service."""
+    context.meta[VERBOSITY] = verbose
 
 
 @main.command()
@@ -46,6 +62,8 @@ def serve(port: int | None, workers: int | None) -> None:
         os.environ["PORT"] = str(port)
     if workers:
         os.environ["WEB_CONCURRENCY"] = str(workers)
+    if level := verbose_log_level():  # without -v the server logs as LOG_LEVEL says (INFO)
+        os.environ["LOG_LEVEL"] = level
     settings_or_exit()
     argv = [
         sys.executable,
@@ -253,10 +271,12 @@ def check_config(production: bool) -> None:
 
 
 def _app() -> Flask:
+    """The configured app, for a command's work; it logs only warnings (see
+    command_log_level), so `ivr tokens list` prints tokens, not how the flows loaded."""
     from ivr import create_app
 
     try:
-        return create_app()
+        return create_app(command_log_level())
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

@@ -30,6 +30,26 @@ _KEYS = re.compile(r"[0-9*#]*")  # what a keypad can press in one go ("" is sile
 ASK_KEYS = f"keys (Enter for silence, '{CODE_KEY}' to type the code the phone received)"
 
 
+VERBOSITY = "ivr.verbosity"  # click context meta: how many -v the `ivr` command was given
+
+
+def verbose_log_level() -> str | None:
+    """INFO for `ivr -v …`, DEBUG for `ivr -vv …`, None without -v."""
+    context = click.get_current_context(silent=True)
+    verbosity = context.find_root().meta.get(VERBOSITY, 0) if context else 0
+    return ("DEBUG" if verbosity > 1 else "INFO") if verbosity else None
+
+
+def command_log_level() -> dict[str, str]:
+    """The LOG_LEVEL override for an app a command builds: WARNING, so a command prints what
+    it is for and not the app's start-up INFO ("flow default: loaded from …"), unless -v asks
+    for more (verbose_log_level) or LOG_LEVEL is set in the environment."""
+    level = verbose_log_level()
+    if level:
+        return {"LOG_LEVEL": level}
+    return {} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "WARNING"}
+
+
 def settings_or_exit() -> Settings:
     """The settings, or every bad value on stderr and exit status 2 (for all `ivr` commands)."""
     try:
@@ -141,9 +161,8 @@ def _published_flows() -> tuple[PublishedFlows, AuditLog]:
     """The app's published flows (Redis) and its audit log, for import and export."""
     from ivr.app import create_app
 
-    quiet = {} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "WARNING"}
     try:
-        app = create_app(quiet)
+        app = create_app(command_log_level())
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
@@ -297,8 +316,8 @@ class FlowSimulation:
         """The configured app, but never a real carrier: codes go to the simulated one."""
         from ivr.app import create_app
 
-        quiet = {} if os.environ.get("LOG_LEVEL") else {"LOG_LEVEL": "WARNING"}
-        return cls(create_app({"TWILIO_ACCOUNT_SID": None, "TWILIO_AUTH_TOKEN": None} | quiet))
+        overrides = {"TWILIO_ACCOUNT_SID": None, "TWILIO_AUTH_TOKEN": None}
+        return cls(create_app(overrides | command_log_level()))
 
     def number_for(self, flow_name: str | None, called: str | None) -> str:
         """The number to call to reach `flow_name` (its first number; any number for the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -432,6 +433,30 @@ def test_an_invalid_name_is_refused(shared_state, name):
     assert result.exit_code == 1, result.output
     assert "ivr_" not in result.output
     assert run("tokens", "list").stdout == ""
+
+
+def test_commands_log_only_warnings_unless_v_or_log_level_asks_for_more(
+    shared_state, caplog, monkeypatch
+):
+    """`ivr tokens list` uses no flow: it must not print how the flows loaded."""
+
+    def info_logged(*args):
+        caplog.clear()
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.name.startswith("ivr") and record.levelno < logging.WARNING
+        ]
+
+    assert info_logged("tokens", "list") == []
+    assert info_logged("users", "list") == []
+    assert any(m.startswith("flow default: loaded") for m in info_logged("-v", "tokens", "list"))
+    info_logged("-vv", "tokens", "list")
+    assert logging.getLogger("ivr").level == logging.DEBUG
+    monkeypatch.setenv("LOG_LEVEL", "INFO")
+    assert any(m.startswith("flow default: loaded") for m in info_logged("tokens", "list"))
 
 
 def test_tokens_exit_2_on_a_bad_configuration(shared_state, monkeypatch):
