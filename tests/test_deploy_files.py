@@ -1,4 +1,4 @@
-"""The deployment files under deploy/.
+"""The deployment files under deploy/ and the documentation's links.
 
 Each file gets a structural check everywhere, and the real tool's check where the tool is on the
 machine: `nginx -t` for the nginx site, `systemd-analyze verify` for the unit, redis-server
@@ -293,3 +293,54 @@ def test_redis_starts_with_the_snippet_and_serves_the_app_as_its_user(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# -- links in the documentation -------------------------------------------------------------------
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+_FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+def _prose(text: str) -> str:
+    """The text without code blocks and inline code, where brackets are not links."""
+    return re.sub(r"`[^`\n]*`", "", _FENCE.sub("", text))
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", _FENCE.sub("", path.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+        candidate, count = slug, 0
+        while candidate in found:
+            count += 1
+            candidate = f"{slug}-{count}"
+        found.add(candidate)
+    return found
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
+def test_every_relative_link_leads_to_a_file_and_anchor(document):
+    broken = []
+    for target in _LINK.findall(_prose(document.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:…
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (document.parent / file_part).resolve() if file_part else document
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, "\n".join(broken)
+
+
+def test_every_page_of_the_docs_is_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    linked = {Path(target.partition("#")[0]).name for target in _LINK.findall(_prose(readme))}
+    pages = {path.name for path in (REPO / "docs").glob("*.md")}
+    assert pages <= linked, pages - linked
+
+
+def test_the_readme_is_read_in_five_minutes():
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
