@@ -344,3 +344,11 @@ def test_every_page_of_the_docs_is_linked_from_the_readme():
 
 def test_the_readme_is_read_in_five_minutes():
     assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_the_configuration_page_lists_every_setting():
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [
+        name for name in sorted(KNOWN_VARIABLES - {"XDG_RUNTIME_DIR"}) if f"`{name}`" not in page
+    ]
+    assert not missing, f"docs/configuration.md does not list {missing}"
