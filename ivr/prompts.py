@@ -24,6 +24,7 @@ import redis
 import yaml
 from twilio.twiml import TwiML
 
+from ivr.flows import yaml_errors
 from ivr.recordings import RECORDING_NAME
 
 if TYPE_CHECKING:
@@ -249,7 +250,10 @@ class PromptCatalogs:
         try:
             data: Any = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CatalogError(f"{source}: not readable YAML ({exc})") from None
+            mistake = yaml_errors.explain(exc)
+            where = f":{mistake.line}" if mistake.line else ""
+            where += f":{mistake.column}" if mistake.line and mistake.column else ""
+            raise CatalogError(f"{source}{where}: not valid YAML: {mistake.message}") from None
         if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict):
             raise CatalogError(f"{source}: expected keys locale, voice, language and prompts")
         locale = data.get("locale") or name

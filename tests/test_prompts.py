@@ -332,9 +332,13 @@ def test_a_catalog_whose_locale_does_not_match_its_file_name_is_refused(prompts_
 
 
 def test_a_catalog_that_is_not_valid_yaml_is_refused(prompts_dir):
-    (prompts_dir / "de-DE.yaml").write_text("locale: de-DE\nprompts: [\n", encoding="utf-8")
-    with pytest.raises(CatalogError, match=r"de-DE\.yaml.*YAML"):
+    broken = "locale: de-DE\nprompts: {flow.welcome: Hallo\n"
+    (prompts_dir / "de-DE.yaml").write_text(broken, encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"de-DE\.yaml.*YAML") as caught:
         PromptCatalogs(prompts_dir, "en-US")
+    # In plain words, at the line and column of the mistake (PyYAML's own words are not).
+    assert "de-DE.yaml:2:10: not valid YAML: a '{' opened here is not closed" in str(caught.value)
+    assert "while parsing" not in str(caught.value)
 
 
 def test_a_catalog_without_prompts_is_refused(prompts_dir):
