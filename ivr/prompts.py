@@ -248,7 +248,7 @@ class PromptCatalogs:
         """A catalog's YAML text (a file, or a version published in Redis) for locale `name`;
         CatalogError naming `source` when it cannot serve."""
         try:
-            data: Any = yaml.safe_load(text)
+            data: Any = yaml_errors.load(text)
         except yaml.YAMLError as exc:
             mistake = yaml_errors.explain(exc)
             where = f":{mistake.line}" if mistake.line else ""

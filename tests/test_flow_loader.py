@@ -61,6 +61,16 @@ def problems_of(path) -> list[str]:
         ('start: bye\ndescription: "oops\nnodes: {}\n', "2:14", "a quote opened here is never"),
         ("description: 'it's'\n" + HANGUP, "1:18", "double it ('it''s')"),
         ("start: @bye\n", "1:8", "a value cannot start with '@': put the value in quotes"),
+        (  # PyYAML would keep the second silently: the first node would be lost
+            "start: bye\nnodes:\n  bye: {type: hangup}\n  bye: {type: say, prompt: x}\n",
+            "4:3",
+            "'bye' is given twice (first on line 3): keep one",
+        ),
+        (  # a menu key written twice
+            "start: m\nnodes:\n  m:\n    type: menu\n    options: {1: a, 2: b, 1: c}\n",
+            "5:27",
+            "1 is given twice (first on line 5): keep one",
+        ),
     ],
 )
 def test_a_yaml_syntax_error_is_said_plainly_where_the_mistake_is(tmp_path, text, place, says):

@@ -149,7 +149,7 @@ def parse_flow_text(text: str, flow_name: str, source: str) -> tuple[Flow, dict[
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml_errors.load(text)
     except yaml.YAMLError as exc:
         mistake = yaml_errors.explain(exc)
         message = f"not valid YAML: {mistake.message}"

@@ -48,6 +48,8 @@ def explain(exc: yaml.YAMLError) -> YamlMistake:
 
 def _plain(context: str, problem: str) -> tuple[str | None, bool]:
     """(plain words or None, whether the mistake is where the context began)."""
+    if context == "while constructing a mapping" and "is given twice" in problem:
+        return problem, False
     if context == "while scanning a simple key" and "expected ':'" in problem:
         return "this line has a setting name but no ':' after it (write 'name: value')", True
     if problem == "mapping values are not allowed here":
@@ -84,3 +86,33 @@ def _plain(context: str, problem: str) -> tuple[str | None, bool]:
     if problem.startswith("could not determine a constructor for the tag"):
         return "a YAML tag ('!…'): flow files hold plain values; remove it, or quote it", False
     return None, False
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping. PyYAML keeps the last one
+    silently: a node id or a menu key written twice would lose the first without a word."""
+
+
+def _mapping_without_duplicates(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    first_line: dict[object, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"{key!r} is given twice (first on line {first_line[key]}): keep one",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node)
+
+
+UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def load(text: str) -> object:
+    """yaml.safe_load, refusing a key given twice (a YAMLError that `explain` words)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
