@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from flask import Flask, current_app
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ivr import phone, store
 from ivr.config import Secrets, Settings, instance_folder, load_settings, resolve_secrets
@@ -93,6 +94,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     instance_path = Path(override).resolve() if override else instance_folder()
     app = Flask(__name__, instance_path=str(instance_path))
     settings = load_settings(overrides)
+    if settings.trusted_proxy_hops:
+        # The client's address only (x_for): webhook signatures are checked against
+        # PUBLIC_BASE_URL, never against a Host or scheme a proxy says.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
     _configure_logging(settings.log_level)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     twilio_api_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     twilio_http_timeout: float = Field(5.0, gt=0, le=60)
     public_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    # Reverse proxies in front that append the client's address to X-Forwarded-For (nginx: 1).
+    # Only their entries are believed, for the client address the console's sign-in limit and
+    # the access log see; 0 believes none (a client could forge the header).
+    trusted_proxy_hops: int = Field(0, ge=0, le=5)
 
     redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://\S*$")
     secret_key: SecretStr | None = Field(None, min_length=32)

@@ -40,6 +40,9 @@ worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
+# gunicorn's control socket (gunicornc) would be one per user ($HOME/.gunicorn/gunicorn.ctl),
+# shared by every server that user runs (two `make run`s, the bench's peers); we use none.
+control_socket_disable = True
 accesslog = "-"
 # Never log query strings or bodies: the access log shows method, path and status only.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'

@@ -218,3 +218,28 @@ def test_deleting_the_development_admin_in_the_console_deletes_its_password_file
     assert response.status_code == 302, response.text
     assert not path.exists()
     assert "the password is in" not in console_app.test_client().get("/console/sign-in").text
+
+
+def _wrong_sign_ins(client, count: int, forwarded_for: str) -> list[int]:
+    token = csrf_of(client.get("/console/sign-in").text)
+    statuses = []
+    for attempt in range(count):
+        wrong = {"username": f"nobody{attempt}", "password": "y" * 12, "csrf_token": token}
+        response = client.post(
+            "/console/sign-in", data=wrong, headers={"X-Forwarded-For": forwarded_for}
+        )
+        statuses.append(response.status_code)
+    return statuses
+
+
+def test_behind_a_trusted_proxy_the_limit_per_address_is_the_clients(make_app):
+    """With TRUSTED_PROXY_HOPS=1 (nginx in front), one client's wrong passwords do not lock
+    out another's; without it, X-Forwarded-For is not believed (a client cannot dodge)."""
+    proxied = make_app(trusted_proxy_hops=1)
+    client = proxied.test_client()
+    assert _wrong_sign_ins(client, 31, "203.0.113.7")[-1] == 429
+    assert _wrong_sign_ins(client, 1, "198.51.100.9") == [401], "another client still signs in"
+
+    direct = make_app().test_client()
+    statuses = _wrong_sign_ins(direct, 31, "203.0.113.8") + _wrong_sign_ins(direct, 1, "1.2.3.4")
+    assert statuses[-2:] == [429, 429], "a forged X-Forwarded-For changes nothing"
