@@ -352,3 +352,20 @@ def test_the_configuration_page_lists_every_setting():
         name for name in sorted(KNOWN_VARIABLES - {"XDG_RUNTIME_DIR"}) if f"`{name}`" not in page
     ]
     assert not missing, f"docs/configuration.md does not list {missing}"
+
+
+_SEND = re.compile(r"""-d '\{"to": ?"(\+\d+)", ?"channel\"""")
+
+
+def test_the_examples_run_in_order_never_meet_the_send_limits():
+    """Every example that starts a verification, in the README and the docs, counted as if a
+    new user ran them all within ten minutes: no number and no prefix reaches its limit."""
+    from ivr.config import Settings
+
+    settings = Settings()
+    sends = [number for path in DOCUMENTS for number in _SEND.findall(path.read_text())]
+    assert len(sends) >= 5, "the examples that start verifications were found"
+    per_number = {n: sends.count(n) for n in sends}
+    per_prefix = {n[:-4]: sum(1 for s in sends if s[:-4] == n[:-4]) for n in sends}
+    assert max(per_number.values()) < settings.send_limit_per_number.limit, per_number
+    assert max(per_prefix.values()) < settings.send_limit_per_prefix.limit, per_prefix
