@@ -17,7 +17,14 @@ from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ivr import phone, store
-from ivr.config import Secrets, Settings, instance_folder, load_settings, resolve_secrets
+from ivr.config import (
+    MAX_FLASH_CALL_GUESS_ODDS,
+    Secrets,
+    Settings,
+    instance_folder,
+    load_settings,
+    resolve_secrets,
+)
 from ivr.customers import CrmLookup, CustomerDirectory, CustomerFinder
 from ivr.events import EventDispatcher, EventOutbox
 from ivr.flows.engine import FlowEngine
@@ -94,6 +101,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     instance_path = Path(override).resolve() if override else instance_folder()
     app = Flask(__name__, instance_path=str(instance_path))
     settings = load_settings(overrides)
+    _log_flash_call_odds(settings)
     if settings.trusted_proxy_hops:
         # The client's address only (x_for): webhook signatures are checked against
         # PUBLIC_BASE_URL, never against a Host or scheme a proxy says.
@@ -206,6 +214,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     console.init_app(app)
     errors.init_app(app)
     return app
+
+
+def _log_flash_call_odds(settings: Settings) -> None:
+    """Say at every start how often a guesser passes a flash-call verification: above 1 % the
+    settings were refused unless FLASH_CALL_ACCEPT_WEAK_ODDS accepts it, and then it is a
+    warning each time."""
+    pool = settings.flash_call_numbers
+    if not pool:
+        return
+    odds = settings.flash_call_guess_odds
+    accepted = settings.flash_call_accept_weak_odds and odds > MAX_FLASH_CALL_GUESS_ODDS
+    logging.getLogger(__name__).log(
+        logging.WARNING if accepted else logging.INFO,
+        "flash calls: %d numbers, %d attempts: a guesser without the phone passes %g %% of "
+        "flash-call verifications%s",
+        len(pool),
+        settings.flash_call_max_attempts,
+        round(odds * 100, 2),
+        " (accepted by FLASH_CALL_ACCEPT_WEAK_ODDS)" if accepted else "",
+    )
 
 
 def _development_admin(settings: Settings, users: Users, instance: Path) -> Path | None:

@@ -18,7 +18,7 @@ import phonenumbers
 import redis
 from flask import Flask
 
-from ivr.config import ConfigError, Settings, redact_url
+from ivr.config import MAX_FLASH_CALL_GUESS_ODDS, ConfigError, Settings, redact_url
 from ivr.flow_cli import (
     VERBOSITY,
     command_log_level,
@@ -98,10 +98,6 @@ def _shown(name: str, value: Any) -> str:
     return str(value)
 
 
-# A flash-call verification a guesser may pass this often, at most, before we warn.
-WEAK_FLASH_CALL_ODDS = 0.01
-
-
 def call_channel_notes(settings: Settings) -> list[str]:
     """What the missed-call and flash-call set-up amounts to, in plain words: the numbers, and
     for flash calls the odds that someone who never got the call guesses the code."""
@@ -114,17 +110,18 @@ def call_channel_notes(settings: Settings) -> list[str]:
         )
     pool, tries = settings.flash_call_numbers, settings.flash_call_max_attempts
     if pool:
-        odds = min(1.0, tries / len(pool))
+        odds = settings.flash_call_guess_odds
         notes.append(
             f"\nFlash calls: {len(pool)} numbers, codes of {settings.flash_call_code_length} "
             f"digits. The code can only be one of the pool's endings, so a guess is right 1 time "
             f"in {len(pool)}; with {tries} attempt(s), a guesser passes up to {odds:.0%} of the "
             "verifications they try."
         )
-        if odds > WEAK_FLASH_CALL_ODDS:
-            needed = math.ceil(tries / WEAK_FLASH_CALL_ODDS)
+        if odds > MAX_FLASH_CALL_GUESS_ODDS:  # the app starts only with the override
+            needed = math.ceil(tries / MAX_FLASH_CALL_GUESS_ODDS)
             notes.append(
-                f"WARNING: weak odds. For at most 1 in {round(1 / WEAK_FLASH_CALL_ODDS)}, "
+                "WARNING: weak odds, accepted by FLASH_CALL_ACCEPT_WEAK_ODDS. For at most 1 in "
+                f"{round(1 / MAX_FLASH_CALL_GUESS_ODDS)}, "
                 f"use {needed} or more numbers (FLASH_CALL_NUMBERS) or fewer attempts "
                 "(FLASH_CALL_MAX_ATTEMPTS), or use flash calls only with another factor."
             )

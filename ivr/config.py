@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 import secrets
@@ -47,6 +48,7 @@ def instance_folder() -> Path:
 # elsewhere list their own; "*" allows every country (check-config warns).
 DEFAULT_ALLOWED_COUNTRIES = "US,CA,GB,IE,FR,DE,ES,PT,IT,NL,BE,LU,AT,CH,SE,NO,DK,FI,AU,NZ"
 
+MAX_FLASH_CALL_GUESS_ODDS = 0.01  # the share of flash-call verifications a guesser may pass
 _MIN_SECRET_LENGTH = 32  # a generated secret is 43 characters; anything shorter was tampered with
 _RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -166,6 +168,10 @@ class Settings(BaseSettings):
     flash_call_ring_seconds: int = Field(15, ge=5, le=20)
     flash_call_max_attempts: int = Field(3, ge=1, le=10)
     flash_call_ttl_seconds: int = Field(300, ge=30, le=3600)
+    # A guesser passes FLASH_CALL_MAX_ATTEMPTS / len(pool) of flash-call verifications: over
+    # 1 % the app refuses to start, unless the operator accepts that here (e.g. flash calls
+    # used only beside another factor, or a demo).
+    flash_call_accept_weak_odds: bool = False
     # Events (verification.approved, …) POSTed to the app, signed per Standard Webhooks.
     events_webhook_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     events_webhook_secret: SecretStr | None = None
@@ -292,6 +298,24 @@ class Settings(BaseSettings):
                     f"FLASH_CALL_NUMBERS: {earlier} and {number} end in the same "
                     f"{length} digits (FLASH_CALL_CODE_LENGTH): their codes would be the same"
                 )
+        odds = self.flash_call_guess_odds
+        if odds > MAX_FLASH_CALL_GUESS_ODDS and not self.flash_call_accept_weak_odds:
+            needed = math.ceil(self.flash_call_max_attempts / MAX_FLASH_CALL_GUESS_ODDS)
+            raise ValueError(
+                f"FLASH_CALL_NUMBERS: with {len(pool)} numbers and {self.flash_call_max_attempts} "
+                f"attempts (FLASH_CALL_MAX_ATTEMPTS), someone who never got the call guesses the "
+                f"code in {odds:.0%} of flash-call verifications; at most "
+                f"{MAX_FLASH_CALL_GUESS_ODDS:.0%} is allowed: use {needed} or more numbers or "
+                "fewer attempts, or set FLASH_CALL_ACCEPT_WEAK_ODDS=true to accept the risk "
+                "(then use flash calls only beside another factor)"
+            )
+
+    @property
+    def flash_call_guess_odds(self) -> float:
+        """The share of flash-call verifications a guesser passes without the phone: the code
+        is one of the pool's endings, and anyone can learn the pool."""
+        pool = self.flash_call_numbers
+        return min(1.0, self.flash_call_max_attempts / len(pool)) if pool else 0.0
 
     @property
     def missed_call_pool(self) -> tuple[str, ...]:

@@ -91,11 +91,16 @@ def test_check_config_hides_the_customer_lookup_secret(monkeypatch):
 
 def test_check_config_states_the_flash_call_odds_and_warns_when_weak(monkeypatch):
     monkeypatch.setenv("FLASH_CALL_NUMBERS", "+14155550121,+14155550132,+14155550143")
+    refused = run("check-config")
+    assert refused.exit_code == 2, "weak odds are refused unless accepted"
+    assert "FLASH_CALL_ACCEPT_WEAK_ODDS=true" in refused.output
+    monkeypatch.setenv("FLASH_CALL_ACCEPT_WEAK_ODDS", "true")
     result = run("check-config")
     assert result.exit_code == 0, result.output
     assert "a guess is right 1 time in 3" in result.stdout
     assert "with 3 attempt(s), a guesser passes up to 100%" in result.stdout
-    assert "WARNING: weak odds" in result.stdout
+    assert "WARNING: weak odds, accepted by FLASH_CALL_ACCEPT_WEAK_ODDS" in result.stdout
+    monkeypatch.delenv("FLASH_CALL_ACCEPT_WEAK_ODDS")
     big_pool = ",".join(f"+1415555{line:04d}" for line in range(100, 400))
     monkeypatch.setenv("FLASH_CALL_NUMBERS", big_pool)
     monkeypatch.setenv("FLASH_CALL_MAX_ATTEMPTS", "1")

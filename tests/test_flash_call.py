@@ -16,7 +16,7 @@ USER = "+14155550123"
 
 @pytest.fixture
 def app(make_app):
-    return make_app(flash_call_numbers=",".join(POOL))
+    return make_app(flash_call_accept_weak_odds=True, flash_call_numbers=",".join(POOL))
 
 
 def start(api: Api, to: str = USER) -> dict:
@@ -96,7 +96,11 @@ def test_a_flash_call_and_an_sms_code_for_one_phone_live_side_by_side(api, twili
 
 def test_same_number_policy_and_limits(make_app):
     api = Api(
-        make_app(flash_call_numbers=",".join(POOL), send_limit_per_number="1/10m").test_client()
+        make_app(
+            flash_call_accept_weak_odds=True,
+            flash_call_numbers=",".join(POOL),
+            send_limit_per_number="1/10m",
+        ).test_client()
     )
     premium = api.start(to="+19005550123", channel="flash_call")
     assert premium.get_json()["type"].endswith("number_type_refused")
@@ -121,6 +125,7 @@ def test_the_carrier_refusing_the_call_fails_the_verification(api, twilio_api):
 
 def test_the_simulated_carrier_shows_the_caller_id_in_its_outbox(make_app):
     app = make_app(
+        flash_call_accept_weak_odds=True,  # a test pool: a few numbers
         flash_call_numbers=",".join(POOL),
         twilio_account_sid=None,
         twilio_auth_token=None,
@@ -145,18 +150,28 @@ def test_the_simulated_carrier_shows_the_caller_id_in_its_outbox(make_app):
 )
 def test_the_pool_is_validated_at_start(pool, complaint):
     with pytest.raises(ConfigError) as refused:
-        load_settings({"FLASH_CALL_NUMBERS": pool})
+        load_settings({"FLASH_CALL_ACCEPT_WEAK_ODDS": "true", "FLASH_CALL_NUMBERS": pool})
     assert complaint in str(refused.value)
 
 
 def test_a_ring_longer_than_twenty_seconds_is_refused():
     with pytest.raises(ConfigError, match="FLASH_CALL_RING_SECONDS"):
-        load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL), "FLASH_CALL_RING_SECONDS": "25"})
+        load_settings(
+            {
+                "FLASH_CALL_ACCEPT_WEAK_ODDS": "true",
+                "FLASH_CALL_NUMBERS": ",".join(POOL),
+                "FLASH_CALL_RING_SECONDS": "25",
+            }
+        )
 
 
 def test_a_five_digit_code_works_too(make_app, twilio_api):
     pool = "+14155550121,+14155550232"
-    api = Api(make_app(flash_call_numbers=pool, flash_call_code_length=5).test_client())
+    api = Api(
+        make_app(
+            flash_call_accept_weak_odds=True, flash_call_numbers=pool, flash_call_code_length=5
+        ).test_client()
+    )
     verification = start(api)
     assert verification["code_length"] == 5
     code = twilio_api.calls()[-1].value("From")[-5:]
@@ -167,19 +182,56 @@ def test_a_five_digit_code_works_too(make_app, twilio_api):
 def test_a_code_length_a_check_could_confuse_is_refused(length):
     """Under 4 no check accepts it; 6 or more could be a call or SMS code's length."""
     with pytest.raises(ConfigError, match="FLASH_CALL_CODE_LENGTH"):
-        load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL), "FLASH_CALL_CODE_LENGTH": length})
+        load_settings(
+            {
+                "FLASH_CALL_ACCEPT_WEAK_ODDS": "true",
+                "FLASH_CALL_NUMBERS": ",".join(POOL),
+                "FLASH_CALL_CODE_LENGTH": length,
+            }
+        )
 
 
 def test_a_resend_after_the_pool_changed_starts_anew_from_the_new_pool(make_app, twilio_api):
     """No number of the new pool ends in the pending code: that verification ends (its re-send
     recorded as failed) and a new one rings from the new pool."""
-    old_api = Api(make_app(flash_call_numbers=",".join(POOL)).test_client())
+    old_api = Api(
+        make_app(flash_call_accept_weak_odds=True, flash_call_numbers=",".join(POOL)).test_client()
+    )
     old = start(old_api)
     new_pool = ("+14155550654", "+14155550765")
-    new_api = Api(make_app(flash_call_numbers=",".join(new_pool)).test_client())
+    new_api = Api(
+        make_app(
+            flash_call_accept_weak_odds=True, flash_call_numbers=",".join(new_pool)
+        ).test_client()
+    )
     fresh = start(new_api)
     assert fresh["sid"] != old["sid"]
     assert twilio_api.calls()[-1].value("From") in new_pool
     ended = new_api.get(f"/v1/verifications/{old['sid']}").get_json()
     assert ended["status"] == "canceled"
     assert ended["send_attempts"][-1]["status"] == "failed"
+
+
+def test_a_pool_a_guesser_beats_more_than_one_time_in_a_hundred_is_refused_at_start():
+    """3 attempts against 3 numbers: every guesser passes. The app does not start on that."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"FLASH_CALL_NUMBERS": ",".join(POOL)})
+    said = str(refused.value)
+    assert "FLASH_CALL_NUMBERS: with 3 numbers and 3 attempts" in said
+    assert "guesses the code in 100% of flash-call verifications" in said
+    assert "use 300 or more numbers" in said and "FLASH_CALL_ACCEPT_WEAK_ODDS=true" in said
+
+
+def test_the_start_log_says_the_odds_and_the_override_is_a_warning(make_app, caplog):
+    with caplog.at_level("INFO", logger="ivr.app"):
+        make_app(flash_call_accept_weak_odds=True, flash_call_numbers=",".join(POOL))
+    (weak,) = [r for r in caplog.records if r.getMessage().startswith("flash calls:")]
+    assert weak.levelname == "WARNING"
+    assert "passes 1e+02 %" not in weak.getMessage()
+    assert "passes 100 %" in weak.getMessage() and "accepted by" in weak.getMessage()
+    caplog.clear()
+    big_pool = ",".join(f"+1415555{line:04d}" for line in range(100, 400))
+    with caplog.at_level("INFO", logger="ivr.app"):
+        make_app(flash_call_numbers=big_pool, flash_call_max_attempts=3)
+    (strong,) = [r for r in caplog.records if r.getMessage().startswith("flash calls:")]
+    assert strong.levelname == "INFO" and "passes 1 %" in strong.getMessage()
