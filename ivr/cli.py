@@ -36,6 +36,7 @@ _SECRET_FIELDS = {
     "ivr_api_token",
     "customer_lookup_secret",
     "events_webhook_secret",
+    "metrics_token",
 }
 
 

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     customer_lookup_secret: SecretStr | None = None
     customer_lookup_timeout_seconds: float = Field(2.0, gt=0, le=10)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per log line (the app's and gunicorn's), for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    # The bearer token /metrics asks for; unset, /metrics answers only on loopback, unproxied.
+    metrics_token: SecretStr | None = Field(None, min_length=16)
 
     # Missed-call verification: the number(s) users ring (we reject the call), and how long a
     # verification waits for that call.
