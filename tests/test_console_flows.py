@@ -4,6 +4,7 @@ texts of the node's prompts into their locales' prompt drafts, all or nothing.""
 from __future__ import annotations
 
 import pytest
+from werkzeug.datastructures import MultiDict
 
 from tests.console_helpers import form_fields, make_user, session_csrf, sign_in
 
@@ -24,8 +25,6 @@ def submitted(client, changes: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def post_form(client, fields: list[tuple[str, str]]):
-    from werkzeug.datastructures import MultiDict
-
     return client.post(NODE_FORM, data=MultiDict(fields))
 
 
@@ -140,3 +139,15 @@ def test_prompts_are_rolled_back_like_flows(app, editor):
         "/console/prompts/en-US/rollback/99", data={"csrf_token": session_csrf(editor)}
     )
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("node_id", ["agent_verified", "card_team"])
+def test_hand_off_nodes_round_trip_through_their_form_unchanged(app, editor, node_id):
+    """An agent node (attributes) and a transfer node (caller_id now among its settings)
+    saved as the form shows them change nothing."""
+    page = f"/console/flows/default?node={node_id}"
+    fields = form_fields(editor.get(page).text, "node-settings")
+    assert fields, "the form is shown"
+    response = editor.post(f"/console/flows/default/nodes/{node_id}", data=MultiDict(fields))
+    assert response.status_code == 302, response.text
+    assert drafts(app) == (None, {}), "nothing changed, so no draft"

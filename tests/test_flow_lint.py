@@ -646,3 +646,14 @@ def test_required_recordings_are_listed_per_locale_where_the_text_comes_from(cat
         f"no recording in {catalog_dir / 'audio' / 'es-ES'}/ for 1 prompt(s) "
         "(text-to-speech instead): p.hello",
     ]
+
+
+@pytest.mark.parametrize(
+    ("identity", "warned"),
+    [("agent_desk", False), ("agent.desk", True), ("ada@example.com", True), ("desk-1", True)],
+)
+def test_a_client_identity_mobile_sdks_cannot_ring_is_a_warning(identity, warned):
+    flow = make_flow({"desk": {"type": "agent", "prompt": None, "dial": {"client": identity}}})
+    found = [p for p in lint(flow) if "iOS and Android" in p.message]
+    assert bool(found) is warned
+    assert not errors(found), "a browser may still ring: a warning, not an error"

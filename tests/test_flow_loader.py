@@ -176,3 +176,27 @@ def test_a_missing_folder_serves_nothing_and_does_not_fail(tmp_path):
     library = FlowLibrary(tmp_path / "absent")
     assert library.flows == {}
     assert library.for_number("+14155550100") is None
+
+
+AGENT = (
+    "start: desk\nnodes:\n  desk:\n    type: agent\n"
+    "    dial: {{{dial}}}\n    attributes: {{{attributes}}}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("dial", "attributes", "says"),
+    [
+        ('sip: "sip:q@pbx.example.com"', '"first name": Ada', "attributes.first name"),
+        ('sip: "sip:q@pbx.example.com"', "skill: cards, Straße: x", "attributes.Straße"),
+        ("client: desk", "verified: 'true'", "verified is set by the IVR"),
+        ('sip: "sip:q@pbx.example.com", caller_id: "+14155550100"', "", "caller_id goes with"),
+    ],
+)
+def test_agent_hand_offs_refuse_what_twilio_would(tmp_path, dial, attributes, says):
+    """Attribute names become SIP header names (a space or a non-ASCII letter: Twilio 13252);
+    the IVR's own names cannot be overridden; caller_id is for a number leg only."""
+    path = write(tmp_path, "handoff", AGENT.format(dial=dial, attributes=attributes))
+    found = problems_of(path)
+    assert any(says in problem for problem in found), found
+    assert all(f"{path}:" in problem for problem in found), "each with its line"

@@ -257,3 +257,55 @@ def test_a_broken_edit_is_refused_and_the_last_good_flow_keeps_serving(flow_app,
     transcript = run(app)
     assert transcript.ended_by == "hangup", "the last good version answered"
     assert "REFUSED" in caplog.text
+
+
+def test_numbers_dialed_for_an_agent_or_a_transfer_may_show_a_caller_id(flow_app):
+    """Twilio shows the caller's number unless callerId says otherwise (it must be a number
+    of the account, or Twilio answers error 13214): both hand-offs can set it."""
+    app, write = flow_app
+    write(
+        "default",
+        """
+        default: true
+        start: menu
+        nodes:
+          menu:
+            type: menu
+            greeting: flow.main_menu.long
+            options: {1: desk, 2: out}
+            exit: bye
+          desk: {type: agent, dial: {number: "+18005550111", caller_id: "+14155550100"}}
+          out: {type: transfer, to_number: "+18005550199", caller_id: "+14155550100"}
+          bye: {type: hangup}
+        """,
+    )
+    for key in ("1", "2"):
+        dialed = run(app, [key]).events[-1]
+        assert dialed.kind == "dial"
+        assert dialed.attributes["callerId"] == "+14155550100"
+
+
+def test_sip_headers_stay_within_twilios_limit_and_say_what_was_shortened(flow_app, caplog):
+    app, write = flow_app
+    long_values = ", ".join(f"note{i}: {'n' * 250}" for i in range(6))
+    write(
+        "default",
+        f"""
+        default: true
+        start: desk
+        nodes:
+          desk:
+            type: agent
+            prompt: null
+            dial: {{sip: "sip:queue@pbx.example.com"}}
+            attributes: {{{long_values}}}
+        """,
+    )
+    with caplog.at_level("WARNING", logger="ivr.flows.engine"):
+        sip = run(app).events[-1]
+    uri = sip.attributes["sip"]
+    assert len(urlsplit(uri).query) <= 1024
+    query = parse_qs(urlsplit(uri).query)
+    assert query["X-IVR-verified"] == ["false"], "the IVR's own headers are kept whole"
+    assert all(query[f"X-IVR-note{i}"][0].startswith("n") for i in range(6)), "none dropped"
+    assert "SIP headers over 1024 characters" in caplog.text and "note0" in caplog.text

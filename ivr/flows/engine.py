@@ -136,6 +136,34 @@ class _Stale(Exception):
     """The state a turn opened from its URL is no longer the call's current one (a replay)."""
 
 
+# Twilio refuses a <Sip> URI whose headers part is longer (error 21227).
+SIP_HEADERS_MAX_CHARS = 1024
+
+
+def sip_headers(values: dict[str, str]) -> tuple[str, list[str]]:
+    """The X-IVR-<name>=<value> headers of a <Sip> URI, within Twilio's limit: the longest
+    values are shortened (never dropped) until they fit; also the names shortened."""
+    values = dict(values)
+    shortened: list[str] = []
+
+    def joined() -> str:
+        return "&".join(
+            f"X-IVR-{name.replace('_', '-')}={quote(value, safe='')}"
+            for name, value in values.items()
+        )
+
+    headers = joined()
+    while len(headers) > SIP_HEADERS_MAX_CHARS:
+        longest = max(values, key=lambda name: len(quote(values[name], safe="")))
+        if not values[longest]:
+            break  # only names left: the model bounds them, this cannot be reached
+        values[longest] = values[longest][: len(values[longest]) // 2]
+        if longest not in shortened:
+            shortened.append(longest)
+        headers = joined()
+    return headers, shortened
+
+
 class FlowEngine:
     """Runs calls through the flows of a FlowLibrary."""
 
@@ -459,7 +487,7 @@ class FlowEngine:
         self._flush(turn, turn.response)
         turn.state.outcome = "transfer"
         turn.effect("transferred", to=phone.masked(node.to_number or ""))
-        dial = Dial()
+        dial = Dial(caller_id=node.caller_id)
         dial.number(node.to_number)
         turn.response.append(dial)
         return None
@@ -488,7 +516,11 @@ class FlowEngine:
         target = node.dial
         assert target is not None  # the model requires queue or dial
         comes_back = bool(node.no_answer) and not turn.stateless
-        dial = Dial(timeout=target.timeout_seconds, method="POST" if comes_back else None)
+        dial = Dial(
+            timeout=target.timeout_seconds,
+            method="POST" if comes_back else None,
+            caller_id=target.caller_id,
+        )
         if comes_back:
             turn.link(dial, self.urls.flow_dial_result)
         as_text = {name: _text(value) for name, value in context.items() if value is not None}
@@ -498,10 +530,14 @@ class FlowEngine:
             for name, value in as_text.items():
                 client.parameter(name=name, value=value)
         elif target.sip:
-            headers = "&".join(
-                f"X-IVR-{name.replace('_', '-')}={quote(value, safe='')}"
-                for name, value in as_text.items()
-            )
+            headers, shortened = sip_headers(as_text)
+            if shortened:
+                log.warning(
+                    "call %s: SIP headers over %d characters: %s shortened",
+                    turn.call_sid,
+                    SIP_HEADERS_MAX_CHARS,
+                    ", ".join(shortened),
+                )
             dial.sip(target.sip + ("&" if "?" in target.sip else "?") + headers)
         else:
             dial.number(target.number)

@@ -9,6 +9,7 @@ in every language a caller can reach. Errors keep a flow from serving; warnings 
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 
@@ -74,6 +75,7 @@ def lint(
     _check_menus_let_silent_callers_go(flow, report)
     _check_on_error(flow, report)
     _check_hours(flow, report)
+    _check_client_identities(flow, report)
     _check_unreachable(flow, report)
     if prompts is not None:
         _check_prompts(flow, prompts, report, require_audio)
@@ -388,6 +390,23 @@ def _check_on_error(flow: Flow, report: _Report) -> None:
         f"on_error goes to {flow.on_error!r}, a {target.type} node: only an agent node or a "
         "transfer to a number can take over a failed call; callers just hear a goodbye"
     )
+
+
+_MOBILE_SDK_IDENTITY = re.compile(r"^[A-Za-z0-9_]{1,121}$")
+
+
+def _check_client_identities(flow: Flow, report: _Report) -> None:
+    """Twilio's Voice SDKs for iOS and Android take identities of letters, digits and '_'
+    only: an agent app there never rings for one with '.', '@' or '-' (a browser may)."""
+    for node_id, node in flow.nodes.items():
+        client = node.dial.client if isinstance(node, AgentNode) and node.dial else None
+        if client and not _MOBILE_SDK_IDENTITY.match(client):
+            report.warning(
+                f"client identity {client!r} has characters Twilio's iOS and Android Voice "
+                "SDKs do not take (only letters, digits and '_'): an agent on a mobile app "
+                "would never ring",
+                node_id,
+            )
 
 
 def _check_hours(flow: Flow, report: _Report) -> None:

@@ -309,6 +309,23 @@ class LanguageNode(_Node):
         return [self.prompt]
 
 
+# An agent node's extra attribute: a TaskRouter attribute, a <Client> <Parameter> and a SIP
+# header (X-IVR-<name>) alike, so letters, digits, '-' and '_' only (a space or a non-ASCII
+# letter makes the SIP URI invalid: Twilio error 13252).
+AttributeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
+# What the IVR itself tells the agent (ivr.flows.engine's agent context).
+AGENT_CONTEXT_NAMES = (
+    "verified",
+    "customer_id",
+    "customer_name",
+    "identified_by",
+    "auth_method",
+    "language",
+    "flow",
+    "caller",
+)
+
+
 class DialTarget(BaseModel):
     """Exactly one of number, sip or client."""
 
@@ -318,6 +335,17 @@ class DialTarget(BaseModel):
     sip: Annotated[str, StringConstraints(pattern=r"^sips?:[^\s]+$")] | None = None
     client: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,121}$")] | None = None
     timeout_seconds: Annotated[int, Field(ge=5, le=120)] = 30
+    caller_id: E164 | None = Field(
+        None,
+        description="The number the agent's phone shows (a number of your Twilio account, or "
+        "one verified with it; Twilio refuses others: error 13214). Unset: the caller's.",
+    )
+
+    @model_validator(mode="after")
+    def _caller_id_for_numbers(self) -> DialTarget:
+        if self.caller_id and not self.number:
+            raise ValueError("caller_id goes with number (a SIP or Client leg shows the caller)")
+        return self
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DialTarget:
@@ -338,10 +366,23 @@ class AgentNode(_Node):
     queue: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 _-]{1,64}$")] | None = None
     workflow_sid: Annotated[str, StringConstraints(pattern=r"^WW[0-9a-f]{32}$")] | None = None
     dial: DialTarget | None = None
-    attributes: dict[str, str] = Field(
+    attributes: dict[AttributeName, str] = Field(
         default_factory=dict, description="Fixed extra attributes, e.g. {skill: cards}."
     )
     no_answer: NodeId | None = Field(None, description="After a <Dial> nobody answered.")
+
+    @model_validator(mode="after")
+    def _attributes_fit(self) -> AgentNode:
+        shadowed = sorted(set(self.attributes) & set(AGENT_CONTEXT_NAMES))
+        if shadowed:
+            raise ValueError(
+                f"attributes: {', '.join(shadowed)} is set by the IVR (who the caller is and "
+                "how they were verified); name your attribute otherwise"
+            )
+        long = sorted(name for name, value in self.attributes.items() if len(value) > 256)
+        if long:
+            raise ValueError(f"attributes: {', '.join(long)}: at most 256 characters")
+        return self
 
     @model_validator(mode="after")
     def _one_destination(self) -> AgentNode:
@@ -367,11 +408,18 @@ class TransferNode(_Node):
     prompt: PromptKey | None = None
     to_number: E164 | None = None
     to_flow: FlowName | None = None
+    caller_id: E164 | None = Field(
+        None,
+        description="The number the transferred-to phone shows (a number of your Twilio "
+        "account or one verified with it: Twilio error 13214 otherwise). Unset: the caller's.",
+    )
 
     @model_validator(mode="after")
     def _one_destination(self) -> TransferNode:
         if (self.to_number is None) == (self.to_flow is None):
             raise ValueError("give exactly one of to_number or to_flow")
+        if self.caller_id and not self.to_number:
+            raise ValueError("caller_id goes with to_number")
         return self
 
     def prompt_keys(self) -> list[str]:

@@ -256,7 +256,7 @@ def submitted_node(node: BaseModel, form: dict[str, list[str]]) -> dict[str, Any
         if isinstance(annotation, type) and issubclass(annotation, model.DialTarget):
             dial = {
                 part: form.get(f"{name}.{part}", [""])[0].strip()
-                for part in ("number", "sip", "client")
+                for part in ("number", "sip", "client", "caller_id")
             }
             dial = {k: v for k, v in dial.items() if v}
             ring = form.get(f"{name}.timeout_seconds", [""])[0].strip()
