@@ -72,3 +72,11 @@ def test_the_statuses_of_bad_sids_and_bad_bodies_are_the_documented_ones(client,
     for path, method, response, status in cases:
         assert response.status_code == status, (path, response.get_data(as_text=True))
         assert status in documented_statuses(client, path, method), (path, method, status)
+
+
+def test_the_check_endpoint_is_no_verification_to_get(client, api):
+    """`/v1/verifications/check` is the check's: a GET there is a 405, not a lookup of a
+    verification whose sid would be "check", and OPTIONS allows only what the document says."""
+    assert api.get("/v1/verifications/check").status_code == 405
+    allowed = client.options("/v1/verifications/check", headers=api.headers).headers["Allow"]
+    assert {method.strip() for method in allowed.split(",")} == {"POST", "OPTIONS"}

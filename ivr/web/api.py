@@ -10,6 +10,8 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from ivr import phone
 from ivr.app import services
@@ -37,6 +39,21 @@ from ivr.verification.service import (
 from ivr.web.errors import problem
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
+
+
+class VerificationSegment(BaseConverter):
+    """A path segment that may name a verification: anything but `check`, the check endpoint's
+    own name, so `GET /v1/verifications/check` is a 405 allowing POST (and OPTIONS says so)
+    rather than a lookup of a verification called "check"."""
+
+    regex = r"(?!check$)[^/]+"
+
+
+@blueprint.record_once
+def _register_converters(state: BlueprintSetupState) -> None:
+    # Recorded before the routes below, so the converter exists when their rules are added.
+    state.app.url_map.converters["verification"] = VerificationSegment
+
 
 _ALIASES = {"verificationsid": "sid"}
 _DELIVERY_STATUS = {
@@ -247,7 +264,7 @@ def missed_call_stats() -> Response:
     return jsonify({"outcomes": services().verifications.store.missed_call_outcomes()})
 
 
-@blueprint.get("/verifications/<sid>")
+@blueprint.get("/verifications/<verification:sid>")
 def get_verification(sid: str) -> Response:
     return jsonify(services().verifications.get(sid).to_api())
 
