@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from ivr import phone, store
+from ivr import logs, phone, store
 from ivr.config import (
     MAX_FLASH_CALL_GUESS_ODDS,
     Secrets,
@@ -31,6 +32,7 @@ from ivr.flows.engine import FlowEngine
 from ivr.flows.library import open_library
 from ivr.flows.state import CallStateStore
 from ivr.flows.versions import DocumentVersions
+from ivr.metrics import http_method, metrics
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.recordings import Recordings
 from ivr.telephony import Carrier, SimulatedCarrier, TwilioCarrier
@@ -38,6 +40,7 @@ from ivr.tokens import ApiTokens
 from ivr.users import ADMIN_PASSWORD_FILE, AuditLog, Users, ensure_development_admin
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
+from ivr.verification.models import is_call_sid, is_sid
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import VerificationStore
@@ -106,7 +109,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # The client's address only (x_for): webhook signatures are checked against
         # PUBLIC_BASE_URL, never against a Host or scheme a proxy says.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES,
@@ -213,6 +216,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.blueprint)
     console.init_app(app)
     errors.init_app(app)
+    _observe_requests(app)
     return app
 
 
@@ -293,10 +297,76 @@ def _crm_lookup(settings: Settings, prompts: PromptCatalogs) -> CrmLookup | None
     )
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ivr").setLevel(level)
-    # twilio-python logs every request line at INFO; keep it quiet whatever the root level.
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+# Where a request's own record lives: Flask's `g` is shared with the requests the simulator
+# serves inside it (same app context), the WSGI environ is not.
+_STARTED, _REQUEST_ID, _LOG_CONTEXT = "ivr.started", "ivr.request_id", "ivr.log_context"
+_request_log = logging.getLogger("ivr.request")
+
+
+def _observe_requests(app: Flask) -> None:
+    """Each request gets an id (X-Request-Id in and out) and a log context; each is counted and
+    timed by route (the URL rule), and summed up in one log line (INFO in JSON, else DEBUG:
+    in text, gunicorn's access log says as much)."""
+    as_json = app.extensions["ivr"].settings.log_format == "json"
+    summary_level = logging.INFO if as_json else logging.DEBUG
+
+    @app.before_request
+    def begin() -> None:
+        environ = request.environ
+        environ[_STARTED] = time.perf_counter()
+        environ[_REQUEST_ID] = logs.request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+        sid = (request.view_args or {}).get("sid")
+        environ[_LOG_CONTEXT] = logs.begin(
+            _webhook_fields if request.path.startswith(("/voice/", "/sms/")) else None,
+            request_id=environ[_REQUEST_ID],
+            route=_route(),
+            method=request.method,
+            verification_sid=sid if is_sid(sid) else None,
+        )
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        environ = request.environ
+        started = environ.get(_STARTED)
+        if started is None:  # a hook before ours answered: nothing was opened
+            return response
+        seconds = time.perf_counter() - started
+        route, method, status = _route(), http_method(request.method), response.status_code
+        counted = metrics()
+        counted.http_requests.labels(route, method, str(status)).inc()
+        counted.http_duration.labels(route, method).observe(seconds)
+        response.headers[logs.REQUEST_ID_HEADER] = environ[_REQUEST_ID]
+        outcome = logs.current().get("outcome") or _outcome_of(status)
+        _request_log.log(
+            summary_level,
+            "%s %s %s",
+            method,
+            route,
+            status,
+            extra={"status": status, "duration_ms": round(seconds * 1000, 2), "outcome": outcome},
+        )
+        return response
+
+    @app.teardown_request
+    def end(_exc: BaseException | None) -> None:
+        token = request.environ.pop(_LOG_CONTEXT, None)
+        if token is not None:
+            logs.end(token)
+
+
+def _route() -> str:
+    """The request's URL rule (never its path: sids and numbers are not labels)."""
+    return request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+
+
+def _webhook_fields() -> dict[str, str]:
+    """The CallSid of a webhook, once its form was parsed (a log line never parses it)."""
+    form = request._get_current_object().__dict__.get("form")  # werkzeug's cached_property
+    call_sid = form.get("CallSid", "") if form is not None else ""
+    return {"call_sid": call_sid} if is_call_sid(call_sid) else {}
+
+
+def _outcome_of(status: int) -> str:
+    if status < 400:
+        return "ok"
+    return "refused" if status < 500 else "error"

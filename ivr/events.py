@@ -51,6 +51,7 @@ import requests
 from standardwebhooks.webhooks import Webhook
 
 from ivr import keys
+from ivr.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,15 @@ class Settled:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the outbox: for /readyz and the metrics."""
+
+    pending: int  # not yet delivered nor given up (leased ones included)
+    oldest_due_ms: int | None  # the earliest due time among them (a retry's is in the future)
+    dead: int  # given up, kept for operators
+
+
 class EventOutbox:
     """The events waiting for delivery, in Redis; one round trip per method unless noted."""
 
@@ -217,11 +227,21 @@ class EventOutbox:
             keys=[keys.events_due(), keys.event(event_id)],
             args=[event_id, event_type, body, now],
         )
+        metrics().events.labels("published").inc()
         return event_id
 
     def pending_count(self) -> int:
         """Events not yet delivered nor given up (claimed ones included)."""
         return int(self.redis.zcard(keys.events_due()))
+
+    def backlog(self) -> Backlog:
+        """How many wait, since when the first is due, how many were given up: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.events_due())
+        pipe.zrange(keys.events_due(), 0, 0, withscores=True)
+        pipe.zcard(keys.events_dead())
+        pending, first, dead = pipe.execute()
+        return Backlog(int(pending), int(first[0][1]) if first else None, int(dead))
 
     def dead(self) -> list[dict]:
         """What was given up, oldest first: id, type, attempts, times (ms), last error, data.
@@ -380,6 +400,7 @@ class EventDispatcher:
                 reason = self._post(event)
                 if reason is None:
                     self.outbox.settle_delivered(event.id)
+                    metrics().events.labels("delivered").inc()
                     delivered += 1
                 else:
                     self._settle_failure(event, reason)
@@ -424,6 +445,8 @@ class EventDispatcher:
             max_attempts=self.max_attempts,
             reason=reason,
         )
+        outcome = {"dead": "dead_lettered", "retry": "retried"}.get(settled.outcome, "lease_lost")
+        metrics().events.labels(outcome).inc()
         if settled.outcome == "dead":
             log.error(
                 "event %s (%s) given up after %d attempts; last: %s",

@@ -55,6 +55,7 @@ def on_starting(server: Any) -> None:
     embedded Redis in the master, so workers find it running."""
     global _embedded
     _refuse_what_cannot_serve()
+    _fresh_metrics_folder(server)
     if os.environ.get("IVR_STOP_WITH_PARENT") == "1":
         _stop_with_parent(server)
     if os.environ.get("REDIS_URL"):
@@ -112,3 +113,67 @@ def on_exit(server: Any) -> None:
     if _embedded is not None:
         _embedded.stop()
         server.log.info("embedded redis stopped")
+
+
+def _fresh_metrics_folder(server: Any) -> None:
+    """An empty folder for the workers' metric files (prometheus-client's multiprocess mode),
+    named in PROMETHEUS_MULTIPROC_DIR for the workers forked after this: the one the operator
+    set, else `metrics/` in the instance folder."""
+    from pathlib import Path
+
+    from ivr.config import instance_folder
+    from ivr.metrics import MULTIPROC_DIR_VARIABLE, prepare_multiprocess_dir
+
+    chosen = os.environ.get(MULTIPROC_DIR_VARIABLE) or instance_folder() / "metrics"
+    server.log.info("metrics: workers count in %s", prepare_multiprocess_dir(Path(chosen)))
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """A worker exited: its live gauges go; its counters stay in the totals."""
+    from ivr.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
+def _json_logger() -> type:
+    """LOG_FORMAT=json: gunicorn's own lines, and its access log, as JSON objects too. An
+    access line has the path as sent (never the query: sealed call state travels there) and
+    the request id the app answered with; JSON escapes any control character in it."""
+    from gunicorn import glogging
+
+    from ivr.logs import REQUEST_ID_HEADER, json_formatter
+
+    class JsonLogger(glogging.Logger):
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for handler in (*self.error_log.handlers, *self.access_log.handlers):
+                handler.setFormatter(json_formatter())
+
+        def access(self, resp: Any, _req: Any, environ: dict[str, Any], request_time: Any) -> None:
+            if not self.cfg.accesslog:
+                return
+            status = str(resp.status).split(None, 1)[0]
+            answered = {name.lower(): value for name, value in resp.headers}
+            raw = environ.get("RAW_URI") or environ.get("PATH_INFO") or ""
+            method, path = environ.get("REQUEST_METHOD", ""), raw.split("?", 1)[0]
+            self.access_log.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "remote": environ.get("REMOTE_ADDR"),
+                    "method": method,
+                    "path": path,
+                    "status": int(status) if status.isdigit() else status,
+                    "bytes": getattr(resp, "sent", None),
+                    "duration_ms": round(request_time.total_seconds() * 1000, 2),
+                    "request_id": answered.get(REQUEST_ID_HEADER.lower()),
+                },
+            )
+
+    return JsonLogger
+
+
+if os.environ.get("LOG_FORMAT") == "json":
+    logger_class = _json_logger()

@@ -19,10 +19,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
+
+from ivr.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def connect(url: str) -> redis.Redis:
     a retry after a timeout could run one twice: a right code answered "not pending", a wrong
     one counted twice. A failed command is a clean 503 or apology; the next request reconnects.
     """
-    return redis.Redis.from_url(
+    return TimedRedis.from_url(
         url,
         decode_responses=True,
         socket_timeout=_CONNECT_TIMEOUT_SECONDS,
@@ -46,6 +50,48 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def _observe(command: str, started: float, error: Exception | None) -> None:
+    counted = metrics()
+    counted.redis_duration.labels(command).observe(time.perf_counter() - started)
+    # A script Redis has not cached yet is loaded and run again by redis-py: not a failure.
+    if error is not None and not isinstance(error, redis.exceptions.NoScriptError):
+        counted.redis_errors.labels(type(error).__name__).inc()
+
+
+class TimedRedis(redis.Redis):
+    """A client whose commands and pipelines are timed, and failures counted, for /metrics
+    (labelled by the command's name only: never a key or a value)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        started, error = time.perf_counter(), None
+        try:
+            return super().execute_command(*args, **options)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            _observe(str(args[0]).upper() if args else "", started, error)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+class TimedPipeline(Pipeline):
+    """A pipeline timed as one round trip (PIPELINE, or MULTI for a transaction)."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self.command_stack and not self.watching:
+            return []
+        started, error = time.perf_counter(), None
+        try:
+            return super().execute(raise_on_error)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            _observe("MULTI" if self.transaction else "PIPELINE", started, error)
 
 
 class EmbeddedRedis:

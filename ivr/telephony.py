@@ -23,6 +23,7 @@ from twilio.rest import Client
 from urllib3.util.retry import Retry
 
 from ivr import keys
+from ivr.metrics import metrics
 from ivr.phone import masked
 from ivr.verification.codes import CodeSecrets, SealError
 
@@ -130,6 +131,7 @@ class TwilioCarrier:
         self, *, to: str, from_: str, url: str, status_callback: str, ring_seconds: int = 30
     ) -> Receipt:
         call = self._create(
+            "call",
             self.client.calls.create,
             to=to,
             from_=from_,
@@ -144,6 +146,7 @@ class TwilioCarrier:
 
     def send_sms(self, *, to: str, from_: str, body: str, status_callback: str) -> Receipt:
         message = self._create(
+            "sms",
             self.client.messages.create,
             to=to,
             from_=from_,
@@ -153,15 +156,26 @@ class TwilioCarrier:
         return Receipt(message.sid, message.status or "queued")
 
     @staticmethod
-    def _create(create: Any, **params: Any) -> Any:
+    def _create(operation: str, create: Any, **params: Any) -> Any:
+        """`create(**params)`, counted and timed as `operation` (call, sms) by how it ended:
+        ok, Twilio's HTTP status, timeout, connection_error, or error (anything else)."""
+        started, status = time.perf_counter(), "error"
         try:
-            return create(**params)
+            created = create(**params)
+            status = "ok"
+            return created
         except TwilioRestException as exc:
+            status = str(exc.status)
             raise _carrier_error(exc) from None
         except requests.RequestException as exc:
+            status = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
             raise CarrierError(
                 "unreachable", f"Twilio did not answer in time ({type(exc).__name__})"
             ) from None
+        finally:
+            counted = metrics()
+            counted.twilio_requests.labels(operation, status).inc()
+            counted.twilio_duration.labels(operation).observe(time.perf_counter() - started)
 
 
 def _carrier_error(exc: TwilioRestException) -> CarrierError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import jsonschema
+import pytest
 
 
 def test_openapi_document_is_served_and_is_openapi_3_1(client):
@@ -74,9 +75,114 @@ def test_the_statuses_of_bad_sids_and_bad_bodies_are_the_documented_ones(client,
         assert status in documented_statuses(client, path, method), (path, method, status)
 
 
+# -- the request schemas and the server agree ---------------------------------------------------
+
+USER = "+14155550123"
+UNKNOWN_SID = "VE" + "0" * 32
+CUSTOMER = {"phone": "+14155550161", "name": "Ann Lee"}
+
+
+def request_schema_validator(document: dict, path: str, method: str) -> jsonschema.Validator:
+    """The JSON body schema of an operation, its $refs resolved in the document."""
+    body = document["paths"][path][method]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+
+@pytest.mark.parametrize(
+    ("path", "url", "body", "allowed"),
+    [
+        # Neither `to` nor `sid`: nothing to look the code up by.
+        ("/v1/verifications/check", None, {"code": "123456"}, False),
+        ("/v1/verifications/check", None, {"code": "123456", "to": None, "sid": None}, False),
+        ("/v1/verifications/check", None, {"code": "123456", "to": USER}, True),
+        ("/v1/verifications/check", None, {"code": "123456", "sid": UNKNOWN_SID, "to": None}, True),
+        # An optional field sent as null is left out.
+        (
+            "/v1/verifications",
+            None,
+            {"to": USER, "channel": "sms", "country": None, "locale": None},
+            True,
+        ),
+        ("/v1/verifications", None, {"to": USER, "channel": "sms", "country": 1}, False),
+        # A customer's id in the body must be one (and the URL's).
+        ("/v1/customers/{customer_id}", "/v1/customers/1234", {**CUSTOMER, "id": ""}, False),
+        ("/v1/customers/{customer_id}", "/v1/customers/1234", {**CUSTOMER, "id": "1234"}, True),
+        ("/v1/customers/{customer_id}", "/v1/customers/1234", {**CUSTOMER, "name": "   "}, False),
+        ("/v1/customers/{customer_id}", "/v1/customers/1234", {**CUSTOMER, "locale": None}, True),
+        ("/v1/customers/{customer_id}", "/v1/customers/1234", {**CUSTOMER, "locale": ""}, True),
+    ],
+)
+def test_a_body_the_schema_forbids_is_refused_and_one_it_allows_is_not(
+    client, api, path, url, body, allowed
+):
+    document = client.get("/v1/openapi.json").get_json()
+    method = "put" if "customers" in path else "post"
+    assert request_schema_validator(document, path, method).is_valid(body) is allowed
+    response = getattr(api, method)(url or path, body)
+    assert (response.status_code == 400) is not allowed, response.get_json()
+    assert response.status_code in documented_statuses(client, path, method)
+
+
+@pytest.mark.parametrize("channel", ["missed_call", "flash_call"])
+def test_a_channel_that_is_not_set_up_is_the_documented_400(client, api, channel):
+    response = api.start(channel=channel)
+    assert response.status_code == 400
+    assert response.get_json()["type"] == "urn:ivr:problem:channel_unavailable"
+    assert 400 in documented_statuses(client, "/v1/verifications", "post")
+    document = client.get("/v1/openapi.json").get_json()
+    said = document["components"]["schemas"]["StartRequest"]["properties"]["channel"]
+    assert "channel_unavailable" in said["description"]
+
+
+def test_every_operation_with_a_body_documents_400_413_and_415_and_answers_415(client, api):
+    document = client.get("/v1/openapi.json").get_json()
+    concrete = {"{customer_id}": "1234", "{call_sid}": "CA" + "0" * 32}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                continue
+            assert {400, 413, 415} <= documented_statuses(client, path, method), (path, method)
+            url = path
+            for name, value in concrete.items():
+                url = url.replace(name, value)
+            response = getattr(client, method)(
+                url, data='{"to": "+14155550123"}', headers={**api.headers, "Content-Type": ""}
+            )
+            assert response.status_code in (415, 404), (path, response.get_json())
+
+
+def test_every_api_operation_documents_the_stores_503(client):
+    document = client.get("/v1/openapi.json").get_json()
+    for path, operations in document["paths"].items():
+        for method in operations:
+            assert 503 in documented_statuses(client, path, method), (path, method)
+
+
 def test_the_check_endpoint_is_no_verification_to_get(client, api):
     """`/v1/verifications/check` is the check's: a GET there is a 405, not a lookup of a
     verification whose sid would be "check", and OPTIONS allows only what the document says."""
     assert api.get("/v1/verifications/check").status_code == 405
     allowed = client.options("/v1/verifications/check", headers=api.headers).headers["Allow"]
     assert {method.strip() for method in allowed.split(",")} == {"POST", "OPTIONS"}
+
+
+def test_every_custom_format_is_explained_in_the_document(client):
+    document = client.get("/v1/openapi.json").get_json()
+    formats: set[str] = set()
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("format"), str):
+                formats.add(node["format"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(document)
+    custom = formats - {"date-time"}
+    assert custom == {"phone", "country", "locale", "display-name"}
+    for name in custom:
+        assert f"`{name}`" in document["info"]["description"], name

@@ -37,6 +37,8 @@ class TwilioStandIn:
         self.created_sids: list[str] = []  # what each successful create answered, in order
         self._failures: list[Failure] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()  # cleared by hold(): requests wait for release()
+        self._released.set()
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +46,7 @@ class TwilioStandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 standin._record(self, raw)
+                standin._released.wait(timeout=30)
                 standin._answer(self)
 
             def log_message(self, *args: object) -> None:  # keep test output quiet
@@ -65,10 +68,18 @@ class TwilioStandIn:
         self.server.server_close()
 
     def reset(self) -> None:
+        self._released.set()
         with self._lock:
             self.requests.clear()
             self.created_sids.clear()
             self._failures.clear()
+
+    def hold(self) -> None:
+        """Requests are recorded, then left unanswered until release() (a send in flight)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
 
     def fail_next(
         self, times: int = 1, status: int = 503, delay: float = 0.0, body: dict | None = None

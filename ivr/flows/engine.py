@@ -29,6 +29,7 @@ from ivr.flows.hours import is_open
 from ivr.flows.library import PublishedFlows
 from ivr.flows.loader import FlowLibrary, LoadedFlow
 from ivr.flows.state import CallState, CallStateStore
+from ivr.metrics import call_outcome, metrics
 from ivr.prompts import CatalogError, PromptCatalogs
 from ivr.verification.models import Status
 from ivr.verification.service import (
@@ -98,6 +99,12 @@ class _Turn:
     entered: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)
     effects: list[dict[str, Any]] = field(default_factory=list)
+    # How the call's flow part had ended before this turn (a dial that came back to the
+    # flow): the turn's own outcome is counted only if it is a new one.
+    outcome_before: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.outcome_before = self.state.outcome
 
     def say(self, key: str | None, **values: object) -> None:
         if key:
@@ -198,6 +205,8 @@ class FlowEngine:
         served = self._served_for(call)
         if served is None:
             log.error("call %s: no flow answers %s", call.call_sid, phone.masked(call.called))
+            if call.trial is None:
+                metrics().ivr_calls.labels("(none)", "error").inc()
             return self._goodbye(self.prompts.default_locale, "call.error")
         flow = served.flow
         locale = flow.locale or self.prompts.resolve_locale(None, call.caller_country)
@@ -312,9 +321,13 @@ class FlowEngine:
         replaces = self.states.advance(turn.state, turn.next_step)
         text = turn.state.to_json()  # serialized once: sealed into the URLs, and saved
         turn.fill_links(self.states.seal(turn.call_sid, turn.state, text=text))
-        return self.states.save(
+        saved = self.states.save(
             turn.call_sid, turn.state, replaces=replaces, text=text, turn=turn.record(now)
         )
+        ended = turn.state.outcome
+        if saved and ended and ended != turn.outcome_before and not turn.state.simulated:
+            metrics().ivr_calls.labels(turn.state.flow, call_outcome(ended)).inc()
+        return saved
 
     def _confirm(self, turn: _Turn) -> None:
         """Before a side effect (a lookup, a code sent, checked or canceled): make sure the
@@ -385,6 +398,8 @@ class FlowEngine:
     def _on_error(self, flow: model.Flow | None, state: CallState, why: str) -> VoiceResponse:
         """Route the call to the flow's on_error node (stateless), else a polite goodbye."""
         log.error("call in flow %s at %s: %s", state.flow, state.node, why)
+        if not state.simulated:
+            metrics().ivr_calls.labels(state.flow or "(none)", "error").inc()
         target = flow.nodes.get(flow.on_error) if flow and flow.on_error else None
         hands_over = isinstance(target, model.AgentNode) or (
             isinstance(target, model.TransferNode) and target.to_number

@@ -9,8 +9,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from ivr import phone
+from ivr import logs, phone
 from ivr.config import Rate
+from ivr.metrics import metrics
 from ivr.prompts import PromptCatalogs, UnknownLocale
 from ivr.telephony import Carrier, CarrierError, Receipt
 from ivr.verification import callerid
@@ -279,7 +280,9 @@ class VerificationService:
         parsed = _parse_number(to, country)
         try:
             number = self._police(parsed, channel)
-        except InvalidRequest:  # the policy's refusal (not a malformed number) is counted
+        except InvalidRequest as exc:  # the policy's refusal (not a malformed number) is counted
+            metrics().sends_refused.labels("policy", exc.reason).inc()
+            logs.bind(outcome=exc.reason)
             if self.stats is not None:
                 self.stats.failed(channel, parsed.country, "number_refused")
             raise
@@ -289,7 +292,9 @@ class VerificationService:
             raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
         try:
             self._count_send(number, client_id)
-        except RateLimited:
+        except RateLimited as exc:
+            metrics().sends_refused.labels("limit", exc.scope).inc()
+            logs.bind(outcome=f"rate_limited_{exc.scope}")
             if self.stats is not None:
                 self.stats.failed(channel, number.country or "??", "rate_limited")
             raise
@@ -301,6 +306,11 @@ class VerificationService:
 
         started, code = self._start_with_code(number, channel, chosen_locale, scope)
         sid = started.verification.sid
+        logs.bind(verification_sid=sid, outcome="created" if started.created else "resent")
+        # From here to the settle below, the send is `requested` in Redis (a worker dying in
+        # between leaves it so: started minus finished shows it on /metrics).
+        counted = metrics()
+        counted.sends_started.labels(channel).inc()
         if started.created and self.stats is not None:
             self.stats.started(channel, number.country or "??", sid)
         try:
@@ -316,6 +326,8 @@ class VerificationService:
                 status="failed",
                 error=exc.detail,
             )
+            counted.sends_finished.labels(channel, "failed").inc()
+            logs.bind(outcome=f"carrier_{exc.kind}")
             failed = self.store.get(sid)
             if status is Status.FAILED and failed is not None:
                 self._announce(failed)
@@ -325,6 +337,7 @@ class VerificationService:
         settled = self.store.settle(
             sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
         )
+        counted.sends_finished.labels(channel, "accepted").inc()
         if settled.first_delivery and self.stats is not None:  # once per verification
             self.stats.delivered(channel, number.country)
         return self._require(sid)
@@ -534,6 +547,8 @@ class VerificationService:
             failure_budget=self.code_policy.failure_budget,
             **lookup,
         )
+        metrics().checks.labels(result.outcome).inc()
+        logs.bind(verification_sid=result.sid, outcome=result.outcome)
         if result.outcome == "other_number":
             raise OtherNumber()
         if result.outcome == "not_found" or result.sid is None or result.status is None:

@@ -6,6 +6,8 @@ in one pipelined round trip; fields name what happened, by channel and by countr
 the median. Keys are tagged per bucket, so the counters spread over cluster slots. Counting
 never fails a verification: a Redis error here is logged and dropped.
 
+Each event is counted in this process's Prometheus counters too (ivr.metrics: no Redis).
+
 Events are counted when they happen (a verification started at 23:59 and approved at 00:01
 counts in both hours), so "failures" are events too: a rate-limited or refused request never
 started a verification, and a pending one may see a carrier error, then be approved.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import redis
 
 from ivr import keys, phone
+from ivr.metrics import metrics
 from ivr.verification.models import Channel, Status, Verification, is_sid
 from ivr.verification.store import VerificationStore
 
@@ -79,14 +82,17 @@ class VerificationStats:
 
     def started(self, channel: str, country: str, sid: str | None = None) -> None:
         """A new verification (not a re-send); with its `sid`, it joins the recent ones."""
+        metrics().verifications_started.labels(channel).inc()
         self._count([f"started|{channel}|{country}"], recent=sid)
 
     def delivered(self, channel: str, country: str) -> None:
         """The carrier delivered a verification's code (count each verification once)."""
+        metrics().verifications_delivered.labels(channel).inc()
         self._count([f"delivered|{channel}|{country}"])
 
     def approved(self, channel: str, country: str, seconds_to_approve: float) -> None:
         """A verification approved, `seconds_to_approve` after it started."""
+        metrics().verifications_approved.labels(channel).inc()
         bucket = next(
             (b for b in APPROVAL_BUCKETS if seconds_to_approve <= b), APPROVAL_BUCKETS[-1]
         )
@@ -94,6 +100,7 @@ class VerificationStats:
 
     def failed(self, channel: str, country: str, reason: str) -> None:
         """Something went wrong, for one of FAILURE_REASONS."""
+        metrics().verifications_failed.labels(channel, reason).inc()
         self._count([f"failed|{reason}", f"failed_by|{channel}|{country}"])
 
     def _count(self, fields: list[str], recent: str | None = None) -> None:
