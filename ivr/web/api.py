@@ -1,7 +1,9 @@
 """The JSON API (`/v1/*`), modelled on Twilio Verify: bearer tokens, problem+json errors.
 
 Bodies may be JSON or form-encoded, and field names are matched without regard to case, so
-Twilio Verify's `To`, `Channel`, `Code` and `VerificationSid` work as well as ours.
+Twilio Verify's `To`, `Channel`, `Code` and `VerificationSid` work as well as ours. A field
+given twice (a JSON key, a form field, `to` and `To`) is refused: which one would count is
+ambiguous, and a gateway in front may have checked the other.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ivr.verification.service import (
     RateLimited,
     VerificationError,
 )
+from ivr.web.bodies import BodyRefused, json_object, unique_fields
 from ivr.web.errors import problem
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
@@ -71,6 +74,9 @@ class BodyError(Exception):
         self.status, self.reason, self.title, self.detail = status, reason, title, detail
 
 
+_REFUSED_BODY_TITLES = {"invalid_json": "Malformed JSON", "duplicate_field": "Field given twice"}
+
+
 @blueprint.before_request
 def authenticate() -> Response | None:
     """401 unless `Authorization: Bearer <token>` names a known client."""
@@ -101,14 +107,14 @@ def _unsupported_media_type(detail: str) -> BodyError:
 
 
 def body(*allowed: str) -> dict[str, Any]:
-    """The request's fields (JSON object or form), names lower-cased; refuses unknown names."""
+    """The request's fields (JSON object or form), names lower-cased; refuses unknown names
+    and names given twice."""
     mimetype = request.mimetype
     if mimetype == "application/json":
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BodyError(400, "invalid_json", "Malformed JSON", "the body must be a JSON object")
+        # Read whole first: a body over the limit is a 413 before any parsing.
+        pairs = json_object(request.get_data(cache=True)).items()
     elif mimetype == "multipart/form-data":
-        data = request.form.to_dict()
+        pairs = request.form.items(multi=True)
     elif mimetype == "application/x-www-form-urlencoded":
         # curl -d sends this type unless told otherwise: a JSON body would otherwise come out
         # as one field named after the whole document ("unknown field(s): {...}").
@@ -118,7 +124,7 @@ def body(*allowed: str) -> dict[str, Any]:
                 "(application/x-www-form-urlencoded, curl -d's default): send the header "
                 "'Content-Type: application/json'"
             )
-        data = request.form.to_dict()
+        pairs = request.form.items(multi=True)
     elif _looks_like_json():
         said = f"its Content-Type is {mimetype}" if mimetype else "it has no Content-Type"
         raise _unsupported_media_type(
@@ -129,10 +135,7 @@ def body(*allowed: str) -> dict[str, Any]:
         raise _unsupported_media_type(
             f"send 'Content-Type: application/json' (or application/x-www-form-urlencoded){said}"
         )
-    fields: dict[str, Any] = {}
-    for name, value in data.items():
-        key = name.lower() if isinstance(name, str) else name
-        fields[_ALIASES.get(key, key)] = value
+    fields = unique_fields(pairs, _ALIASES)
     unknown = sorted(str(k) for k in fields if k not in allowed)
     if unknown:
         raise BodyError(
@@ -153,6 +156,12 @@ def _require(fields: dict[str, Any], name: str) -> Any:
 @blueprint.errorhandler(BodyError)
 def _body_error(exc: BodyError) -> Response:
     return problem(exc.status, exc.reason, exc.title, exc.detail)
+
+
+@blueprint.errorhandler(BodyRefused)
+def _body_refused(exc: BodyRefused) -> Response:
+    title = _REFUSED_BODY_TITLES.get(exc.reason, "Invalid request")
+    return problem(400, exc.reason, title, exc.detail, field=exc.field)
 
 
 @blueprint.errorhandler(VerificationError)

@@ -22,6 +22,7 @@ from ivr.simulator import Progress, Question
 from ivr.telephony import SimulatedCarrier
 from ivr.users import Role
 from ivr.verification.models import is_call_sid
+from ivr.web.bodies import BodyRefused, json_object
 from ivr.web.console import access, blueprint
 from ivr.web.webhooks import SIMULATOR_PARAMETER
 
@@ -86,10 +87,10 @@ def _json_object(*, optional: bool = False) -> dict[str, Any]:
         return {}
     if not request.is_json:
         abort(415, description="send a JSON object with Content-Type: application/json")
-    data = request.get_json(silent=True)  # too big: 413 before parsing
-    if not isinstance(data, dict):
-        abort(400, description="the body is not a JSON object")
-    return data
+    try:  # too big: 413 before parsing
+        return json_object(request.get_data(cache=True))
+    except BodyRefused as exc:  # not JSON, nested past the parser's depth, a key twice…
+        abort(400, description=exc.detail)
 
 
 MAX_FIELD_CHARS = 100  # a flow's name; longer is garbage, not echoed back in the error

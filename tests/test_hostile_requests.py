@@ -1,0 +1,194 @@
+"""Requests built to hurt: bodies nested past the parser's depth, fields given twice, bodies too
+big sent chunked, wrong methods, and paths that would write a second line into the access log.
+Each is refused with a clear 4xx on every edge, in that edge's own way, and nothing happens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
+
+from tests.conftest import API_TOKEN
+from tests.console_helpers import make_user, session_csrf, sign_in
+
+REPO = Path(__file__).resolve().parent.parent
+TO = "+14155550123"
+CALL_SID = "CA" + "7" * 32
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+# 2 KB of nesting: past Python's recursion limit (1,000), far under the 64 KiB body limit.
+NESTED_ARRAYS = "[" * 2048
+NESTED_OBJECTS = '{"to": ' * 1200 + "1" + "}" * 1200
+
+
+def assert_problem(response: Any, status: int, reason: str) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert body["type"] == f"urn:ivr:problem:{reason}", body
+    assert body["detail"]
+    return body
+
+
+@pytest.fixture
+def simulated(simulated_app: Flask) -> FlaskClient:
+    return simulated_app.test_client()
+
+
+# The API's routes that read a body, with a path that reaches the body (simulated carrier).
+API_BODY_ROUTES = [
+    ("POST", "/v1/verifications"),
+    ("POST", "/v1/verifications/check"),
+    ("PUT", "/v1/customers/12345678"),
+    ("POST", "/v1/simulator/calls"),
+    ("POST", f"/v1/simulator/calls/{CALL_SID}/answer"),
+]
+
+
+# -- 1. JSON nested deeper than the parser goes ----------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), API_BODY_ROUTES)
+@pytest.mark.parametrize("document", [NESTED_ARRAYS, NESTED_OBJECTS], ids=["arrays", "objects"])
+def test_json_nested_past_the_parsers_depth_is_invalid_json_on_every_api_route(
+    simulated, method, path, document
+):
+    response = simulated.open(
+        path, method=method, data=document, content_type="application/json", headers=AUTH
+    )
+    assert "JSON" in assert_problem(response, 400, "invalid_json")["detail"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_javascript_constants_are_not_json(client, twilio_api, constant):
+    document = f'{{"to": "+14155550123", "channel": "sms", "locale": {constant}}}'
+    response = client.post(
+        "/v1/verifications", data=document, content_type="application/json", headers=AUTH
+    )
+    assert_problem(response, 400, "invalid_json")
+    assert twilio_api.requests == []
+
+
+@pytest.fixture
+def console_app(simulated_app: Flask) -> Flask:
+    make_user(simulated_app, "vera", "viewer")
+    return simulated_app
+
+
+@pytest.fixture
+def page_script(console_app: Flask) -> Any:
+    """The simulator page's fetches: signed in, with the CSRF header."""
+    client = sign_in(console_app, "vera")
+    csrf = session_csrf(client)
+
+    def fetch(path: str, body: str | bytes, content_type: str = "application/json") -> Any:
+        return client.post(
+            path, data=body, content_type=content_type, headers={"X-CSRF-Token": csrf}
+        )
+
+    return fetch
+
+
+@pytest.mark.parametrize("route", ["calls", "keys", "hangup"])
+@pytest.mark.parametrize("document", [NESTED_ARRAYS, NESTED_OBJECTS], ids=["arrays", "objects"])
+def test_json_nested_past_the_parsers_depth_is_a_400_on_the_consoles_fetches(
+    page_script, route, document
+):
+    path = "/console/simulator/calls"
+    if route != "calls":  # a call of this user's, so the body is what is refused
+        placed = page_script(path, json.dumps({"flow": "default", "caller": TO}))
+        assert placed.status_code == 201, placed.text
+        path = f"{path}/{placed.get_json()['call_sid']}/{route}"
+    response = page_script(path, document)
+    assert response.status_code == 400, response.text
+    assert response.mimetype == "application/problem+json"
+    assert "JSON object" in response.get_json()["error"]
+
+
+# -- 4. a field given twice ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ('{"to": "+14155550123", "to": "+14155550124", "channel": "sms"}', "to"),
+        ('{"to": "+14155550123", "To": "+14155550124", "channel": "sms"}', "to"),
+        ('{"to": "+14155550123", "channel": "sms", "CHANNEL": "call"}', "channel"),
+        ('{"to": "+14155550123", "channel": "sms", "channel": "sms"}', "channel"),
+    ],
+)
+def test_a_json_field_given_twice_or_in_two_cases_is_refused_and_nothing_is_sent(
+    client, twilio_api, document, field
+):
+    response = client.post(
+        "/v1/verifications", data=document, content_type="application/json", headers=AUTH
+    )
+    problem = assert_problem(response, 400, "duplicate_field")
+    assert problem["field"] == field
+    assert "twice" in problem["detail"] or "both" in problem["detail"]
+    assert twilio_api.requests == []
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "to=%2B14155550123&to=%2B14155550124&channel=sms",
+        "to=%2B14155550123&To=%2B14155550124&channel=sms",
+        "To=%2B14155550123&channel=sms&Channel=call",
+    ],
+)
+def test_a_form_field_given_twice_or_in_two_cases_is_refused(client, twilio_api, form):
+    response = client.post(
+        "/v1/verifications",
+        data=form,
+        content_type="application/x-www-form-urlencoded",
+        headers=AUTH,
+    )
+    assert_problem(response, 400, "duplicate_field")
+    assert twilio_api.requests == []
+
+
+def test_a_multipart_field_given_twice_is_refused(client, twilio_api):
+    fields = MultiDict([("to", "+14155550123"), ("to", "+14155550124"), ("channel", "sms")])
+    response = client.post(
+        "/v1/verifications", data=fields, content_type="multipart/form-data", headers=AUTH
+    )
+    assert assert_problem(response, 400, "duplicate_field")["field"] == "to"
+    assert twilio_api.requests == []
+
+
+def test_two_names_for_the_verification_sid_are_one_field_given_twice(client, twilio_api):
+    sid = "VE" + "0" * 32
+    response = client.post(
+        "/v1/verifications/check",
+        data=json.dumps({"code": "123456", "sid": sid, "VerificationSid": sid}),
+        content_type="application/json",
+        headers=AUTH,
+    )
+    assert assert_problem(response, 400, "duplicate_field")["field"] == "sid"
+
+
+def test_a_customer_with_two_phones_is_refused_and_not_stored(app, client):
+    response = client.put(
+        "/v1/customers/12345678",
+        data='{"phone": "+14155550161", "Phone": "+14155550162"}',
+        content_type="application/json",
+        headers=AUTH,
+    )
+    assert assert_problem(response, 400, "duplicate_field")["field"] == "phone"
+    assert app.extensions["ivr"].customers.get("12345678") is None
+
+
+def test_the_consoles_fetches_refuse_a_json_key_given_twice(page_script, redis_client):
+    before = set(redis_client.scan_iter("*simulator*"))
+    body = '{"flow": "default", "flow": "other", "caller": "+14155550123"}'
+    response = page_script("/console/simulator/calls", body)
+    assert response.status_code == 400, response.text
+    assert response.mimetype == "application/problem+json"
+    assert "'flow' is given twice" in response.get_json()["error"]
+    assert set(redis_client.scan_iter("*simulator*")) == before, "no call was placed"
