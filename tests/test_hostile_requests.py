@@ -5,15 +5,18 @@ Each is refused with a clear 4xx on every edge, in that edge's own way, and noth
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_BASE_URL, spoken, twiml
 from tests.console_helpers import make_user, session_csrf, sign_in
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,3 +195,83 @@ def test_the_consoles_fetches_refuse_a_json_key_given_twice(page_script, redis_c
     assert response.mimetype == "application/problem+json"
     assert "'flow' is given twice" in response.get_json()["error"]
     assert set(redis_client.scan_iter("*simulator*")) == before, "no call was placed"
+
+
+# Twilio sends each parameter once. A signed request with one twice is not Twilio's (or was
+# changed on the way): it decides nothing, and the caller hears what any failure says.
+
+
+def signed_post(client: FlaskClient, path: str, params: MultiDict, signature: str = "") -> Any:
+    """POST `params` (repeats allowed) signed as Twilio signs: every value of every name."""
+    url = PUBLIC_BASE_URL + path
+    signature = signature or RequestValidator(AUTH_TOKEN).compute_signature(url, params)
+    return client.post(
+        path,
+        data=params,
+        base_url=PUBLIC_BASE_URL,
+        headers={"X-Twilio-Signature": signature},
+    )
+
+
+def _call_params(**fields: str) -> list[tuple[str, str]]:
+    base = {"CallSid": CALL_SID, "AccountSid": "AC" + "1" * 32, "CallStatus": "in-progress"}
+    return list({**base, **fields}.items())
+
+
+def test_a_repeated_parameter_on_a_call_is_refused_politely_after_the_signature(client):
+    params = MultiDict([*_call_params(From=TO, To="+14155550100"), ("From", "+14155550199")])
+    root = twiml(signed_post(client, "/voice/incoming", params))
+    assert [child.tag for child in root] == ["Say", "Hangup"], ET.tostring(root)
+    assert spoken(root), "the caller hears an apology, not silence"
+    assert root.find("Gather") is None, "no flow was started"
+    forged = signed_post(client, "/voice/incoming", params, signature="bm90LXNpZ25lZA==")
+    assert forged.status_code == 403, "the signature is checked first"
+
+
+def test_a_repeated_digits_parameter_reveals_no_code(api, client, twilio_api):
+    verification = api.start(to=TO, channel="call").get_json()
+    call_sid = verification["send_attempts"][-1]["provider_sid"]
+    path = f"/voice/code/{verification['sid']}/{verification['locale']}/reveal"
+    params = MultiDict(
+        [*_call_params(CallSid=call_sid, To=TO, Direction="outbound-api"), ("Digits", "5")]
+    )
+    params.add("Digits", "1")
+    root = twiml(signed_post(client, path, params))
+    assert not list(root.iter("say-as")) and not re.search(r"\d", spoken(root))
+    assert root[-1].tag == "Hangup"
+    single = MultiDict(_call_params(CallSid=call_sid, To=TO, Direction="outbound-api"))
+    single.add("Digits", "5")
+    assert re.search(r"\d", spoken(twiml(signed_post(client, path, single)))), (
+        "the same call with Digits once still hears its code"
+    )
+
+
+def test_a_repeated_parameter_on_the_missed_call_number_is_rejected_and_approves_nothing(
+    make_app,
+):
+    app = make_app(missed_call_numbers="+14155550111")
+    client = app.test_client()
+    verification = client.post(
+        "/v1/verifications", json={"to": TO, "channel": "missed_call"}, headers=AUTH
+    ).get_json()
+    params = MultiDict(
+        [*_call_params(From=TO, To=verification["call_to"], CallStatus="ringing"), ("To", TO)]
+    )
+    root = twiml(signed_post(client, "/voice/missed-call", params))
+    assert [(child.tag, child.get("reason")) for child in root] == [("Reject", "busy")]
+    seen = client.get(f"/v1/verifications/{verification['sid']}", headers=AUTH).get_json()
+    assert seen["status"] == "pending", "a request Twilio would not send approves nothing"
+
+
+def test_a_repeated_status_parameter_is_a_400_and_records_nothing(api, client, twilio_api):
+    verification = api.start(to=TO, channel="sms").get_json()
+    message_sid = verification["send_attempts"][-1]["provider_sid"]
+    before = verification["send_attempts"][-1]["status"]
+    params = MultiDict(
+        [("MessageSid", message_sid), ("MessageStatus", "undelivered"), ("ErrorCode", "30003")]
+    )
+    params.add("MessageStatus", "delivered")
+    response = signed_post(client, f"/sms/status/{verification['sid']}", params)
+    assert response.status_code == 400 and response.mimetype == "text/plain", response.text
+    seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
+    assert seen["send_attempts"][-1]["status"] == before

@@ -80,3 +80,13 @@ def unique_fields(
             raise BodyRefused("duplicate_field", f"{said}: give each field once", key)
         given[key], fields[key] = name, value
     return fields
+
+
+def repeated_name(pairs: Iterable[tuple[str, Any]]) -> str | None:
+    """The first name that comes twice in `pairs` (a form's items, multi=True), if any."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None

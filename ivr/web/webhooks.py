@@ -26,6 +26,7 @@ from ivr import phone
 from ivr.app import services
 from ivr.flows.engine import CallInfo, FlowEngine, Trial
 from ivr.verification.models import is_call_sid, is_sid
+from ivr.web.bodies import repeated_name
 from ivr.web.errors import twiml
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,9 @@ class _SignedParams:
 
 
 @blueprint.before_request
-def require_twilio_signature() -> None:
-    """403 unless the request carries a valid signature for its URL and parameters."""
+def require_twilio_signature() -> Response | None:
+    """403 unless the request carries a valid signature for its URL and parameters; then a
+    parameter given twice is refused (see _refuse_repeated)."""
     signature = request.headers.get(SIGNATURE_HEADER, "")
     params = _SignedParams(request.form if request.method == "POST" else MultiDict())
     validator = RequestValidator(services().secrets.webhook_auth_token)
@@ -120,6 +122,29 @@ def require_twilio_signature() -> None:
         log.warning("webhook %s refused: missing or invalid signature", request.path)
         abort(403, description="invalid or missing X-Twilio-Signature")
     services().prompts.refresh()  # a team's edited prompt is live within a second
+    repeated = repeated_name(request.form.items(multi=True))
+    if repeated is not None:
+        log.warning(  # %r: a name is the sender's words, and may hold a line break
+            "webhook %s refused: parameter %r sent more than once", request.url_rule, repeated[:64]
+        )
+        return _refuse_repeated()
+    return None
+
+
+def _refuse_repeated() -> Response:
+    """Twilio sends each parameter once: a signed request with one twice was not built by
+    Twilio (or was changed on the way), and which value counts would be a guess. It decides
+    nothing: a caller hears the apology any failure ends with, the missed-call number still
+    rejects unanswered, and a status callback is a 400 (Twilio's debugger shows it)."""
+    ivr = services()
+    if request.endpoint in ("webhooks.call_status", "webhooks.sms_status"):
+        abort(400, description="a parameter is given twice")
+    if request.endpoint == "webhooks.missed_call":
+        return _reject_busy()
+    locale = (request.view_args or {}).get("locale")
+    return _say_and_hang_up(
+        call_locale(locale) if locale else ivr.prompts.default_locale, "call.error"
+    )
 
 
 def _field(name: str, limit: int = 64) -> str:
