@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,43 @@ def test_json_nested_past_the_parsers_depth_is_a_400_on_the_consoles_fetches(
     assert response.status_code == 400, response.text
     assert response.mimetype == "application/problem+json"
     assert "JSON object" in response.get_json()["error"]
+
+
+# -- 3. 405s say what is allowed -------------------------------------------------------------
+
+
+def _sample_paths(app: Flask) -> Iterator[str]:
+    """One concrete path per route of the app (a digit for an int, a word for a string)."""
+    for rule in app.url_map.iter_rules():
+        path = rule.rule
+        for converter, name in re.findall(r"<(?:(\w+):)?(\w+)>", path):
+            value = "1" if converter == "int" else f"x{name}"
+            path = re.sub(rf"<(?:\w+:)?{name}>", value, path, count=1)
+        yield path
+
+
+def test_every_405_carries_allow_with_the_methods_the_path_takes(simulated_app, simulated):
+    adapter = simulated_app.url_map.bind("localhost")
+    checked = 0
+    for path in sorted(set(_sample_paths(simulated_app))):
+        allowed = set(adapter.allowed_methods(path))
+        refused = next(m for m in ("DELETE", "PATCH", "PUT", "POST", "GET") if m not in allowed)
+        response = simulated.open(path, method=refused, headers=AUTH)
+        assert response.status_code == 405, (path, refused, response.status_code)
+        said = {m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()}
+        assert said == allowed, (path, refused, said)
+        if path.startswith(("/voice/", "/sms/")):
+            assert response.mimetype == "text/plain", path  # Twilio's edge: no TwiML to speak
+        else:
+            assert_problem(response, 405, "method_not_allowed")
+        checked += 1
+    assert checked > 30, "every route of the app was tried"
+
+
+def test_delete_on_verifications_is_405_allowing_post(client):
+    response = client.delete("/v1/verifications", headers=AUTH)
+    assert_problem(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"] and "DELETE" not in response.headers["Allow"]
 
 
 # -- 4. a field given twice ---------------------------------------------------------------------

@@ -66,13 +66,22 @@ def _is_webhook() -> bool:
     return request.path.startswith(WEBHOOK_PREFIXES)
 
 
+def http_error_headers(exc: HTTPException) -> dict[str, str]:
+    """The headers Werkzeug's exception carries for its status (`Allow` on a 405, RFC 9110),
+    without the Content-Type of the HTML page it would have rendered."""
+    return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
+    headers = http_error_headers(exc)
     if _is_webhook():
         # Not Twilio, or not a request we know: a plain 4xx, no TwiML to speak.
-        return Response(exc.description or exc.name, status=status, mimetype="text/plain")
+        return Response(
+            exc.description or exc.name, status=status, mimetype="text/plain", headers=headers
+        )
     reason = exc.name.lower().replace(" ", "_")
-    return problem(status, reason, exc.name, exc.description)
+    return problem(status, reason, exc.name, exc.description, headers=headers)
 
 
 def _store_unavailable(exc: redis.RedisError) -> Response:
