@@ -7,6 +7,8 @@ import re
 import jsonschema
 import pytest
 
+from tests.conftest import Api
+
 
 def test_openapi_document_is_served_and_is_openapi_3_1(client):
     response = client.get("/v1/openapi.json")
@@ -122,6 +124,35 @@ def test_a_body_the_schema_forbids_is_refused_and_one_it_allows_is_not(
     response = getattr(api, method)(url or path, body)
     assert (response.status_code == 400) is not allowed, response.get_json()
     assert response.status_code in documented_statuses(client, path, method)
+
+
+@pytest.mark.parametrize(
+    ("body", "allowed"),
+    [
+        ({"from": "", "to": USER}, False),
+        ({"from": USER, "to": "+14155550111", "stir_verstat": {}}, False),
+        ({"from": USER, "to": "+14155550111", "stir_verstat": []}, False),
+        # A JSON list of keys, never the comma-separated string a form sends.
+        ({"from": USER, "to": "+14155550111", "keys": "1"}, False),
+        ({"from": USER, "to": "+14155550111", "keys": None, "stir_verstat": None}, True),
+        ({"from": USER, "to": "+14155550111", "keys": ["1"]}, True),
+    ],
+)
+def test_the_simulator_refuses_what_its_schema_forbids(simulated_app, body, allowed):
+    client = simulated_app.test_client()
+    document = client.get("/v1/openapi.json").get_json()
+    assert request_schema_validator(document, "/v1/simulator/calls", "post").is_valid(body) is (
+        allowed
+    )
+    response = Api(client).post("/v1/simulator/calls", body)
+    assert response.status_code == (200 if allowed else 400), response.get_json()
+
+
+def test_the_simulator_still_reads_keys_from_a_form(simulated_app):
+    client = simulated_app.test_client()
+    form = {"from": USER, "to": "+14155550111", "keys": "1,2"}
+    response = client.post("/v1/simulator/calls", data=form, headers=Api(client).headers)
+    assert response.status_code == 200, response.get_json()
 
 
 @pytest.mark.parametrize("channel", ["missed_call", "flash_call"])

@@ -379,7 +379,9 @@ def simulator_call_in() -> Response:
         to = phone.parse(_require(fields, "to"), None).e164
     except phone.NumberRefused as exc:
         raise InvalidRequest("to", exc.reason, exc.detail) from None
-    verstat = fields.get("stir_verstat") or ""
+    verstat = fields.get("stir_verstat")
+    if verstat is None:
+        verstat = ""
     if not isinstance(verstat, str) or len(verstat) > 64:
         raise InvalidRequest("stir_verstat", "invalid_field", "stir_verstat is a short string")
     ivr = services()
@@ -396,8 +398,10 @@ def simulator_call_in() -> Response:
 
 
 def _simulated_keys(fields: dict[str, Any]) -> list[str]:
-    keys = fields.get("keys") or []
-    if isinstance(keys, str):
+    keys = fields.get("keys")
+    if keys is None:
+        keys = []
+    if isinstance(keys, str) and request.mimetype != "application/json":  # a form says "5,1"
         keys = [k for k in keys.split(",") if k]
     if (
         not isinstance(keys, list)
