@@ -44,6 +44,7 @@ from ivr.verification.models import is_call_sid, is_sid
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import VerificationStore
+from ivr.web.bodies import BoundedRequest
 
 MAX_REQUEST_BYTES = 64 * 1024
 # Where calls and SMS appear to come from when no Twilio account (and so no number) is set.
@@ -116,6 +117,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MAX_FORM_PARTS=200,
         JSON_SORT_KEYS=False,
     )
+    # Werkzeug cuts a body sent chunked at MAX_CONTENT_LENGTH without a word: ours is a 413.
+    app.request_class = BoundedRequest
     instance = Path(app.instance_path)
     app_secrets = resolve_secrets(settings, instance)
     # No app.config["SECRET_KEY"]: we use no cookie sessions, and with a key set Flask builds a

@@ -4,12 +4,24 @@ Each is refused with a clear 4xx on every edge, in that edge's own way, and noth
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import json
+import os
+import queue
 import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from flask import Flask
@@ -17,7 +29,9 @@ from flask.testing import FlaskClient
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
-from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_BASE_URL, spoken, twiml
+from ivr.app import MAX_REQUEST_BYTES
+from ivr.users import ADMIN_PASSWORD_FILE
+from tests.conftest import API_TOKEN, AUTH_TOKEN, ENV_NAMES, PUBLIC_BASE_URL, spoken, twiml
 from tests.console_helpers import make_user, session_csrf, sign_in
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,3 +327,231 @@ def test_a_repeated_status_parameter_is_a_400_and_records_nothing(api, client, t
     assert response.status_code == 400 and response.mimetype == "text/plain", response.text
     seen = api.get(f"/v1/verifications/{verification['sid']}").get_json()
     assert seen["send_attempts"][-1]["status"] == before
+
+
+# -- a real gunicorn: chunked bodies and the access log -----------------------------------------
+
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config"]
+
+
+class Served:
+    """gunicorn as `make run` starts it (embedded Redis, simulated carrier), its output kept."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, instance: Path):
+        self.process, self.port, self.instance = process, port, instance
+        self.lines: list[str] = []
+        self._new: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self._new.put(raw.decode("utf-8", "replace"))
+
+    def output(self) -> list[str]:
+        while not self._new.empty():
+            self.lines.append(self._new.get_nowait())
+        return self.lines
+
+    def wait_for_line(self, marker: str, timeout: float = 20) -> list[str]:
+        """Every line so far, once one holds `marker` (fails after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(marker in line for line in self.output()):
+                return self.lines
+            with contextlib.suppress(queue.Empty):
+                self.lines.append(self._new.get(timeout=0.2))
+        raise AssertionError(f"no line with {marker!r} in: {''.join(self.output())}")
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        body: bytes | Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request as sent, the target unquoted (http.client sends it byte for byte)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            chunked = body is not None and not isinstance(body, bytes)
+            connection.request(
+                method, target, body=body, headers=headers or {}, encode_chunked=chunked
+            )
+            response = connection.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            connection.close()
+
+    def token(self, name: str) -> str:
+        return (self.instance / name).read_text().strip()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    instance = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k != "HOST"}
+    env |= {"PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1"}
+    env |= {"INSTANCE_PATH": str(instance)}
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and config
+        [*GUNICORN, "ivr:create_app()"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    server = Served(process, port, instance)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "".join(server.output())
+            try:
+                if server.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _api_headers(served: Served, content_type: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {served.token('api_token')}", "Content-Type": content_type}
+
+
+# -- 5. a body too big is a 413 however it is sent ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", json.dumps({"to": TO, "channel": "sms", "locale": "x" * 100_000})),
+        (
+            "application/x-www-form-urlencoded",
+            urlencode({"to": TO, "channel": "sms", "locale": "x" * 100_000}),
+        ),
+    ],
+    ids=["json", "form"],
+)
+def test_a_body_over_the_limit_is_413_chunked_or_not(served, content_type, body):
+    headers = _api_headers(served, content_type)
+    data = body.encode()
+    for sent in (data, _chunks(data)):  # with a Content-Length, then chunked
+        status, response_headers, answer = served.request(
+            "POST", "/v1/verifications", sent, headers
+        )
+        assert status == 413, answer
+        assert response_headers["Content-Type"] == "application/problem+json"
+        assert json.loads(answer)["type"] == "urn:ivr:problem:request_entity_too_large"
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(served):
+    padding = "x" * (MAX_REQUEST_BYTES - 200)  # over one chunk, under the limit
+    data = json.dumps({"to": TO, "channel": "sms", "locale": padding}).encode()
+    assert len(data) <= MAX_REQUEST_BYTES
+    status, _, answer = served.request(
+        "POST", "/v1/verifications", _chunks(data), _api_headers(served, "application/json")
+    )
+    problem = json.loads(answer)
+    assert (status, problem["type"]) == (400, "urn:ivr:problem:unknown_locale"), problem
+    good = json.dumps({"to": TO, "channel": "sms"}).encode()
+    status, _, answer = served.request(
+        "POST", "/v1/verifications", _chunks(good, 5), _api_headers(served, "application/json")
+    )
+    assert status == 201, answer
+
+
+class ConsoleSession:
+    """The console over HTTP as a browser uses it: cookies kept, the session's CSRF token."""
+
+    def __init__(self, served: Served):
+        self.served, self.cookies = served, SimpleCookie()
+        _, _, page = self.get("/console/sign-in")
+        csrf = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+        form = {
+            "username": "admin",
+            "password": served.token(ADMIN_PASSWORD_FILE),
+            "csrf_token": csrf,
+        }
+        status, _, page = self.post(
+            "/console/sign-in", urlencode(form).encode(), "application/x-www-form-urlencoded"
+        )
+        assert status == 302, page
+        _, _, page = self.get("/console/customers")
+        self.csrf = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+
+    def _send(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        cookie = "; ".join(f"{name}={morsel.value}" for name, morsel in self.cookies.items())
+        status, answer_headers, answer = self.served.request(
+            method, path, body, {**(headers or {}), "Cookie": cookie}
+        )
+        for cookie in answer_headers.get_all("Set-Cookie") or []:
+            self.cookies.load(cookie)
+        return status, answer_headers, answer
+
+    def get(self, path: str) -> tuple[int, http.client.HTTPMessage, bytes]:
+        return self._send("GET", path)
+
+    def post(
+        self, path: str, body: Any, content_type: str, **headers: str
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        return self._send("POST", path, body, {"Content-Type": content_type, **headers})
+
+
+def _csv_upload(session: ConsoleSession, content: bytes) -> tuple[bytes, str]:
+    boundary = secrets.token_hex(12)
+    body = io.BytesIO()
+    body.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+        f'{session.csrf}\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="customers.csv"\r\nContent-Type: text/csv\r\n\r\n'.encode()
+    )
+    body.write(content)
+    body.write(f"\r\n--{boundary}--\r\n".encode())
+    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_the_consoles_uploads_keep_their_own_limits_when_chunked(served):
+    session = ConsoleSession(served)
+    rows = b"".join(
+        b"%08d,+1415555%04d,Customer %d,yes\n" % (10_000_000 + n, n, n) for n in range(4000)
+    )
+    content = b"id,phone,name,sms\n" + rows  # ~150 KB: over the app's limit, under the CSV's
+    body, content_type = _csv_upload(session, content)
+    status, _, page = session.post("/console/customers/import", _chunks(body), content_type)
+    assert status == 200 and b"Imported: 4000 created" in page, page[:2000]
+    body, content_type = _csv_upload(session, content * 20)  # ~3 MB: over the CSV's limit
+    status, _, page = session.post("/console/customers/import", _chunks(body, 65536), content_type)
+    assert status == 413, page[:2000]
+
+
+def test_the_consoles_fetches_refuse_a_chunked_body_over_the_apps_limit(served):
+    session = ConsoleSession(served)
+    data = json.dumps({"flow": "default", "caller": TO, "pad": "x" * 100_000}).encode()
+    status, headers, answer = session.post(
+        "/console/simulator/calls",
+        _chunks(data),
+        "application/json",
+        **{"X-CSRF-Token": session.csrf},
+    )
+    assert status == 413, answer
+    assert headers["Content-Type"] == "application/problem+json"

@@ -416,7 +416,8 @@ def _simulated_keys(fields: dict[str, Any]) -> list[str]:
 def simulator_answer(call_sid: str) -> Response:
     """Answer a simulated call and press `keys` (e.g. ["5", "1"]); returns what was heard."""
     carrier = _simulated_carrier()
-    keys = _simulated_keys(body("keys") if request.content_length else {})
+    # The body is optional; one sent chunked has no Content-Length, but is a body all the same.
+    keys = _simulated_keys(body("keys") if request.get_data(cache=True) else {})
     call = carrier.find(call_sid)
     if call is None or call["kind"] != "call":
         raise NotFound("the simulated carrier placed no call with this sid")

@@ -1,15 +1,23 @@
-"""Request bodies read strictly: JSON with no surprises, and no field given twice.
+"""Request bodies read strictly: within the size limit however they are sent, JSON with no
+surprises, and no field given twice.
 
-Python's JSON parser recurses once per nesting level (2 KB of `[` raised RecursionError) and
-keeps the last of two equal keys (what a gateway checked need not be what we act on): both are
-refused, in words.
+Werkzeug caps a body sent without a Content-Length (chunked) at MAX_CONTENT_LENGTH by cutting it
+there without a word: a big JSON document read as malformed, a long form lost its tail. Here the
+first byte past the limit is the same 413 as a Content-Length over it. Python's JSON parser
+recurses once per nesting level (2 KB of `[` raised RecursionError) and keeps the last of two
+equal keys (what a gateway checked need not be what we act on): both are refused, in words.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 
 class BodyRefused(ValueError):
@@ -19,6 +27,42 @@ class BodyRefused(ValueError):
     def __init__(self, reason: str, detail: str, field: str | None = None):
         super().__init__(detail)
         self.reason, self.detail, self.field = reason, detail, field
+
+
+class _CappedStream(LimitedStream):
+    """A body sent without a Content-Length, read to `limit` bytes; one byte more is a 413
+    (Werkzeug's own cap stops at the limit, so it cannot tell a body of exactly the limit from
+    a longer one cut short)."""
+
+    def __init__(self, stream: IO[bytes], limit: int):
+        super().__init__(stream, limit + 1, is_max=True)
+        self.cap = limit
+
+    def readinto(self, b: Any) -> int | None:  # read() and readall() come through here
+        count = super().readinto(b)
+        if self.tell() > self.cap:
+            raise RequestEntityTooLarge()
+        return count
+
+
+class BoundedRequest(Request):
+    """Flask's request, whose streamed (chunked) body is held to max_content_length as one with
+    a Content-Length is. The limit is read when the body is first read, so a view's own limit
+    set before then (the console's uploads) applies."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        # A server that sets wsgi.input_terminated (gunicorn, Werkzeug's) ends the stream
+        # itself; without it, Werkzeug reads nothing of a body that has no length.
+        if (
+            limit is not None
+            and self.content_length is None
+            and self.environ.get("wsgi.input_terminated")
+            and not self.shallow
+        ):
+            return _CappedStream(self.environ["wsgi.input"], limit)
+        return super().stream
 
 
 class _DuplicateKey(Exception):
