@@ -16,11 +16,14 @@ events thread (see ivr.events) when EVENTS_WEBHOOK_URL is set.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from typing import Any
+
+from gunicorn import glogging
 
 
 def _host() -> str:
@@ -44,8 +47,35 @@ keepalive = 5
 # shared by every server that user runs (two `make run`s, the bench's peers); we use none.
 control_socket_disable = True
 accesslog = "-"
-# Never log query strings or bodies: the access log shows method, path and status only.
+# Never log query strings or bodies: the access log shows method, path and status only. The
+# path is the one sent, still percent-encoded (see AccessLogger): a decoded %0A would end the
+# line, and what follows it would read as a request of its own.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, whose access lines cannot be forged: %(U)s is the request target as
+    sent (percent-encoded, without its query), and no atom carries a control character."""
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
+        atoms = super().atoms(resp, req, environ, request_time)
+        raw = environ.get("RAW_URI") or environ.get("PATH_INFO") or ""
+        atoms["U"] = raw.split("?", 1)[0].split("#", 1)[0]
+        return {k: _printable(v) if isinstance(v, str) else v for k, v in atoms.items()}
+
+
+# C0 and C1 controls (NEL, \x85, ends a line for some readers), DEL and Unicode's separators.
+_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(value: str) -> str:
+    """`value` with each control character written as \\xNN (isprintable first: it is fast)."""
+    if value.isprintable():
+        return value
+    return _LINE_BREAKERS.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
+
+
+logger_class = AccessLogger
 
 _embedded: Any = None
 
