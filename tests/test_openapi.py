@@ -26,7 +26,8 @@ def test_every_api_route_is_documented_and_every_documented_path_exists(app, cli
     }
     served = set()
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith(("/v1/", "/healthz")) or rule.rule == "/v1/openapi.json":
+        documented_prefixes = ("/v1/", "/healthz", "/readyz", "/metrics")
+        if not rule.rule.startswith(documented_prefixes) or rule.rule == "/v1/openapi.json":
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
@@ -186,6 +187,8 @@ def test_every_operation_with_a_body_documents_400_413_and_415_and_answers_415(c
 def test_every_api_operation_documents_the_stores_503(client):
     document = client.get("/v1/openapi.json").get_json()
     for path, operations in document["paths"].items():
+        if path == "/metrics":  # never fails for Redis: it says ivr_redis_up 0
+            continue
         for method in operations:
             assert 503 in documented_statuses(client, path, method), (path, method)
 
