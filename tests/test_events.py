@@ -517,16 +517,26 @@ def test_run_keeps_going_while_redis_is_down(
         socket_connect_timeout=0.2,
         retry=Retry(NoBackoff(), 0),
     )
-    dispatcher = EventDispatcher(EventOutbox(down), url=receiver.url, secret=SECRET, timeout=1.0)
+    rounds: list[float] = []  # a chore runs at the start of every round
+    dispatcher = EventDispatcher(
+        EventOutbox(down),
+        url=receiver.url,
+        secret=SECRET,
+        timeout=1.0,
+        chores=(lambda: rounds.append(time.monotonic()),),
+    )
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop, 0.02), daemon=True)
 
     with caplog.at_level(logging.WARNING, logger="ivr.events"):
         thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while "Redis unavailable" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.1)  # a few more rounds
+        seen = len(rounds)
+        while len(rounds) < seen + 3 and time.monotonic() < deadline:  # a few more rounds
+            time.sleep(0.02)
+        assert len(rounds) >= seen + 3, "the dispatcher stopped going round"
         alive = thread.is_alive()
         stop.set()
         thread.join(5)

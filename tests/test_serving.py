@@ -70,6 +70,20 @@ def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = N
         return response.status, json.loads(response.read())
 
 
+def _when_up(base: str, server: subprocess.Popen[bytes], seconds: float = 60) -> tuple[int, dict]:
+    """/healthz's answer once gunicorn serves; polls with a deadline (a loaded machine starts
+    it slowly), and fails at once if gunicorn exited."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, "gunicorn exited before it served"
+        try:
+            return _get(f"{base}/healthz")
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError("gunicorn did not start in time") from None
+            time.sleep(0.1)
+
+
 def _procfile_command() -> list[str]:
     """The Procfile's web command, with gunicorn taken from this interpreter's environment."""
     line = next(
@@ -102,14 +116,7 @@ def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                status, health = _get(f"{base}/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("gunicorn did not start")
+        status, health = _when_up(base, server)
         assert status == 200
         assert health["store"]["backend"] == "embedded"
         assert health["carrier"] == "simulated"
@@ -182,12 +189,7 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                _get(f"{base}/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
+        _when_up(base, server)
         token = (tmp_path / "instance" / "webhook_auth_token").read_text().strip()
         assert all("Thank you for calling Acme" in _signed_call(base, token) for _ in range(4))
         path = flows / "default.yaml"
