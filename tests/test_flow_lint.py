@@ -495,7 +495,7 @@ ENGLISH = {
     "p.bye": "Goodbye.",
     "p.menu": "Press 1.",
     "flow.menu.invalid": "Sorry.",
-    "flow.language.option": "For English press {key}.",
+    "flow.language.option": "For English press {digit}.",
 }
 
 
@@ -615,6 +615,22 @@ def test_a_language_prompt_in_no_catalog_is_an_error(catalogs):
         "option 1 (es-ES): prompt 'p.choose' is missing in es-ES and in the default locale "
         "en-US, so it cannot be spoken"
     )
+
+
+def test_a_prompt_with_a_placeholder_its_node_does_not_fill_is_an_error(catalog_dir):
+    """Found by the flow property tests: a say node speaking a prompt that names {ending}
+    (only an authenticate node's "code sent" prompts have it) passed check, then failed every
+    call at that node."""
+    for locale, text in (("en-US", "Sent to the phone ending {ending}."), ("es-ES", "{ending}")):
+        write_catalog(catalog_dir, locale, {**ENGLISH, "p.sent": text})
+    prompts = PromptCatalogs(catalog_dir, "en-US")
+    flow = make_flow({"welcome": say("goodbye", prompt="p.sent"), "goodbye": hangup("p.hello")})
+    problem = only(lint(flow, prompts, lines={"welcome": 4}))
+    assert problem.message == (
+        "prompt 'p.sent' says {ending}, which a say node does not fill: the call could not go "
+        "on past it"
+    )
+    assert (problem.node, problem.line) == ("welcome", 4)
 
 
 def test_without_catalogs_prompts_are_not_checked():

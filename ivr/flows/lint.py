@@ -10,6 +10,7 @@ in every language a caller can reach. Errors keep a flow from serving; warnings 
 from __future__ import annotations
 
 import re
+import string
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 
@@ -442,8 +443,10 @@ def _check_prompts(
     }
     _check_locales(flow, prompts, languages, report)
     speakers: dict[str, set[str]] = {}  # locale -> keys spoken from its catalog (and recordings)
-    _check_texts(flow, prompts, _locales_reached(flow, prompts, languages), speakers, report)
+    reached = _locales_reached(flow, prompts, languages)
+    _check_texts(flow, prompts, reached, speakers, report)
     _check_language_prompts(prompts, languages, speakers, report)
+    _check_placeholders(flow, prompts, reached, report)
     if require_audio:
         _check_recordings(prompts, speakers, report)
 
@@ -507,6 +510,50 @@ def _check_texts(
             )
         for locale in locales:
             speakers.setdefault(default if locale in missing else locale, set()).add(key)
+
+
+def _values_given(node: Node, key: str) -> set[str]:
+    """The {placeholders} the engine fills when `node` speaks `key`."""
+    given = {"app_name"}
+    if isinstance(node, AuthenticateNode) and key in (node.sent_sms_prompt, node.sent_call_prompt):
+        given.add("ending")  # the phone's last digits
+    if isinstance(node, LanguageNode) and key == node.prompt:
+        given.add("digit")  # the option's key
+    return given
+
+
+def _check_placeholders(
+    flow: Flow, prompts: PromptCatalogs, locales: list[str], report: _Report
+) -> None:
+    """A prompt's text may only name {placeholders} its node fills: any other one would fail
+    the turn, and the caller hear an apology instead of the prompt."""
+    catalogs, default = prompts.catalogs, prompts.default_locale
+    for node_id, node in flow.nodes.items():
+        spoken_in = (
+            sorted({prompts.catalog(locale).locale for locale in node.options.values()})
+            if isinstance(node, LanguageNode)
+            else locales
+        )
+        for key in dict.fromkeys(node.prompt_keys()):
+            unfilled: set[str] = set()
+            for locale in spoken_in:
+                text = catalogs[locale].prompts.get(key, catalogs[default].prompts.get(key))
+                if text is not None:
+                    unfilled |= _placeholders(text) - _values_given(node, key)
+            if unfilled:
+                names = ", ".join(f"{{{name}}}" for name in sorted(unfilled))
+                report.error(
+                    f"prompt {key!r} says {names}, which a {node.type} node does not fill: "
+                    "the call could not go on past it",
+                    node_id,
+                )
+
+
+def _placeholders(text: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError:  # an unbalanced brace: the catalog's own check says so
+        return set()
 
 
 def _check_language_prompts(
