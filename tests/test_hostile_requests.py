@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -571,6 +572,16 @@ def test_a_percent_encoded_line_break_cannot_forge_an_access_log_line(served):
     [logged] = [line for line in lines if marker in line]
     assert f'"GET /zz{marker}%0A10.9.9.9%20%22POST' in logged, "the path as it was sent"
     assert logged.rstrip("\n").endswith("ms"), "one line, whole"
+
+
+def test_a_line_break_in_a_path_cannot_forge_a_line_of_the_apps_log(client, caplog):
+    forged = "2026-12-02 16:00:00,000 WARNING ivr.web.webhooks: forged"
+    with caplog.at_level(logging.WARNING, logger="ivr"):
+        response = client.post(f"/voice/code/VEzz%0A{forged.replace(' ', '%20')}/en-US/")
+    assert response.status_code == 403, "unsigned"
+    [record] = [r for r in caplog.records if "forged" in r.getMessage()]
+    assert "\n" not in record.getMessage()
+    assert "/voice/code/VEzz%0A2026-12-02%2016:00:00,000%20WARNING" in record.getMessage()
 
 
 def test_no_access_log_atom_can_carry_a_control_character():

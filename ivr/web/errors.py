@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -41,6 +42,12 @@ def problem(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def logged_path() -> str:
+    """The request's path for a log line, percent-encoded again where it is not plain text:
+    a %0A sent in it must not end the line, and what follows read as a line of its own."""
+    return quote(request.path, safe="/:@!$&'()*+,;=")
 
 
 def twiml(response: VoiceResponse) -> Response:
@@ -85,7 +92,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _store_unavailable(exc: redis.RedisError) -> Response:
-    log.error("redis unavailable while serving %s: %s", request.path, type(exc).__name__)
+    log.error("redis unavailable while serving %s: %s", logged_path(), type(exc).__name__)
     if _is_webhook():
         return polite_goodbye()
     return problem(
@@ -100,7 +107,7 @@ def _store_unavailable(exc: redis.RedisError) -> Response:
 def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
-    log.exception("unexpected error while serving %s", request.path)
+    log.exception("unexpected error while serving %s", logged_path())
     if _is_webhook():
         return polite_goodbye()
     return problem(500, "internal_error", "Internal error", "The error was logged.")

@@ -27,7 +27,7 @@ from ivr.app import services
 from ivr.flows.engine import CallInfo, FlowEngine, Trial
 from ivr.verification.models import is_call_sid, is_sid
 from ivr.web.bodies import repeated_name
-from ivr.web.errors import twiml
+from ivr.web.errors import logged_path, twiml
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def require_twilio_signature() -> Response | None:
     expected = validator.compute_signature(url, params).encode()
     exact = hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
     if not signature or not (exact or validator.validate(url, params, signature)):
-        log.warning("webhook %s refused: missing or invalid signature", request.path)
+        log.warning("webhook %s refused: missing or invalid signature", logged_path())
         abort(403, description="invalid or missing X-Twilio-Signature")
     services().prompts.refresh()  # a team's edited prompt is live within a second
     repeated = repeated_name(request.form.items(multi=True))
