@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,42 +43,42 @@ class Metrics:
     """Every metric the app exports (names and labels in the comments)."""
 
     # ivr_verifications_started_total{channel}: new verifications (a re-send is not one)
-    verifications_started: Any
+    verifications_started: Counter
     # ivr_verifications_delivered_total{channel}: first proof the code reached the phone
-    verifications_delivered: Any
+    verifications_delivered: Counter
     # ivr_verifications_approved_total{channel}
-    verifications_approved: Any
+    verifications_approved: Counter
     # ivr_verifications_failed_total{channel, reason}: reason one of stats.FAILURE_REASONS
-    verifications_failed: Any
+    verifications_failed: Counter
     # ivr_verification_checks_total{outcome}: approved, wrong, expired, not_pending,
     # throttled, not_found, other_number, not_checkable (a malformed code is a 400: not checked)
-    checks: Any
+    checks: Counter
     # ivr_sends_refused_total{by, reason}: by "policy" (reason: country_not_allowed,
     # number_type_refused, channel_unsupported) or "limit" (reason: number, prefix, client)
-    sends_refused: Any
+    sends_refused: Counter
     # ivr_code_sends_started_total{channel} and ivr_code_sends_finished_total{channel, result}:
     # a send is `requested` in Redis from the first to the second; started minus finished is
     # what is in flight, plus what a dead worker left `requested` (see docs/operating.md)
-    sends_started: Any
-    sends_finished: Any
+    sends_started: Counter
+    sends_finished: Counter
     # ivr_twilio_requests_total{operation, status} and ivr_twilio_request_duration_seconds
     # {operation}: operation "call" or "sms"; status "ok", Twilio's HTTP status, "timeout" or
     # "connection_error" (or "error"); the time includes the bounded retries
-    twilio_requests: Any
-    twilio_duration: Any
+    twilio_requests: Counter
+    twilio_duration: Histogram
     # ivr_http_requests_total{route, method, status} and ivr_http_request_duration_seconds
     # {route, method}: route is the URL rule (/voice/code/<sid>/<locale>/), never the path
-    http_requests: Any
-    http_duration: Any
+    http_requests: Counter
+    http_duration: Histogram
     # ivr_calls_total{flow, outcome}: IVR calls by how the flow's part ended: agent_verified,
     # agent_unverified, transfer, hangup, error (flow "(none)" when no flow answered)
-    ivr_calls: Any
+    ivr_calls: Counter
     # ivr_events_total{outcome}: published, delivered, retried, dead_lettered, lease_lost
-    events: Any
+    events: Counter
     # ivr_redis_errors_total{error}: the exception's class; ivr_redis_command_duration_seconds
     # {command}: the command's name (EVALSHA, HGETALL…) or PIPELINE / MULTI
-    redis_errors: Any
-    redis_duration: Any
+    redis_errors: Counter
+    redis_duration: Histogram
 
 
 _lock = threading.Lock()
@@ -166,19 +168,6 @@ def http_method(method: str) -> str:
 def call_outcome(outcome: str) -> str:
     """A flow's outcome ("agent verified") as a label value ("agent_verified")."""
     return outcome.replace(" ", "_")
-
-
-class Timer:
-    """Seconds since it was made; `time.perf_counter` based."""
-
-    __slots__ = ("started",)
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
 
 
 # -- exposition ------------------------------------------------------------------------------
