@@ -339,15 +339,20 @@ def _observe_requests(app: Flask) -> None:
         counted.http_requests.labels(route, method, str(status)).inc()
         counted.http_duration.labels(route, method).observe(seconds)
         response.headers[logs.REQUEST_ID_HEADER] = environ[_REQUEST_ID]
-        outcome = logs.current().get("outcome") or _outcome_of(status)
-        _request_log.log(
-            summary_level,
-            "%s %s %s",
-            method,
-            route,
-            status,
-            extra={"status": status, "duration_ms": round(seconds * 1000, 2), "outcome": outcome},
-        )
+        if _request_log.isEnabledFor(summary_level):  # text at INFO: nothing more to do
+            outcome = logs.current().get("outcome") or _outcome_of(status)
+            _request_log.log(
+                summary_level,
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "outcome": outcome,
+                },
+            )
         return response
 
     @app.teardown_request
