@@ -113,6 +113,9 @@ class LocaleCatalog:
     name: str
     prompts: dict[str, str]
     audio: dict[str, str] = field(default_factory=dict)  # prompt key -> file name
+    # The YAML it was parsed from: a catalog file is published as the text that was checked,
+    # never read again (an editor may be writing the next version meanwhile).
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def speaks_ssml(self) -> bool:
@@ -181,10 +184,8 @@ class PromptCatalogs:
         files alone while Redis does not answer."""
         assert self.published is not None
         try:
-            for path in sorted(self.directory.glob("*.yaml")):
-                self.published.import_file(
-                    path.stem, path.read_text(encoding="utf-8"), author=f"file:{path.name}"
-                )
+            for locale, catalog in sorted(files.items()):
+                self.published.import_file(locale, catalog.text, author=f"file:{locale}.yaml")
             generation = self.published.generation()
             live = self.published.live_versions()
         except (redis.RedisError, OSError) as exc:
@@ -274,6 +275,7 @@ class PromptCatalogs:
             name=str(data.get("name") or locale),
             prompts=prompts,
             audio=audio,
+            text=text,
         )
 
     def overlaid(self, texts: dict[str, str]) -> PromptCatalogs:

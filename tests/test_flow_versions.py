@@ -175,3 +175,39 @@ def test_flows_import_publishes_checked_files_and_export_writes_them_back(
     out = tmp_path / "export"
     assert runner.invoke(main, ["flows", "export", str(out)]).exit_code == 0
     assert "start: main_menu" in (out / "default.yaml").read_text(encoding="utf-8")
+
+
+def test_a_worker_that_skipped_a_version_falls_back_to_the_last_good_one(
+    make_app, team_flows, redis_client, caplog
+):
+    first, second = make_app(flows_dir=str(team_flows)), make_app(flows_dir=str(team_flows))
+    versions = DocumentVersions(redis_client, "flows")
+    versions.publish("default", HANGUP, author="alice")  # version 2
+    first.extensions["ivr"].flows.library.refresh(force=True)
+    # Version 3 no longer loads; the second worker never looked at version 2.
+    versions.publish("default", HANGUP.replace("start: bye", "start: nowhere"), author="bob")
+    for app in (first, second):
+        library = app.extensions["ivr"].flows.library
+        library.refresh(force=True)
+        assert library.served("default").revision == "2", "every worker serves the same one"
+        assert "default@3" in library.refused
+    assert "version 3 REFUSED, version 2 serves" in caplog.text
+
+
+def test_a_file_is_published_as_the_text_that_was_checked(make_app, team_flows, redis_client):
+    app = make_app(flows_dir=str(team_flows))
+    library = app.extensions["ivr"].flows.library
+    path = team_flows / "default.yaml"
+    checked = path.read_text(encoding="utf-8").replace("start: welcome", "start: main_menu")
+    lint = library.files.linter
+
+    def lint_while_an_editor_saves_a_broken_version(*args):
+        problems = lint(*args)
+        path.write_text(checked.replace("start: main_menu", "start: nowhere"), encoding="utf-8")
+        return problems
+
+    library.files.linter = lint_while_an_editor_saves_a_broken_version
+    path.write_text(checked, encoding="utf-8")
+    library.refresh(force=True)
+    assert DocumentVersions(redis_client, "flows").live("default").text == checked
+    assert library.get("default").start == "main_menu"

@@ -397,3 +397,24 @@ def test_the_app_serves_nothing_but_listed_recordings(prompts_client, prompts_di
     (prompts_dir / "audio" / "en-US" / "notes.txt").write_text("private", encoding="utf-8")
     (prompts_dir / "audio" / "README.md").write_text("readme", encoding="utf-8")
     assert prompts_client.get(path).status_code == 404
+
+
+def test_a_catalog_file_is_published_as_the_text_that_was_checked(prompts_dir, redis_client):
+    from ivr.flows.versions import DocumentVersions
+
+    published = DocumentVersions(redis_client, "prompts")
+    catalogs = PromptCatalogs(prompts_dir, "en-US", published=published)
+    path = prompts_dir / "en-US.yaml"
+    checked = path.read_text(encoding="utf-8").replace("Goodbye.", "Bye for now.")
+    parse = catalogs.parse
+
+    def parse_while_an_editor_saves_a_broken_version(text, name, source):
+        catalog = parse(text, name, source)
+        if source == str(path):
+            path.write_text("prompts: [not, a, mapping]\n", encoding="utf-8")
+        return catalog
+
+    catalogs.parse = parse_while_an_editor_saves_a_broken_version
+    path.write_text(checked, encoding="utf-8")
+    assert catalogs.refresh(force=True)
+    assert published.live("en-US").text == checked

@@ -229,11 +229,10 @@ class PublishedFlows(FlowLookups):
         for name, loaded in self.files.flows.items():
             if self._imported.get(name) is loaded or loaded.path is None:
                 continue
-            try:
-                text = loaded.path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            version = self.versions.import_file(name, text, author=f"file:{loaded.path.name}")
+            # The text that was linted, never the file read again (it may have changed since).
+            version = self.versions.import_file(
+                name, loaded.text, author=f"file:{loaded.path.name}"
+            )
             if version is not None:
                 log.info("flow %s: version %d imported from %s", name, version.number, loaded.path)
             self._imported[name] = loaded
@@ -255,9 +254,13 @@ class PublishedFlows(FlowLookups):
                 )
             except FlowFileError as exc:
                 refused[f"{name}@{revision}"] = exc.problems
-                log.error("flow %s: version %s REFUSED:\n  %s", name, revision, exc)
-                if current is not None:
-                    flows[name] = current  # the last good version keeps serving
+                fallback = self._last_good(name, version.number, names, current)
+                serving = f"version {fallback.revision}" if fallback else "nothing"
+                log.error(
+                    "flow %s: version %s REFUSED, %s serves:\n  %s", name, revision, serving, exc
+                )
+                if fallback is not None:
+                    flows[name] = fallback
         changed = flows != self._live
         self._live = flows
         self._refused_live = refused
@@ -268,6 +271,26 @@ class PublishedFlows(FlowLookups):
                     "flows: %s",
                     problem.message,
                 )
+
+    def _last_good(
+        self, name: str, refused: int, names: set[str], current: LoadedFlow | None
+    ) -> LoadedFlow | None:
+        """The newest published version older than `refused` that still loads: the same one on
+        every worker, whichever versions each happened to see (one that skipped a version must
+        not fall back to its own older one). `current` when none does."""
+        for older in self.versions.history(name):
+            if older.number >= refused:
+                continue
+            revision = str(older.number)
+            if current is not None and current.revision == revision and not self._prompts_moved():
+                return current
+            try:
+                return load_flow_text(
+                    older.text, name, f"{name}@{revision}", self.linter, names, revision=revision
+                )
+            except FlowFileError:
+                continue
+        return current
 
     def _prompts_moved(self) -> bool:
         return bool(self.prompts) and self.prompts.version != self._prompts_version

@@ -47,7 +47,7 @@ class LoadedFlow:
     path: Path | None  # the file it came from; None for a version published in Redis
     warnings: list[Problem] = field(default_factory=list)
     revision: str = ""  # the published version ("7"), a trial ("trial:<digest>"), or "" (a file)
-    text: str = ""  # the YAML it was read from, when it did not come from a file
+    text: str = ""  # the YAML it was read from (a file's text as it was when loaded)
 
 
 def _line_of(root: yaml.Node | None, location: Iterable[Any]) -> int | None:
@@ -128,17 +128,20 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{location}: {message}" if location else message
 
 
+def read_flow_file(path: Path) -> str:
+    """A flow file's text. Raises FlowFileError when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlowFileError([Problem("error", f"cannot read the file: {exc}", str(path))]) from None
+
+
 def parse_flow_file(path: Path) -> tuple[Flow, dict[str, int]]:
     """A flow file read and validated against the schema: the flow and its node lines.
 
     Raises FlowFileError with a problem per schema error, each with its line.
     """
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FlowFileError([Problem("error", f"cannot read the file: {exc}", name)]) from None
-    return parse_flow_text(text, path.stem, name)
+    return parse_flow_text(read_flow_file(path), path.stem, str(path))
 
 
 def parse_flow_text(text: str, flow_name: str, source: str) -> tuple[Flow, dict[str, int]]:
@@ -179,12 +182,16 @@ Linter = Callable[[Flow, str, dict[str, int], set[str]], list[Problem]]
 
 
 def load_flow_file(path: Path, linter: Linter | None, flow_names: set[str]) -> LoadedFlow:
-    """Parse, validate and lint one file. Raises FlowFileError if anything is an error."""
-    flow, lines = parse_flow_file(path)
+    """Parse, validate and lint one file. Raises FlowFileError if anything is an error.
+
+    The text is kept: publishing the file must publish what was checked, not whatever the
+    file holds a moment later (an editor may be writing the next, broken, version)."""
+    text = read_flow_file(path)
+    flow, lines = parse_flow_text(text, path.stem, str(path))
     problems = linter(flow, str(path), lines, flow_names) if linter else []
     if errors(problems):
         raise FlowFileError(problems)
-    return LoadedFlow(flow, path, problems)
+    return LoadedFlow(flow, path, problems, text=text)
 
 
 def load_flow_text(
