@@ -155,8 +155,8 @@ def _valid_name(name: object) -> str:
         raise InvalidCustomer("name", "missing_field", "'name' is required")
     if not isinstance(name, str):
         raise InvalidCustomer("name", "invalid_name", "name must be a string")
-    name = " ".join(name.split())
-    if not name or len(name) > MAX_NAME_LENGTH:
+    # The length as sent (what the API's schema bounds), then the spaces tidied.
+    if len(name) > MAX_NAME_LENGTH or not (name := " ".join(name.split())):
         raise InvalidCustomer(
             "name", "invalid_name", f"name must be 1 to {MAX_NAME_LENGTH} characters"
         )

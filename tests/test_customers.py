@@ -78,6 +78,7 @@ def test_names_are_trimmed_and_inner_whitespace_collapsed():
         ({"name": ""}, "name", "missing_field"),
         ({"name": 7}, "name", "invalid_name"),
         ({"name": "x" * 101}, "name", "invalid_name"),
+        ({"name": " Ada " + " " * 100}, "name", "invalid_name"),  # over the schema's maxLength
         ({"name": "Ada\x00"}, "name", "invalid_name"),
         ({"sms": "yes"}, "sms", "invalid_sms"),
         ({"sms": None}, "sms", "invalid_sms"),
