@@ -177,6 +177,30 @@ def test_console_pages_carry_a_strict_content_security_policy(console_app):
         assert "frame-ancestors 'none'" in policy
 
 
+@pytest.mark.parametrize("signed_in", [True, False], ids=["signed-in", "signed-out"])
+def test_a_console_path_no_route_matches_gets_the_console_page_and_its_headers(
+    console_app, signed_in
+):
+    client = sign_in(console_app, "vera") if signed_in else console_app.test_client()
+    for method, path, status in (
+        ("GET", "/console/no-such-page", 404),
+        ("GET", "/console/flows/default/no-such-tab", 404),
+        ("DELETE", "/console/sign-in", 405),
+    ):
+        response = client.open(path, method=method)
+        assert response.status_code == status, (method, path)
+        assert response.mimetype == "text/html", "the console's page, not the API's problem"
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert ("Sign out" in response.text) is signed_in, "the page knows who is looking"
+    refused = client.delete("/console/sign-in")
+    assert set(refused.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    wanted_json = client.get("/console/no-such-page", headers={"Accept": "application/json"})
+    assert wanted_json.mimetype == "application/problem+json"
+    assert "Content-Security-Policy" in wanted_json.headers
+    assert client.get("/consoleish").mimetype == "application/problem+json", "not the console"
+
+
 def test_after_sign_in_the_visitor_goes_where_they_were_headed_but_never_off_site(console_app):
     client = console_app.test_client()
     token = csrf_of(client.get("/console/sign-in").text)

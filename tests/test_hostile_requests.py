@@ -155,6 +155,9 @@ def test_every_405_carries_allow_with_the_methods_the_path_takes(simulated_app, 
         assert said == allowed, (path, refused, said)
         if path.startswith(("/voice/", "/sms/")):
             assert response.mimetype == "text/plain", path  # Twilio's edge: no TwiML to speak
+        elif path.startswith("/console/"):
+            assert response.mimetype == "text/html", path  # the console's own error page
+            assert "Content-Security-Policy" in response.headers, path
         else:
             assert_problem(response, 405, "method_not_allowed")
         checked += 1

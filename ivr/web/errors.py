@@ -4,11 +4,12 @@ caller, never a traceback or a 500 page."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from twilio.twiml.voice_response import VoiceResponse
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_PREFIX = "urn:ivr:problem:"
 WEBHOOK_PREFIXES = ("/voice/", "/sms/")
+_UNROUTED_HANDLERS = "ivr.unrouted_error_handlers"
 
 
 def problem(
@@ -79,7 +81,27 @@ def http_error_headers(exc: HTTPException) -> dict[str, str]:
     return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
 
 
+def answer_unrouted_errors(
+    app: Flask, prefix: str, handler: Callable[[HTTPException], Response]
+) -> None:
+    """Let an edge answer the 404s and 405s under its `prefix` that match none of its routes:
+    Flask raises those before any blueprint is chosen, so the blueprint's own error handler
+    (the console's page, with its security headers) never sees them."""
+    app.extensions.setdefault(_UNROUTED_HANDLERS, []).append((prefix, handler))
+
+
+def _unrouted_handler(path: str) -> Callable[[HTTPException], Response] | None:
+    if request.blueprint is not None:
+        return None
+    for prefix, handler in current_app.extensions.get(_UNROUTED_HANDLERS, ()):
+        if path == prefix or path.startswith(prefix + "/"):
+            return handler
+    return None
+
+
 def _http_error(exc: HTTPException) -> Response:
+    if (edge := _unrouted_handler(request.path)) is not None:
+        return edge(exc)
     status = exc.code or 500
     headers = http_error_headers(exc)
     if _is_webhook():

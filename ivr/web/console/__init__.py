@@ -43,6 +43,8 @@ def init_app(app: Flask) -> None:
         users,
         verifications,
     )
+    from ivr.web.errors import answer_unrouted_errors
 
     app.register_blueprint(blueprint)
     app.register_blueprint(assets)
+    answer_unrouted_errors(app, blueprint.url_prefix or "/console", auth.unrouted_error)

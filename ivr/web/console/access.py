@@ -129,6 +129,14 @@ def wants_json() -> bool:
     return request.accept_mimetypes.best == "application/json" or request.is_json
 
 
+def find_session() -> Session | None:
+    """The visitor's session from its cookie (None when signed out), kept in `g` for views
+    and templates."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    g.console_session = services().users.session(token) if token else None
+    return g.console_session
+
+
 @blueprint.before_request
 def load_session() -> Response | None:
     """Find the visitor's session; a signed-out visitor sees only the sign-in page. Then, for
@@ -136,9 +144,7 @@ def load_session() -> Response | None:
     if request.endpoint in LARGE_UPLOADS:  # the app's limit is for webhooks and the API
         request.max_content_length = LARGE_UPLOADS[request.endpoint]
         request.max_form_memory_size = LARGE_UPLOADS[request.endpoint]
-    token = request.cookies.get(SESSION_COOKIE, "")
-    session = services().users.session(token) if token else None
-    g.console_session = session
+    session = find_session()
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     if session is None:

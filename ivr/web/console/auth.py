@@ -7,7 +7,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Response, make_response, redirect, render_template, request, url_for
+import redis
+from flask import Response, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from ivr.app import services
@@ -15,7 +16,7 @@ from ivr.config import Rate
 from ivr.users import Role
 from ivr.verification.limits import Window
 from ivr.web.console import access, blueprint
-from ivr.web.errors import problem
+from ivr.web.errors import http_error_headers, problem
 
 # Argon2 makes each guess cost ~50 ms of our CPU; these bound the guesses themselves.
 SIGN_IN_PER_USER = Rate(10, 900)
@@ -116,9 +117,21 @@ def home() -> Response:
 def console_error(exc: HTTPException) -> Any:
     """Errors as a page (or JSON for the page scripts), in plain words."""
     status = exc.code or 500
+    headers = http_error_headers(exc)  # `Allow` on a 405
     if access.wants_json():
         # A problem as the API answers (RFC 9457); `error` is what the page scripts show.
         detail = exc.description or exc.name
         reason = exc.name.lower().replace(" ", "_")
-        return problem(status, reason, exc.name, detail, error=detail)
-    return render_template("console/error.html", status=status, message=exc.description), status
+        return problem(status, reason, exc.name, detail, headers=headers, error=detail)
+    page = render_template("console/error.html", status=status, message=exc.description)
+    return page, status, headers
+
+
+def unrouted_error(exc: HTTPException) -> Response:
+    """A 404 or 405 under /console that matched no console route: the console's own page
+    (signed in or out, as the visitor is) with its security headers, not the API's problem."""
+    try:
+        access.find_session()
+    except redis.RedisError:
+        g.console_session = None  # the page says it signed out; the error is what matters
+    return access.security_headers(make_response(console_error(exc)))
