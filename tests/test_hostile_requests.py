@@ -334,6 +334,34 @@ def test_a_repeated_status_parameter_is_a_400_and_records_nothing(api, client, t
     assert seen["send_attempts"][-1]["status"] == before
 
 
+# -- what a problem repeats of the request is bounded ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/verifications", "to=%2B14155550123&channel=sms&" + "x" * 30_000 + "=1"),
+        (
+            "/v1/verifications",
+            "to=%2B14155550123&" + "&".join(f"f{n}{'y' * 60}=1" for n in range(300)),
+        ),
+        ("/v1/" + "z" * 3_000, ""),
+    ],
+    ids=["a-huge-field-name", "many-unknown-fields", "a-huge-path"],
+)
+def test_a_problem_never_echoes_the_client_at_length(client, path, body):
+    response = client.post(
+        path, data=body, content_type="application/x-www-form-urlencoded", headers=AUTH
+    )
+    assert response.status_code in (400, 404), response.text[:300]
+    assert response.mimetype == "application/problem+json"
+    assert len(response.data) < 1_500, "the answer is about the request, not a copy of it"
+    problem_body = response.get_json()
+    assert len(problem_body.get("detail", "")) <= 500
+    if "unknown_field" in problem_body["type"]:
+        assert "allowed: " in problem_body["detail"], "the useful part survives"
+
+
 # -- a real gunicorn: chunked bodies and the access log -----------------------------------------
 
 

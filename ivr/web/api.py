@@ -39,7 +39,7 @@ from ivr.verification.service import (
     VerificationError,
 )
 from ivr.web.bodies import BodyRefused, json_object, unique_fields
-from ivr.web.errors import problem
+from ivr.web.errors import problem, shortened
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -138,11 +138,13 @@ def body(*allowed: str) -> dict[str, Any]:
     fields = unique_fields(pairs, _ALIASES)
     unknown = sorted(str(k) for k in fields if k not in allowed)
     if unknown:
+        named = ", ".join(shortened(name, 40) for name in unknown[:5])
+        named += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise BodyError(
             400,
             "unknown_field",
             "Unknown field",
-            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}",
+            f"unknown field(s): {named}; allowed: {', '.join(allowed)}",
         )
     return fields
 

@@ -20,6 +20,17 @@ WEBHOOK_PREFIXES = ("/voice/", "/sms/")
 _UNROUTED_HANDLERS = "ivr.unrouted_error_handlers"
 
 
+# What a problem repeats of the client's input is bounded: a 60 KB field name must not come
+# back as a 60 KB answer (nor fill a log that records the answer).
+MAX_DETAIL_CHARS = 500
+MAX_INSTANCE_CHARS = 200
+
+
+def shortened(text: str, limit: int) -> str:
+    """`text`, or its start and an ellipsis when it is longer than `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def problem(
     status: int,
     reason: str,
@@ -35,9 +46,12 @@ def problem(
         "status": status,
     }
     if detail:
-        body["detail"] = detail
-    body["instance"] = request.path
-    body.update({k: v for k, v in extensions.items() if v is not None})
+        body["detail"] = shortened(detail, MAX_DETAIL_CHARS)
+    if len(request.path) <= MAX_INSTANCE_CHARS:  # a cut path would name another resource
+        body["instance"] = request.path
+    for name, value in extensions.items():
+        if value is not None:
+            body[name] = shortened(value, MAX_DETAIL_CHARS) if isinstance(value, str) else value
     response = jsonify(body)
     response.status_code = status
     response.mimetype = "application/problem+json"
