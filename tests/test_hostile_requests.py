@@ -285,6 +285,19 @@ def test_a_repeated_parameter_on_a_call_is_refused_politely_after_the_signature(
     assert forged.status_code == 403, "the signature is checked first"
 
 
+def test_a_repeated_query_parameter_is_refused_like_a_repeated_form_field(client):
+    params = MultiDict(_call_params(From=TO, To="+14155550100"))
+    action = twiml(signed_post(client, "/voice/incoming", params)).find("Gather").get("action")
+    path, _, query = action.removeprefix(PUBLIC_BASE_URL).partition("?")
+    assert query, "the flow's next step carries its state in the query"
+    first = query.split("&")[0]
+    params.add("Digits", "1")
+    root = twiml(signed_post(client, f"{path}?{query}&{first}", params))
+    assert [child.tag for child in root] == ["Say", "Hangup"], ET.tostring(root)
+    assert root.find("Gather") is None, "which state would count is a guess: none does"
+    assert twiml(signed_post(client, f"{path}?{query}", params)).find("Gather") is not None
+
+
 def test_a_repeated_digits_parameter_reveals_no_code(api, client, twilio_api):
     verification = api.start(to=TO, channel="call").get_json()
     call_sid = verification["send_attempts"][-1]["provider_sid"]

@@ -109,7 +109,7 @@ class _SignedParams:
 @blueprint.before_request
 def require_twilio_signature() -> Response | None:
     """403 unless the request carries a valid signature for its URL and parameters; then a
-    parameter given twice is refused (see _refuse_repeated)."""
+    parameter given twice, in the query or the form, is refused (see _refuse_repeated)."""
     signature = request.headers.get(SIGNATURE_HEADER, "")
     params = _SignedParams(request.form if request.method == "POST" else MultiDict())
     validator = RequestValidator(services().secrets.webhook_auth_token)
@@ -122,7 +122,9 @@ def require_twilio_signature() -> Response | None:
         log.warning("webhook %s refused: missing or invalid signature", logged_path())
         abort(403, description="invalid or missing X-Twilio-Signature")
     services().prompts.refresh()  # a team's edited prompt is live within a second
-    repeated = repeated_name(request.form.items(multi=True))
+    repeated = repeated_name(request.args.items(multi=True)) or repeated_name(
+        request.form.items(multi=True)
+    )
     if repeated is not None:
         log.warning(  # %r: a name is the sender's words, and may hold a line break
             "webhook %s refused: parameter %r sent more than once", request.url_rule, repeated[:64]
