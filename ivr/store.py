@@ -52,6 +52,18 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+@contextlib.contextmanager
+def _timed(command: str) -> Iterator[None]:
+    """Time what runs inside as one round trip labelled `command`, counting its failure."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        _observe(command, started, exc)
+        raise
+    _observe(command, started, None)
+
+
 def _observe(command: str, started: float, error: Exception | None) -> None:
     counted = metrics()
     counted.redis_duration.labels(command).observe(time.perf_counter() - started)
@@ -60,38 +72,35 @@ def _observe(command: str, started: float, error: Exception | None) -> None:
         counted.redis_errors.labels(type(error).__name__).inc()
 
 
+def _command_name(args: tuple[Any, ...]) -> str:
+    return str(args[0]).upper() if args else ""
+
+
 class TimedRedis(redis.Redis):
     """A client whose commands and pipelines are timed, and failures counted, for /metrics
     (labelled by the command's name only: never a key or a value)."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        started, error = time.perf_counter(), None
-        try:
+        with _timed(_command_name(args)):
             return super().execute_command(*args, **options)
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            _observe(str(args[0]).upper() if args else "", started, error)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         return TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 class TimedPipeline(Pipeline):
-    """A pipeline timed as one round trip (PIPELINE, or MULTI for a transaction)."""
+    """A pipeline timed as one round trip (PIPELINE, or MULTI for a transaction), and what it
+    sends on its own before (SCRIPT EXISTS for a script, WATCH) timed by command."""
+
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        with _timed(_command_name(args)):
+            return super().immediate_execute_command(*args, **options)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         if not self.command_stack and not self.watching:
             return []
-        started, error = time.perf_counter(), None
-        try:
+        with _timed("MULTI" if self.transaction else "PIPELINE"):
             return super().execute(raise_on_error)
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            _observe("MULTI" if self.transaction else "PIPELINE", started, error)
 
 
 class EmbeddedRedis:

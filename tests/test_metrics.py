@@ -191,6 +191,37 @@ def test_ivr_calls_are_counted_by_flow_and_outcome(app, api, twilio_api):
     assert increase(before, after, "ivr_http_request_duration_seconds_count", **steps) >= 6
 
 
+def test_a_new_call_costs_redis_one_round_trip_and_never_a_script_check(client, redis_client):
+    def new_call(number: int) -> None:
+        twilio_post(
+            client,
+            "/voice/incoming",
+            {"CallSid": f"CA{number:032x}", "From": "+14155550177", "To": CALLER_ID},
+        )
+
+    new_call(1)  # the first call of a worker loads what it caches
+    for flush_the_script_cache in (False, True):
+        if flush_the_script_cache:
+            redis_client.script_flush()  # a restarted or failed-over Redis: the script is gone
+        before = scrape(client)
+        new_call(2 + flush_the_script_cache)
+        after = scrape(client)
+        name = "ivr_redis_command_duration_seconds_count"
+        commands = {
+            sample.labels["command"]
+            for sample in after.samples
+            if sample.name == name and increase(before, after, name, **sample.labels)
+        }
+        assert increase(before, after, name, command="PIPELINE") == 1, "state and Calls list"
+        if flush_the_script_cache:
+            assert "SCRIPT LOAD" in commands, "loaded again, then run"
+        else:
+            assert not {c for c in commands if c.startswith("SCRIPT")}, commands
+        call_sid = f"CA{2 + flush_the_script_cache:032x}"
+        journey = client.application.extensions["ivr"].flows.states.journey(call_sid)
+        assert len(journey) == 1, "the call's state was saved, once"
+
+
 def test_a_flow_turn_that_fails_counts_as_an_error(make_app):
     app = make_app(redis_url="redis://127.0.0.1:1/0")
     client = app.test_client()

@@ -200,12 +200,21 @@ class CallStateStore:
         }
         if replaces:
             return bool(self._save(**arguments))
+        # EVALSHA itself, not the script object: a pipeline given a script first asks Redis
+        # whether it knows it (SCRIPT EXISTS), a round trip more on every new call.
         pipe = self.redis.pipeline(transaction=False)
-        self._save(**arguments, client=pipe)
+        pipe.evalsha(self._save.sha, len(arguments["keys"]), *arguments["keys"], *arguments["args"])
         pipe.zadd(keys.recent_calls(), {call_sid: turn["at"] if turn else 0})
         pipe.zremrangebyrank(keys.recent_calls(), 0, -RECENT_CALLS_CAP - 1)
         pipe.pexpire(keys.recent_calls(), self.ttl_ms)
-        saved, *_ = pipe.execute()
+        saved, *others = pipe.execute(raise_on_error=False)
+        if isinstance(saved, redis.exceptions.NoScriptError):
+            # Not in this Redis' script cache (restarted, failed over): it did not run; now
+            # it is loaded and run, once.
+            saved = self._save(**arguments)
+        for answer in (saved, *others):
+            if isinstance(answer, Exception):
+                raise answer
         return bool(saved)
 
     def journey(self, call_sid: str) -> list[dict[str, Any]]:
