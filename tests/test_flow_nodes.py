@@ -39,6 +39,27 @@ def kinds(transcript):
     return [event.kind for event in transcript.events]
 
 
+def menu_of_two(one: str, two: str, targets: str) -> str:
+    """A default flow that starts at a menu: key 1 goes to node `one`, key 2 to node `two`, no
+    choice hangs up. `targets` is the YAML of those two nodes, written as entries of `nodes:`."""
+    return (
+        textwrap.dedent(
+            f"""\
+            default: true
+            start: menu
+            nodes:
+              menu:
+                type: menu
+                greeting: flow.main_menu.long
+                options: {{1: {one}, 2: {two}}}
+                exit: bye
+            """
+        )
+        + textwrap.indent(textwrap.dedent(targets).strip() + "\n", "  ")
+        + "  bye: {type: hangup}\n"
+    )
+
+
 def test_say_and_play_speak_every_prompt_then_go_on(flow_app):
     app, write = flow_app
     write(
@@ -165,19 +186,14 @@ def test_transfer_dials_a_number_or_continues_in_another_flow(flow_app):
     app, write = flow_app
     write(
         "default",
-        """
-        default: true
-        start: menu
-        nodes:
-          menu:
-            type: menu
-            greeting: flow.main_menu.long
-            options: {1: out, 2: other}
-            exit: bye
-          out: {type: transfer, prompt: flow.card.transfer, to_number: "+18005550199"}
-          other: {type: transfer, to_flow: second}
-          bye: {type: hangup}
-        """,
+        menu_of_two(
+            "out",
+            "other",
+            """
+            out: {type: transfer, prompt: flow.card.transfer, to_number: "+18005550199"}
+            other: {type: transfer, to_flow: second}
+            """,
+        ),
     )
     write("second", "start: hi\nnodes:\n  hi: {type: hangup, prompt: flow.goodbye}\n")
     dialed = run(app, ["1"])
@@ -191,25 +207,20 @@ def test_agent_dial_to_a_client_carries_parameters_and_sip_carries_headers(flow_
     app, write = flow_app
     write(
         "default",
-        """
-        default: true
-        start: menu
-        nodes:
-          menu:
-            type: menu
-            greeting: flow.main_menu.long
-            options: {1: client, 2: sip}
-            exit: bye
-          client:
-            type: agent
-            dial: {client: agent_desk}
-            attributes: {skill: cards}
-          sip:
-            type: agent
-            prompt: null
-            dial: {sip: "sip:queue@pbx.example.com"}
-          bye: {type: hangup}
-        """,
+        menu_of_two(
+            "client",
+            "sip",
+            """
+            client:
+              type: agent
+              dial: {client: agent_desk}
+              attributes: {skill: cards}
+            sip:
+              type: agent
+              prompt: null
+              dial: {sip: "sip:queue@pbx.example.com"}
+            """,
+        ),
     )
     client = run(app, ["1"]).events[-1]
     assert client.kind == "dial"
@@ -265,19 +276,14 @@ def test_numbers_dialed_for_an_agent_or_a_transfer_may_show_a_caller_id(flow_app
     app, write = flow_app
     write(
         "default",
-        """
-        default: true
-        start: menu
-        nodes:
-          menu:
-            type: menu
-            greeting: flow.main_menu.long
-            options: {1: desk, 2: out}
-            exit: bye
-          desk: {type: agent, dial: {number: "+18005550111", caller_id: "+14155550100"}}
-          out: {type: transfer, to_number: "+18005550199", caller_id: "+14155550100"}
-          bye: {type: hangup}
-        """,
+        menu_of_two(
+            "desk",
+            "out",
+            """
+            desk: {type: agent, dial: {number: "+18005550111", caller_id: "+14155550100"}}
+            out: {type: transfer, to_number: "+18005550199", caller_id: "+14155550100"}
+            """,
+        ),
     )
     for key in ("1", "2"):
         dialed = run(app, [key]).events[-1]
