@@ -267,28 +267,37 @@ def test_check_config_says_how_redis_is_set_up(monkeypatch, tmp_path):
     )
 
 
-def test_check_config_for_production_refuses_a_redis_that_evicts(monkeypatch, tmp_path):
-    url = private_redis(tmp_path, "appendonly yes", "maxmemory-policy allkeys-lru")
+@pytest.mark.parametrize(
+    ("redis_config", "exit_code", "says"),
+    [
+        pytest.param(
+            ("appendonly yes", "maxmemory-policy allkeys-lru"),
+            1,
+            "Redis's maxmemory-policy is allkeys-lru: use noeviction",
+            id="refuses_a_redis_that_evicts",
+        ),
+        pytest.param(
+            ("appendonly no", 'save ""'),
+            1,
+            "Redis persists nothing (appendonly no, no save points)",
+            id="refuses_a_redis_that_persists_nothing",
+        ),
+        pytest.param(
+            ("appendonly no", "save 900 1"),
+            0,
+            "save 900 1",
+            id="takes_snapshots_as_persistence",
+        ),
+    ],
+)
+def test_check_config_for_production_judges_how_redis_keeps_its_data(
+    monkeypatch, tmp_path, redis_config, exit_code, says
+):
+    url = private_redis(tmp_path, *redis_config)
     set_env(monkeypatch, {**PRODUCTION_ENV, "REDIS_URL": url})
     result = run("check-config", "--production")
-    assert result.exit_code == 1
-    assert "Redis's maxmemory-policy is allkeys-lru: use noeviction" in result.stdout
-
-
-def test_check_config_for_production_refuses_a_redis_that_persists_nothing(monkeypatch, tmp_path):
-    url = private_redis(tmp_path, "appendonly no", 'save ""')
-    set_env(monkeypatch, {**PRODUCTION_ENV, "REDIS_URL": url})
-    result = run("check-config", "--production")
-    assert result.exit_code == 1
-    assert "Redis persists nothing (appendonly no, no save points)" in result.stdout
-
-
-def test_check_config_for_production_takes_snapshots_as_persistence(monkeypatch, tmp_path):
-    url = private_redis(tmp_path, "appendonly no", "save 900 1")
-    set_env(monkeypatch, {**PRODUCTION_ENV, "REDIS_URL": url})
-    result = run("check-config", "--production")
-    assert result.exit_code == 0, result.output
-    assert "save 900 1" in result.stdout
+    assert result.exit_code == exit_code, result.output
+    assert says in result.stdout
 
 
 def test_check_config_notes_the_persistence_it_may_not_read(monkeypatch, tmp_path):
