@@ -22,6 +22,18 @@ SVG = "{http://www.w3.org/2000/svg}"
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLOW = ROOT / "flows" / "default.yaml"
 
+
+def hours_node(timezone: str, weekly: dict[str, str], open_: str, closed: str) -> dict:
+    """An hours node: to `open_` within the `weekly` hours (in `timezone`), else to `closed`."""
+    return {
+        "type": "hours",
+        "timezone": timezone,
+        "weekly": weekly,
+        "open": open_,
+        "closed": closed,
+    }
+
+
 NODES = {
     "welcome": {"type": "say", "prompt": "flow.welcome", "next": "main_menu"},
     "main_menu": {
@@ -34,13 +46,7 @@ NODES = {
     "back": {"type": "goto", "target": "main_menu"},
     "who": {"type": "identify", "found": "verify", "not_found": "desk"},
     "verify": {"type": "authenticate", "success": "open_now", "failure": "goodbye"},
-    "open_now": {
-        "type": "hours",
-        "timezone": "America/New_York",
-        "weekly": {"mon-fri": "08:00-18:00"},
-        "open": "desk",
-        "closed": "goodbye",
-    },
+    "open_now": hours_node("America/New_York", {"mon-fri": "08:00-18:00"}, "desk", "goodbye"),
     "desk": {"type": "agent", "queue": "support"},
     "goodbye": {"type": "hangup", "prompt": "flow.goodbye"},
 }
@@ -160,13 +166,7 @@ def test_types_are_visually_distinct() -> None:
         },
         "who": {"type": "identify", "found": "auth", "not_found": "bye"},
         "auth": {"type": "authenticate", "success": "hours", "failure": "bye"},
-        "hours": {
-            "type": "hours",
-            "timezone": "UTC",
-            "weekly": {"mon": "09:00-17:00"},
-            "open": "agent",
-            "closed": "transfer",
-        },
+        "hours": hours_node("UTC", {"mon": "09:00-17:00"}, "agent", "transfer"),
         "agent": {"type": "agent", "queue": "q"},
         "transfer": {"type": "transfer", "to_flow": "other"},
         "jump": {"type": "goto", "target": "bye"},
