@@ -99,63 +99,78 @@ def _make() -> Metrics:
     from prometheus_client import Counter, Histogram, disable_created_metrics
 
     disable_created_metrics()  # the *_created series: as in multiprocess mode, which has none
+
+    # Every metric is a name, a help text and its label names (a histogram: and its buckets).
+    # Made here, not at module level: prometheus_client is imported only now (see above).
+    def counter(name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels)
+
+    def histogram(
+        name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets)
+
     return Metrics(
-        verifications_started=Counter(
-            "ivr_verifications_started", "Verifications started", ["channel"]
+        verifications_started=counter(
+            "ivr_verifications_started", "Verifications started", "channel"
         ),
-        verifications_delivered=Counter(
+        verifications_delivered=counter(
             "ivr_verifications_delivered",
             "Verifications whose code reached the phone (first proof of delivery)",
-            ["channel"],
+            "channel",
         ),
-        verifications_approved=Counter(
-            "ivr_verifications_approved", "Verifications approved", ["channel"]
+        verifications_approved=counter(
+            "ivr_verifications_approved", "Verifications approved", "channel"
         ),
-        verifications_failed=Counter(
+        verifications_failed=counter(
             "ivr_verifications_failed",
             "Verification failures (expired, max_attempts, refused, rate limited, carrier…)",
-            ["channel", "reason"],
+            "channel",
+            "reason",
         ),
-        checks=Counter("ivr_verification_checks", "Code checks by outcome", ["outcome"]),
-        sends_refused=Counter(
+        checks=counter("ivr_verification_checks", "Code checks by outcome", "outcome"),
+        sends_refused=counter(
             "ivr_sends_refused",
             "Sends refused by the number policy or a send limit",
-            ["by", "reason"],
+            "by",
+            "reason",
         ),
-        sends_started=Counter(
-            "ivr_code_sends_started", "Sends handed to the carrier (attempt requested)", ["channel"]
+        sends_started=counter(
+            "ivr_code_sends_started", "Sends handed to the carrier (attempt requested)", "channel"
         ),
-        sends_finished=Counter(
+        sends_finished=counter(
             "ivr_code_sends_finished",
             "Sends whose carrier answer was recorded (accepted or failed)",
-            ["channel", "result"],
+            "channel",
+            "result",
         ),
-        twilio_requests=Counter(
-            "ivr_twilio_requests", "Twilio REST API calls", ["operation", "status"]
+        twilio_requests=counter(
+            "ivr_twilio_requests", "Twilio REST API calls", "operation", "status"
         ),
-        twilio_duration=Histogram(
+        twilio_duration=histogram(
             "ivr_twilio_request_duration_seconds",
             "Twilio REST API call time, retries included",
-            ["operation"],
-            buckets=TWILIO_BUCKETS,
+            TWILIO_BUCKETS,
+            "operation",
         ),
-        http_requests=Counter(
-            "ivr_http_requests", "HTTP requests served", ["route", "method", "status"]
+        http_requests=counter(
+            "ivr_http_requests", "HTTP requests served", "route", "method", "status"
         ),
-        http_duration=Histogram(
+        http_duration=histogram(
             "ivr_http_request_duration_seconds",
             "HTTP request time in the app",
-            ["route", "method"],
-            buckets=HTTP_BUCKETS,
+            HTTP_BUCKETS,
+            "route",
+            "method",
         ),
-        ivr_calls=Counter("ivr_calls", "IVR calls by flow and outcome", ["flow", "outcome"]),
-        events=Counter("ivr_events", "Events webhook deliveries by outcome", ["outcome"]),
-        redis_errors=Counter("ivr_redis_errors", "Redis commands that failed", ["error"]),
-        redis_duration=Histogram(
+        ivr_calls=counter("ivr_calls", "IVR calls by flow and outcome", "flow", "outcome"),
+        events=counter("ivr_events", "Events webhook deliveries by outcome", "outcome"),
+        redis_errors=counter("ivr_redis_errors", "Redis commands that failed", "error"),
+        redis_duration=histogram(
             "ivr_redis_command_duration_seconds",
             "Redis round trip time per command or pipeline",
-            ["command"],
-            buckets=REDIS_BUCKETS,
+            REDIS_BUCKETS,
+            "command",
         ),
     )
 
