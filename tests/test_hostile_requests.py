@@ -222,6 +222,18 @@ def test_a_multipart_field_given_twice_is_refused(client, twilio_api):
     assert twilio_api.requests == []
 
 
+@pytest.mark.parametrize("name", ["channel", "evil"])
+def test_a_multipart_field_sent_as_a_file_is_refused_not_ignored(client, twilio_api, name):
+    """A part with a filename is no form field to Werkzeug: unrefused, an unknown name, or a
+    second `channel`, would pass unseen."""
+    fields = MultiDict([("to", TO), ("channel", "sms"), (name, (io.BytesIO(b"call"), "x.txt"))])
+    response = client.post(
+        "/v1/verifications", data=fields, content_type="multipart/form-data", headers=AUTH
+    )
+    assert assert_problem(response, 400, "file_field")["field"] == name
+    assert twilio_api.requests == []
+
+
 def test_two_names_for_the_verification_sid_are_one_field_given_twice(client, twilio_api):
     sid = "VE" + "0" * 32
     response = client.post(

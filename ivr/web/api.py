@@ -1,9 +1,9 @@
 """The JSON API (`/v1/*`), modelled on Twilio Verify: bearer tokens, problem+json errors.
 
-Bodies may be JSON or form-encoded, and field names are matched without regard to case, so
-Twilio Verify's `To`, `Channel`, `Code` and `VerificationSid` work as well as ours. A field
-given twice (a JSON key, a form field, `to` and `To`) is refused: which one would count is
-ambiguous, and a gateway in front may have checked the other.
+Bodies may be JSON or a form (urlencoded, or multipart with no file part), and field names are
+matched without regard to case, so Twilio Verify's `To`, `Channel`, `Code` and `VerificationSid`
+work as well as ours. A field given twice (a JSON key, a form field, `to` and `To`) is refused:
+which one would count is ambiguous, and a gateway in front may have checked the other.
 """
 
 from __future__ import annotations
@@ -74,7 +74,11 @@ class BodyError(Exception):
         self.status, self.reason, self.title, self.detail = status, reason, title, detail
 
 
-_REFUSED_BODY_TITLES = {"invalid_json": "Malformed JSON", "duplicate_field": "Field given twice"}
+_REFUSED_BODY_TITLES = {
+    "invalid_json": "Malformed JSON",
+    "duplicate_field": "Field given twice",
+    "file_field": "Field sent as a file",
+}
 
 
 @blueprint.before_request
@@ -114,6 +118,16 @@ def body(*allowed: str) -> dict[str, Any]:
         # Read whole first: a body over the limit is a 413 before any parsing.
         pairs = json_object(request.get_data(cache=True)).items()
     elif mimetype == "multipart/form-data":
+        # A part with a filename lands in request.files, not request.form: reading only the
+        # form, an unknown name or a field's second value would pass unseen.
+        file_part = next(iter(request.files), None)
+        if file_part is not None:
+            raise BodyRefused(
+                "file_field",
+                f"'{file_part}' is sent as a file (a part with a filename): send each field "
+                "as a plain form value",
+                file_part,
+            )
         pairs = request.form.items(multi=True)
     elif mimetype == "application/x-www-form-urlencoded":
         # curl -d sends this type unless told otherwise: a JSON body would otherwise come out
