@@ -195,13 +195,19 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
         path = flows / "default.yaml"
         original = path.read_text(encoding="utf-8")
         path.write_text(original.replace("prompt: flow.welcome", "prompt: flow.opening_hours"))
-        # Each worker looks at the folder at most once a second: poll, with a deadline, until
-        # six calls in a row (keep-alive off: both workers) hear the edit.
+        # Each worker looks at the folder and Redis at most once a second, and only when a call
+        # reaches it: poll, with a deadline, until six calls in a row hear the edit and a
+        # reload interval has passed since it was first heard (published). A worker no call
+        # reached meanwhile may still serve the old version, but its next call makes it look.
         deadline = time.monotonic() + 20
         answers: list[str] = []
+        first_heard = None
         while time.monotonic() < deadline:
             answers = [_signed_call(base, token) for _ in range(6)]
-            if all("around the clock" in answer for answer in answers):
+            if first_heard is None and any("around the clock" in a for a in answers):
+                first_heard = time.monotonic()
+            settled = first_heard is not None and time.monotonic() - first_heard > 1.2
+            if settled and all("around the clock" in answer for answer in answers):
                 break
         assert all("around the clock" in answer for answer in answers), answers
         path.write_text(original.replace("start: welcome", "start: nowhere"))
@@ -214,7 +220,12 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
         assert all("around the clock" in _signed_call(base, token) for _ in range(4)), (
             "a broken edit is refused; the last good version keeps serving"
         )
-    finally:
+    except AssertionError as failure:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=30)[0].decode()
+        raise AssertionError(f"{failure}\n--- what the server logged ---\n{output}") from None
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+    output = server.communicate(timeout=30)[0].decode()
     assert "REFUSED" in output, output
