@@ -129,6 +129,11 @@ def wants_json() -> bool:
     return request.accept_mimetypes.best == "application/json" or request.is_json
 
 
+def audit(action: str, target: str, *, before: Any = None, after: Any = None) -> None:
+    """Record a change in the audit log as done by the signed-in user."""
+    services().audit.record(current_session().user, action, target, before=before, after=after)
+
+
 def find_session() -> Session | None:
     """The visitor's session from its cookie (None when signed out), kept in `g` for views
     and templates."""

@@ -55,13 +55,6 @@ def _catalog_text(locale: str) -> tuple[str, int]:
     return live.text, live.number
 
 
-def _audit(action: str, target: str, *, before: Any = None, after: Any = None) -> None:
-    """Record a change in the audit log, as done by the signed-in user."""
-    services().audit.record(
-        access.current_session().user, action, target, before=before, after=after
-    )
-
-
 def _recording_url(name: str | None) -> str | None:
     return url_for("console.recording", name=name) if name and RECORDING_NAME.match(name) else None
 
@@ -174,7 +167,7 @@ def draft_text(locale: str, key: str, submitted: str) -> bool:
         before = _change_draft(locale, lambda document: _set_text(document, key, text))
     except CatalogError as exc:
         raise PromptRefused(str(exc)) from None
-    _audit("prompt.draft", f"{locale}:{key}", before={"text": before}, after={"text": text})
+    access.audit("prompt.draft", f"{locale}:{key}", before={"text": before}, after={"text": text})
     return True
 
 
@@ -251,7 +244,7 @@ def upload_recording(locale: str, key: str) -> Any:
         before = _change_draft(locale, set_recording)
     except CatalogError as exc:
         return _back(error=str(exc), locale=locale, key=key)
-    _audit(
+    access.audit(
         "prompt.recording",
         f"{locale}:{key}",
         before={"recording": before},
@@ -281,7 +274,7 @@ def remove_recording(locale: str, key: str) -> Any:
         return _back(error=str(exc), locale=locale, key=key)
     if before is None:
         return _back(error=f"{key} ({locale}) has no uploaded recording", locale=locale, key=key)
-    _audit(
+    access.audit(
         "prompt.recording.remove",
         f"{locale}:{key}",
         before={"recording": before},
@@ -322,7 +315,7 @@ def publish_prompts(locale: str) -> Any:
         )
     except StalePublish as exc:
         abort(409, description=str(exc))
-    _audit(
+    access.audit(
         "prompt.publish",
         locale,
         before={"version": live.number if live else None},
@@ -372,7 +365,7 @@ def rollback_prompts(locale: str, number: int) -> Any:
         abort(409, description=f"version {number} can no longer serve: {exc}")
     live = versions.live_number(locale)
     version = versions.rollback(locale, number, author=access.current_session().user)
-    _audit(
+    access.audit(
         "prompt.rollback",
         locale,
         before={"version": live},
@@ -386,5 +379,5 @@ def rollback_prompts(locale: str, number: int) -> Any:
 @access.requires(Role.EDITOR)
 def discard_prompts(locale: str) -> Any:
     if _versions().discard_draft(locale):
-        _audit("prompt.draft.discard", locale)
+        access.audit("prompt.draft.discard", locale)
     return _back(done=f"the {locale} draft was discarded")

@@ -26,10 +26,6 @@ def _render(**extra: Any) -> Any:
     return body if status == 200 else (body, status)
 
 
-def _audit(action: str, target: str, **changes: Any) -> None:
-    services().audit.record(access.current_session().user, action, target, **changes)
-
-
 @blueprint.get("/users")
 @access.requires(Role.ADMIN)
 def users() -> Any:
@@ -45,7 +41,7 @@ def create_user() -> Any:
         user = services().users.create(name, role, password)
     except UserError as exc:
         return _render(form_error=exc.detail, status=422)
-    _audit("user.create", user.name, after={"role": str(user.role)})
+    access.audit("user.create", user.name, after={"role": str(user.role)})
     shown = None if request.form.get("password") else password
     return _render(done=f"user {user.name} created", new_password=(user.name, shown))
 
@@ -60,7 +56,7 @@ def change_role(name: str) -> Any:
         user = services().users.set_role(name, request.form.get("role", ""))
     except UserError as exc:
         return _render(form_error=exc.detail, status=422)
-    _audit(
+    access.audit(
         "user.role", user.name, before={"role": str(before.role)}, after={"role": str(user.role)}
     )
     return redirect(url_for("console.users", done=f"{user.name} is now {user.role}"))
@@ -74,7 +70,7 @@ def reset_password(name: str) -> Any:
         user = services().users.set_password(name, password)
     except UserError as exc:
         abort(404, description=exc.detail)
-    _audit("user.password", user.name)  # never the password
+    access.audit("user.password", user.name)  # never the password
     return _render(
         done=f"a new password for {user.name}; their sessions ended",
         new_password=(user.name, password),
@@ -91,7 +87,7 @@ def delete_user(name: str) -> Any:
         return _render(form_error=exc.detail, status=422)
     if not deleted or before is None:
         abort(404, description=f"no user {name}")
-    _audit("user.delete", name, before={"role": str(before.role)})
+    access.audit("user.delete", name, before={"role": str(before.role)})
     return redirect(url_for("console.users", done=f"{name} deleted; their sessions ended"))
 
 
