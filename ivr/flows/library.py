@@ -245,7 +245,7 @@ class PublishedFlows(FlowLookups):
         for name, version in live.items():
             revision = str(version.number)
             current = self._live.get(name)
-            if current is not None and current.revision == revision and not self._prompts_moved():
+            if current is not None and self._still_good(current, revision):
                 flows[name] = current
                 continue
             try:
@@ -282,7 +282,7 @@ class PublishedFlows(FlowLookups):
             if older.number >= refused:
                 continue
             revision = str(older.number)
-            if current is not None and current.revision == revision and not self._prompts_moved():
+            if current is not None and self._still_good(current, revision):
                 return current
             try:
                 return load_flow_text(
@@ -291,6 +291,11 @@ class PublishedFlows(FlowLookups):
             except FlowFileError:
                 continue
         return current
+
+    def _still_good(self, loaded: LoadedFlow, revision: str) -> bool:
+        """Whether `loaded` is `revision`, linted against the prompts still serving: no need to
+        load it again."""
+        return loaded.revision == revision and not self._prompts_moved()
 
     def _prompts_moved(self) -> bool:
         return bool(self.prompts) and self.prompts.version != self._prompts_version
