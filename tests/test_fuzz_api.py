@@ -3,6 +3,8 @@
 Every operation, every check schemathesis has: no 5xx, no status, content type, header or body
 the document does not describe, no request the schema allows refused and none it forbids
 accepted. Bounded examples and a fixed seed keep a run short and the same from run to run.
+A body goes in each media type the document gives it (JSON, and both forms as their `*Form`
+schemas say), and an operation's test fails unless each of them was sent and read.
 
 Each operation gets an app of its own, built by the real factory, whose Redis state carries over
 from one request to the next as a server's does. The simulator's operations run against an app
@@ -13,6 +15,7 @@ want of configuration (that refusal is its own test in tests/test_openapi.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -70,15 +73,29 @@ schemathesis.openapi.format("display-name", display_names())
 
 
 class CurrentApp:
-    """The WSGI app schemathesis sends to: the one the running test built."""
+    """The WSGI app schemathesis sends to: the one the running test built. It notes the method
+    and media type of each body the app read (answered neither 401, 405 nor 415)."""
 
-    app: Flask | None = None
+    def __init__(self) -> None:
+        self.app: Flask | None = None
+        self.bodies_read: set[tuple[str, str]] = set()
+
+    def use(self, app: Flask | None) -> None:
+        self.app = app
+        self.bodies_read = set()
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         assert self.app is not None, "no app: the api_under_test fixture did not run"
-        return self.app(environ, start_response)
+        media_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+
+        def noting_start_response(status: str, *args: Any) -> Any:
+            if media_type and status[:3] not in ("401", "405", "415"):
+                self.bodies_read.add((environ["REQUEST_METHOD"], media_type))
+            return start_response(status, *args)
+
+        return self.app(environ, noting_start_response)
 
 
 current_app = CurrentApp()
@@ -143,9 +160,23 @@ def api_under_test(
     app = make_app(
         missed_call_numbers=MISSED_CALL_NUMBERS, flash_call_numbers=FLASH_CALL_NUMBERS, **accounts
     )
-    current_app.app = app
+    current_app.use(app)
     yield app
-    current_app.app = None
+    read = current_app.bodies_read
+    current_app.use(None)
+    # Schemathesis draws each case's media type among the documented ones: make sure that every
+    # one of them, the forms as well as JSON, was sent and read by this operation's fuzzing.
+    method, media_types = documented_bodies(request.node.name)
+    unread = {media_type for media_type in media_types if (method, media_type) not in read}
+    assert not unread, f"no {method} body sent as {', '.join(sorted(unread))} was read"
+
+
+def documented_bodies(test_name: str) -> tuple[str, set[str]]:
+    """The method of the operation a test id names, and the media types of its request body."""
+    label = re.search(r"\[([A-Z]+) (/[^\]]*)\]", test_name)
+    assert label is not None, test_name
+    operation = schema.raw_schema["paths"][label[2]][label[1].lower()]
+    return label[1], set(operation.get("requestBody", {}).get("content", {}))
 
 
 def test_the_fuzzed_document_is_the_one_the_app_serves(client) -> None:
@@ -170,7 +201,7 @@ def test_the_api_keeps_to_its_document_through_linked_calls(make_app: Callable[.
         twilio_caller_id=None,
         twilio_api_base_url=None,
     )
-    current_app.app = app
+    current_app.use(app)
     try:
         workflow = workflow_schema.as_state_machine()
         workflow.run(
@@ -179,4 +210,4 @@ def test_the_api_keeps_to_its_document_through_linked_calls(make_app: Callable[.
             )
         )
     finally:
-        current_app.app = None
+        current_app.use(None)
