@@ -201,6 +201,12 @@ def test_a_console_path_no_route_matches_gets_the_console_page_and_its_headers(
     assert client.get("/consoleish").mimetype == "application/problem+json", "not the console"
 
 
+def test_the_console_names_the_app_once_when_app_name_is_left_at_its_default(make_app):
+    page = make_app(app_name=None).test_client().get("/console/sign-in").text
+    assert "IVR console" in page
+    assert "IVR IVR" not in page
+
+
 def test_after_sign_in_the_visitor_goes_where_they_were_headed_but_never_off_site(console_app):
     client = console_app.test_client()
     token = csrf_of(client.get("/console/sign-in").text)
