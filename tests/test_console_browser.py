@@ -11,11 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,24 +52,7 @@ if CHROMIUM is None:
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(base: str, server: subprocess.Popen[bytes], deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {server.stdout.read().decode()}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("gunicorn did not start in time")
+from tests.servers import Server, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     folder = tmp_path_factory.mktemp("console")
     flows = folder / "flows"
     shutil.copytree(DEFAULT_FLOWS_DIR, flows)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TWILIO_"))}
     env |= {
         "PORT": str(port),
@@ -94,21 +73,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         "APP_NAME": "Acme",
     }
     command = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config"]
-    server = subprocess.Popen(  # noqa: S603
-        [*command, "ivr:create_app()"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = Server([*command, "ivr:create_app()"], cwd=REPO, env=env, log=folder / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(base, server)
+        server.wait_until_up(base, 30)
         password = (folder / "instance" / "console_admin_password").read_text().strip()
         yield {"base": base, "password": password, "folder": folder}
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

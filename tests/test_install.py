@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,17 +17,12 @@ from pathlib import Path
 import pytest
 
 from ivr.store import EmbeddedRedis
+from tests.servers import Server, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config"]
 APP = "ivr:create_app()"
 IVR = [sys.executable, "-c", "from ivr.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -43,25 +37,6 @@ def _request(url: str, headers: dict[str, str] | None = None, body: object = Non
     request = urllib.request.Request(url, data=data, headers=headers or {})
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, json.loads(response.read())
-
-
-def _wait_until_up(base: str, server: subprocess.Popen[bytes], deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited: {server.stdout.read().decode()}")
-        try:
-            _request(f"{base}/healthz")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the server did not start in time")
-
-
-def _stop(server: subprocess.Popen[bytes]) -> str:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-    return server.communicate(timeout=30)[0].decode()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +91,7 @@ def test_the_installed_wheel_serves_from_an_empty_folder_and_its_commands_agree(
     folder there (./instance): the token one makes, the other accepts."""
     folder = tmp_path / "empty"
     folder.mkdir()
-    port = _free_port()
+    port = free_port()
     env = _environment(PYTHONPATH=str(installed), PORT=str(port), WEB_CONCURRENCY="1")
     where = subprocess.run(
         [sys.executable, "-c", "import ivr; print(ivr.__file__)"],
@@ -127,12 +102,10 @@ def test_the_installed_wheel_serves_from_an_empty_folder_and_its_commands_agree(
         check=True,
     )
     assert where.stdout.startswith(str(installed)), "the installed copy, not the checkout"
-    server = subprocess.Popen(  # noqa: S603
-        [*GUNICORN, APP], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    server = Server([*GUNICORN, APP], cwd=folder, env=env, log=tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(base, server)
+        server.wait_until_up(base)
         assert (folder / "instance" / "secret_key").is_file()
         created = subprocess.run(  # noqa: S603
             [*IVR, "tokens", "create", "first-hour"],
@@ -150,7 +123,7 @@ def test_the_installed_wheel_serves_from_an_empty_folder_and_its_commands_agree(
         )
         assert status == 201 and body["status"] == "pending"
     finally:
-        output = _stop(server)
+        output = server.stop()
     assert f"{installed}/ivr/starter/flows/default.yaml" in output, output
     assert "embedded redis stopped" in output
 
@@ -158,7 +131,7 @@ def test_the_installed_wheel_serves_from_an_empty_folder_and_its_commands_agree(
 def test_a_bad_setting_is_refused_before_any_worker_boots_one_line_each(tmp_path):
     env = _environment(
         INSTANCE_PATH=str(tmp_path),
-        PORT=str(_free_port()),
+        PORT=str(free_port()),
         SEND_LIMIT_PER_NUMBER="lots",
         OTP_LENGTH="3",
     )
@@ -178,20 +151,16 @@ def test_a_bad_setting_is_refused_before_any_worker_boots_one_line_each(tmp_path
 
 @pytest.mark.skipif(not Path(REPO, ".venv", ".installed").exists(), reason="needs make's .venv")
 def test_killing_make_run_stops_gunicorn_its_workers_and_the_embedded_redis(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = _environment(INSTANCE_PATH=str(tmp_path), PORT=str(port), WEB_CONCURRENCY="2")
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],  # noqa: S607 - the user's own make
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    make = Server(
+        ["make", "--no-print-directory", "run"], cwd=REPO, env=env, log=tmp_path / "make.log"
     )
-    _wait_until_up(f"http://127.0.0.1:{port}", make)
+    make.wait_until_up(f"http://127.0.0.1:{port}")
     embedded = EmbeddedRedis(tmp_path / "redis")
     assert embedded.is_running()
-    make.kill()  # SIGKILL: make passes nothing on; gunicorn notices its parent is gone
-    make.wait(timeout=10)
+    make.process.kill()  # SIGKILL: make passes nothing on; gunicorn notices its parent is gone
+    make.process.wait(timeout=10)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (_answers(port) or embedded.is_running()):
         time.sleep(0.2)

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +19,7 @@ from ivr.events import EventDispatcher, EventOutbox
 from ivr.simulator import PhoneSimulator
 from tests.conftest import AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, Api, twilio_post
 from tests.event_receiver import Answer, Receiver
+from tests.servers import Server, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TO = "+14155550131"
@@ -322,12 +321,6 @@ def test_labels_hold_no_number_code_sid_or_token(client, api, twilio_api):
 # -- under gunicorn ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -357,7 +350,7 @@ def test_under_gunicorn_every_worker_is_counted_even_after_it_died(tmp_path):
     stale = tmp_path / "metrics" / "counter_1.db"
     stale.parent.mkdir()
     stale.write_bytes(b"left by an earlier server")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TWILIO_"))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env |= {
@@ -368,15 +361,7 @@ def test_under_gunicorn_every_worker_is_counted_even_after_it_died(tmp_path):
         "LOG_FORMAT": "json",
     }
     command = [sys.executable, "-m", "gunicorn", "--config", "python:ivr.gunicorn_config"]
-    stderr = tmp_path / "stderr.log"
-    with stderr.open("wb") as errors:
-        server = subprocess.Popen(  # noqa: S603
-            [*command, "ivr:create_app()"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
+    server = Server([*command, "ivr:create_app()"], cwd=REPO, env=env, log=tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     served = 0
     try:
@@ -385,9 +370,7 @@ def test_under_gunicorn_every_worker_is_counted_even_after_it_died(tmp_path):
         assert not stale.exists(), "a new server starts from an empty metrics folder"
 
         def booted() -> list[int]:
-            return [
-                int(p) for p in re.findall(r"Booting worker with pid: (\d+)", stderr.read_text())
-            ]
+            return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", server.output())]
 
         first = _until(lambda: len(booted()) >= 2 and booted(), "two workers")
         answered_id = "trace-0123456789abcdef"
@@ -410,10 +393,8 @@ def test_under_gunicorn_every_worker_is_counted_even_after_it_died(tmp_path):
         folder = tmp_path / "metrics"
         assert any((folder / f"counter_{pid}.db").exists() for pid in first[:2]), "kept"
     finally:
-        server.send_signal(signal.SIGTERM)
-        access_log = server.communicate(timeout=30)[0].decode()
-    lines = [*stderr.read_text().splitlines(), *access_log.splitlines()]
-    records = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+        output = server.stop()
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]  # all JSON
     access = [r for r in records if r.get("logger") == "gunicorn.access"]
     assert any(r.get("request_id") == answered_id and r["path"] == "/healthz" for r in access)
     assert any(r.get("logger") == "gunicorn.error" for r in records)

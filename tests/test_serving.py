@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -17,6 +14,7 @@ import pytest
 import redis
 
 from ivr.store import EmbeddedRedis
+from tests.servers import Server, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,30 +56,10 @@ def test_long_instance_paths_fall_back_to_a_short_socket_path(tmp_path):
         embedded.stop(force=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None):
     request = urllib.request.Request(url, data=data, headers=headers or {})
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, json.loads(response.read())
-
-
-def _when_up(base: str, server: subprocess.Popen[bytes], seconds: float = 60) -> tuple[int, dict]:
-    """/healthz's answer once gunicorn serves; polls with a deadline (a loaded machine starts
-    it slowly), and fails at once if gunicorn exited."""
-    deadline = time.monotonic() + seconds
-    while True:
-        assert server.poll() is None, "gunicorn exited before it served"
-        try:
-            return _get(f"{base}/healthz")
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError("gunicorn did not start in time") from None
-            time.sleep(0.1)
 
 
 def _procfile_command() -> list[str]:
@@ -100,23 +78,18 @@ IVR_SERVE = [str(Path(sys.executable).parent / "ivr"), "serve"]
 
 @pytest.mark.parametrize("command", [GUNICORN, IVR_SERVE], ids=["procfile", "ivr-serve"])
 def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path, command):
-    port = _free_port()
+    port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("REDIS_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
     }
     env |= {"PORT": str(port), "WEB_CONCURRENCY": "2", "INSTANCE_PATH": str(tmp_path)}
-    server = subprocess.Popen(  # noqa: S603
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = Server(command, cwd=REPO, env=env, log=tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        status, health = _when_up(base, server)
+        server.wait_until_up(base)
+        status, health = _get(f"{base}/healthz")
         assert status == 200
         assert health["store"]["backend"] == "embedded"
         assert health["carrier"] == "simulated"
@@ -134,8 +107,7 @@ def test_gunicorn_workers_share_the_embedded_redis_and_stop_it_on_exit(tmp_path,
         assert len(sids) == 1, "every worker found the same pending verification"
         assert EmbeddedRedis(tmp_path / "redis").is_running()
     finally:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0].decode()
+        output = server.stop()
     assert "embedded redis stopped" in output, output
     assert not EmbeddedRedis(tmp_path / "redis").is_running()
 
@@ -175,7 +147,7 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
 
     flows = tmp_path / "flows"
     shutil.copytree(DEFAULT_FLOWS_DIR, flows)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TWILIO_"))}
     env |= {
         "PORT": str(port),
@@ -184,12 +156,10 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
         "FLOWS_DIR": str(flows),
         "APP_NAME": "Acme",
     }
-    server = subprocess.Popen(  # noqa: S603
-        GUNICORN, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    server = Server(GUNICORN, cwd=REPO, env=env, log=tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        _when_up(base, server)
+        server.wait_until_up(base)
         token = (tmp_path / "instance" / "webhook_auth_token").read_text().strip()
         assert all("Thank you for calling Acme" in _signed_call(base, token) for _ in range(4))
         path = flows / "default.yaml"
@@ -220,12 +190,9 @@ def test_every_worker_serves_a_saved_flow_edit_without_a_restart(tmp_path):
         assert all("around the clock" in _signed_call(base, token) for _ in range(4)), (
             "a broken edit is refused; the last good version keeps serving"
         )
-    except AssertionError as failure:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0].decode()
+    except (AssertionError, OSError) as failure:
+        output = server.stop()
         raise AssertionError(f"{failure}\n--- what the server logged ---\n{output}") from None
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-    output = server.communicate(timeout=30)[0].decode()
+        output = server.stop()
     assert "REFUSED" in output, output
