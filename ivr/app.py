@@ -125,7 +125,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # session signer on every request.
 
     if settings.redis_url:
-        redis_url, backend = settings.redis_url, "redis"
+        cluster = settings.redis_url.partition("://")[0].lower() in store.CLUSTER_SCHEMES
+        redis_url, backend = settings.redis_url, "cluster" if cluster else "redis"
     else:
         redis_url, backend = store.EmbeddedRedis(instance / "redis").ensure_running(), "embedded"
     client = store.connect(redis_url)

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import (
@@ -124,7 +123,9 @@ class Settings(BaseSettings):
     # the access log see; 0 believes none (a client could forge the header).
     trusted_proxy_hops: int = Field(0, ge=0, le=5)
 
-    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://\S*$")
+    redis_url: str | None = Field(
+        None, pattern=r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://\S*$"
+    )
     secret_key: SecretStr | None = Field(None, min_length=32)
     ivr_api_token: SecretStr | None = Field(None, min_length=16)
 
@@ -202,6 +203,15 @@ class Settings(BaseSettings):
         name = (info.field_name or "").upper()
         numbers = [_validate_e164(str(part).strip(), name) for part in parts if str(part).strip()]
         return tuple(dict.fromkeys(n for n in numbers if n))  # in order, without repeats
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_seeds_parse(cls, value: str | None) -> str | None:
+        from ivr.store import CLUSTER_SCHEMES, cluster_seeds  # the store owns the URL's shape
+
+        if value and value.partition("://")[0].lower() in CLUSTER_SCHEMES:
+            cluster_seeds(value)  # its ValueError names the seed that is not host:port
+        return value
 
     @field_validator("public_base_url", "twilio_api_base_url")
     @classmethod
@@ -363,15 +373,13 @@ def _describe(error: Any) -> str:
     return f"{location.upper()}: {message} (got {value!r})"
 
 
+_URL_PASSWORD = re.compile(r"^([^:/?#]+://[^/?#@]*?:)[^/?#]*@")
+
+
 def redact_url(url: str) -> str:
-    """A URL fit to print: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    """A URL fit to print: any password replaced by ***. Text, not urlsplit: it must work on
+    the malformed URLs it is asked to describe (a bad port, a cluster's host list)."""
+    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
 
 
 @dataclass(frozen=True)

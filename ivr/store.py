@@ -20,10 +20,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.retry import Retry
 
 from ivr.metrics import metrics
@@ -35,21 +37,60 @@ _MAX_SOCKET_PATH = 100
 _CONNECT_TIMEOUT_SECONDS = 2.0
 
 
-def connect(url: str) -> redis.Redis:
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+RedisClient = redis.Redis | RedisCluster
+"""What every store takes: one server (`redis://`, `rediss://`, `unix://`, the embedded one)
+or a cluster (`redis+cluster://`); the stores use only what both offer."""
+
+
+def connect(url: str) -> RedisClient:
     """A client for `url` that decodes replies to str and fails fast when Redis is away.
 
     It never retries a command: our scripts change state (count an attempt, approve a code), and
     a retry after a timeout could run one twice: a right code answered "not pending", a wrong
-    one counted twice. A failed command is a clean 503 or apology; the next request reconnects.
+    one counted twice. A failed command is a clean 503 or apology; the next request reconnects
+    (on a cluster, after a failover, to the new master: redis-py maps the slots again).
     """
-    return TimedRedis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=_CONNECT_TIMEOUT_SECONDS,
-        socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": _CONNECT_TIMEOUT_SECONDS,
+        "socket_connect_timeout": _CONNECT_TIMEOUT_SECONDS,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    scheme = url.partition("://")[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        nodes, credentials = cluster_seeds(url)
+        return TimedRedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            ssl=CLUSTER_SCHEMES[scheme],
+            **credentials,
+            **options,
+        )
+    return TimedRedis.from_url(url, **options)
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The seed nodes of `redis+cluster://[user:password@]host:port[,host:port…]` and its
+    credentials (percent-decoded); ValueError says what is wrong."""
+    rest = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    userinfo, at, hosts = rest.rpartition("@")
+    credentials: dict[str, str] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            credentials["username"] = unquote(user)
+        if colon:
+            credentials["password"] = unquote(password)
+    nodes: list[tuple[str, int]] = []
+    for seed in hosts.split(","):
+        host, colon, port = seed.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{seed.strip() or '(empty)'!r} is not host:port")
+        nodes.append((host, int(port)))
+    return nodes, credentials
 
 
 @contextlib.contextmanager
@@ -100,6 +141,30 @@ class TimedPipeline(Pipeline):
         if not self.command_stack and not self.watching:
             return []
         with _timed("MULTI" if self.transaction else "PIPELINE"):
+            return super().execute(raise_on_error)
+
+
+class TimedRedisCluster(RedisCluster):
+    """A cluster client timed as TimedRedis is: each command, and each pipeline as one."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        with _timed(_command_name(args)):
+            return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        # redis-py builds its pipeline from a dozen of the client's internals; rather than
+        # copy that list, give the one it built our timed execute().
+        pipe.__class__ = TimedClusterPipeline
+        return pipe
+
+
+class TimedClusterPipeline(ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not len(self):  # its queue lives in redis-py's strategy, not command_stack
+            return []
+        transaction = type(self._execution_strategy).__name__ == "TransactionStrategy"
+        with _timed("MULTI" if transaction else "PIPELINE"):
             return super().execute(raise_on_error)
 
 

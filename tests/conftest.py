@@ -13,16 +13,30 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from redis.cluster import ClusterNode, RedisCluster
 from twilio.request_validator import RequestValidator
 
 from ivr import create_app
 from ivr.config import Settings
-from ivr.store import EmbeddedRedis
+from ivr.store import EmbeddedRedis, cluster_seeds
+from tests.redis_cluster import LocalCluster
 from tests.twilio_standin import TwilioStandIn
 
-# Read before the env-clearing fixture runs: which Redis server the suite may use.
+# Read before the env-clearing fixture runs: which Redis server the suite may use, and whether
+# it also starts a Redis Cluster of its own (TEST_REDIS_CLUSTER=1; .ci/run sets it).
+# TEST_REDIS_BACKENDS=cluster (or a comma-separated list) runs the suite on those alone.
 SERVER_REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
-BACKENDS = ["embedded"] + (["server"] if SERVER_REDIS_URL else [])
+WITH_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") == "1"
+BACKENDS = [
+    backend
+    for backend, available in [
+        ("embedded", True),
+        ("server", bool(SERVER_REDIS_URL)),
+        ("cluster", WITH_CLUSTER or "cluster" in os.environ.get("TEST_REDIS_BACKENDS", "")),
+    ]
+    if available
+    and backend in (os.environ.get("TEST_REDIS_BACKENDS") or "embedded,server,cluster").split(",")
+]
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -49,6 +63,11 @@ def redis_url(
         yield embedded.ensure_running()
         embedded.stop(force=True)
         return
+    if request.param == "cluster":
+        cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+        yield cluster.url
+        cluster.stop()
+        return
     assert SERVER_REDIS_URL
     client = redis.Redis.from_url(SERVER_REDIS_URL)
     db = client.connection_pool.connection_kwargs.get("db", 0)
@@ -57,10 +76,19 @@ def redis_url(
     yield SERVER_REDIS_URL
 
 
+def plain_client(url: str, **options: Any) -> redis.Redis | RedisCluster:
+    """A client of the tests' own for `url` (a cluster's too), not the app's timed one: what
+    the tests send is never counted in the app's metrics."""
+    if url.startswith("redis+cluster://"):
+        nodes, _credentials = cluster_seeds(url)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
+    return redis.Redis.from_url(url, **options)
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.flushdb()
+    client = plain_client(redis_url, decode_responses=True)
+    client.flushdb()  # on a cluster: every master (the replicas follow)
     yield client
     client.close()
 

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from ivr.app import MAX_REQUEST_BYTES
 from ivr.customers import Customer
 from ivr.web.console.customers import MAX_IMPORT_BYTES
+from tests.conftest import plain_client
 from tests.console_helpers import make_user, post, session_csrf, sign_in
 
 CALLER = "+14155550123"
@@ -56,7 +57,7 @@ def _contents(client: redis.Redis) -> dict[bytes, Any]:
 @pytest.fixture
 def unchanged(redis_url: str):
     """A context manager that fails the test if Redis changed inside it."""
-    client = redis.Redis.from_url(redis_url)
+    client = plain_client(redis_url)
 
     @contextlib.contextmanager
     def watching() -> Iterator[None]:

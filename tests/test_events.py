@@ -21,6 +21,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from ivr import keys
 from ivr.events import EVENT_TYPES, EventDispatcher, EventOutbox
+from tests.conftest import plain_client
 from tests.event_receiver import Answer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -262,7 +263,7 @@ def test_two_dispatchers_racing_deliver_each_event_exactly_once(
 ) -> None:
     published = {outbox.publish("verification.approved", {"n": n}) for n in range(30)}
     # Each dispatcher with its own Redis client, as two workers would have.
-    other_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    other_client = plain_client(redis_url, decode_responses=True)
     dispatchers = [
         make_dispatcher(),
         make_dispatcher(outbox=EventOutbox(other_client, clock_ms=clock)),

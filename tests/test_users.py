@@ -26,6 +26,7 @@ from ivr.users import (
     Users,
     ensure_development_admin,
 )
+from tests.conftest import plain_client
 from tests.console_helpers import CHEAP_HASHER
 
 PASSWORD = "correct horse battery staple"
@@ -364,7 +365,7 @@ def test_with_another_admin_an_admin_may_go(users):
 def test_two_admins_demoting_each_other_at_once_leave_one_admin(users, redis_url):
     users.create("ada", Role.ADMIN, PASSWORD)
     users.create("bob", Role.ADMIN, PASSWORD)
-    other = Users(redis.Redis.from_url(redis_url, decode_responses=True))  # another host
+    other = Users(plain_client(redis_url, decode_responses=True))  # another host
     results = run_together(lambda: users.set_role("ada", Role.EDITOR), lambda: other.delete("bob"))
     refusals = [r for r in results if isinstance(r, UserError)]
     assert len(refusals) == 1, results
@@ -503,7 +504,7 @@ def test_deleting_a_user_ends_every_session_on_every_host(users, redis_client, r
     users.create("ada", Role.ADMIN, PASSWORD)
     alice = users.create("alice", Role.EDITOR, PASSWORD)
     sessions = [users.open_session(alice) for _ in range(2)]
-    elsewhere = Users(redis.Redis.from_url(redis_url, decode_responses=True))  # another host
+    elsewhere = Users(plain_client(redis_url, decode_responses=True))  # another host
     assert elsewhere.delete("alice")
     assert all(users.session(s.token) is None for s in sessions)
     assert not list(redis_client.scan_iter(keys.console_user_sessions("alice")))
