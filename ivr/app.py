@@ -40,7 +40,7 @@ from ivr.tokens import ApiTokens
 from ivr.users import ADMIN_PASSWORD_FILE, AuditLog, Users, ensure_development_admin
 from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
-from ivr.verification.models import is_call_sid, is_sid
+from ivr.verification.models import Verification, is_call_sid, is_sid
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import VerificationStore
@@ -142,9 +142,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)
-    outbox = EventOutbox(client) if settings.events_webhook_url else None
+    outbox = (
+        EventOutbox(client, render=_render_verification) if settings.events_webhook_url else None
+    )
+    scripts = store.Scripts(
+        client,
+        replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     verifications = VerificationService(
-        store=VerificationStore(client),
+        store=VerificationStore(
+            client,
+            scripts=scripts,
+            events=outbox is not None,
+            retention_ms=settings.verification_retention_seconds * 1000,
+        ),
         limiter=SendLimiter(client),
         carrier=carrier,
         code_secrets=code_secrets,
@@ -273,6 +285,11 @@ def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets)
             timeout=settings.twilio_http_timeout,
         )
     return SimulatedCarrier(client, code_secrets)
+
+
+def _render_verification(sid: str, fields: dict[str, str]) -> dict[str, object]:
+    """The data of an event a script queued: the verification as the API shows it."""
+    return Verification.from_hash(sid, fields).to_api()
 
 
 def _event_dispatcher(

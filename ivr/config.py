@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, pattern=r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://\S*$"
     )
+    # Writes that must not be lost in a failover (an approval, a counted wrong code or send, a
+    # reading of the code) wait for this many replicas to acknowledge them (WAIT); unset: one
+    # when the master has any, none when it has none (a single server, the embedded one).
+    redis_wait_replicas: int | None = Field(None, ge=0, le=5)
+    redis_wait_timeout_ms: int = Field(500, ge=10, le=1500)
     secret_key: SecretStr | None = Field(None, min_length=32)
     ivr_api_token: SecretStr | None = Field(None, min_length=16)
 

@@ -3,9 +3,15 @@
 When a verification ends, the app that set EVENTS_WEBHOOK_URL gets a signed POST. Delivery has to
 survive the app being down, slow or wrong, so publishing and delivering are split:
 
-- Outbox. `EventOutbox.publish` stores the event (a hash holding the exact JSON bytes to POST) and
-  marks it due now in a sorted set, in one Lua call. Nothing is sent on the request's path: a slow
-  app never slows a check, and an event is never lost while Redis keeps it.
+- Outbox. The script that ends a verification also stores the event that announces it (a hash
+  with a snapshot of the verification) and marks it due now, in the outbox of the verification's
+  bucket: one atomic step, so a crash can never leave an end unannounced. The dispatcher makes
+  the exact JSON bytes to POST from the snapshot when it first claims it, and keeps them.
+  (`EventOutbox.publish` queues an event with its body, in one Lua call.) Nothing is sent on
+  the request's path: a slow app never slows a check, and an event is never lost while Redis
+  keeps it. The outbox has a shard per bucket, spread over a cluster's masters; the dispatcher
+  looks first where it was told an event went (`nudge`), and in every shard every few seconds,
+  so a lost hint only delays.
 - Lease. A dispatcher claims due events in one Lua call that also pushes each one's due time to
   now + lease and tags it with a lease token. Other workers and threads skip it meanwhile; if the
   worker dies mid-POST, the event is due again when the lease runs out. Settling a failure needs
@@ -29,8 +35,8 @@ there is nothing more for operators to run or monitor, and it works with the emb
 which only the app's own processes reach. Every worker may run one; the leases keep them apart.
 
 The schedule (due times, leases) uses the caller's clock, injectable for tests, not Redis' TIME:
-hosts kept in step by NTP only shift a retry by their skew. All keys share the `{events}` hash
-tag, so each script touches one Redis Cluster slot.
+hosts kept in step by NTP only shift a retry by their skew. Each script is given all its keys, in
+one shard's slot.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from standardwebhooks.webhooks import Webhook
 
 from ivr import keys
 from ivr.metrics import metrics
+from ivr.store import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +73,14 @@ EVENT_TYPES = frozenset(
 )
 
 DEAD_RETENTION_MS = 7 * 24 * 3600 * 1000  # how long a given-up event stays readable for ops
+DEAD_CAP = 1000  # given-up events kept per shard, newest first
+LEGACY_SHARD = "events"  # the single outbox of releases before buckets: still drained
+SHARDS = (LEGACY_SHARD, *(f"v{bucket}" for bucket in keys.BUCKETS))
+_SHARD_SET = frozenset(SHARDS)
 USER_AGENT = "ivr-events/1"
 
 # Queue one event.
-# KEYS[1] due sorted set   KEYS[2] the event's hash
+# KEYS[1] the shard's outbox (due sorted set)  KEYS[2] the event's hash
 # ARGV[1] event id  ARGV[2] type  ARGV[3] body (the JSON bytes to POST)  ARGV[4] now ms
 # Returns 1.
 PUBLISH = """
@@ -79,29 +90,33 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 return 1
 """
 
-# Claim up to ARGV[3] due events: each is due again at now + lease (if we never settle it, it is
-# retried then) and carries our lease token. An id whose hash is gone is dropped from the set.
-# The event hashes are derived from ARGV[1], the event key prefix (`ivr:{events}:event:`): they
-# share the `{events}` hash tag, hence the cluster slot, of KEYS[1].
-# KEYS[1] due sorted set
-# ARGV[1] event key prefix  ARGV[2] now ms  ARGV[3] limit  ARGV[4] lease ms  ARGV[5] lease token
-# Returns a flat list: id, type, body, attempts, for each claimed event, oldest due first.
+# Claim the given events that are still due: each is due again at now + lease (if we never
+# settle it, it is retried then) and carries our lease token. The caller read the ids from the
+# due set a moment before; one claimed meanwhile by another worker is no longer due and is
+# skipped, one whose hash is gone is dropped from the set.
+# KEYS[1] the shard's outbox  KEYS[2..] the events' hashes, in the order of ARGV[4..]
+# ARGV[1] now ms  ARGV[2] lease ms  ARGV[3] lease token  ARGV[4..] event ids
+# Returns a flat list for each claimed event, oldest due first: id, type, body ("" when the
+# event was queued by a script with a snapshot to make it from), snapshot, sid, created_at,
+# attempts.
 CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local lease_until = string.format('%d', tonumber(ARGV[2]) + tonumber(ARGV[4]))
+local now = tonumber(ARGV[1])
+local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local claimed = {}
-for _, id in ipairs(ids) do
-  local ekey = ARGV[1] .. id
-  local e = redis.call('HMGET', ekey, 'type', 'body', 'attempts')
-  if e[1] then
-    redis.call('ZADD', KEYS[1], lease_until, id)
-    redis.call('HSET', ekey, 'lease', ARGV[5])
-    table.insert(claimed, id)
-    table.insert(claimed, e[1])
-    table.insert(claimed, e[2])
-    table.insert(claimed, e[3])
-  else
-    redis.call('ZREM', KEYS[1], id)
+for i = 4, #ARGV do
+  local id, ekey = ARGV[i], KEYS[i - 2]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now then
+    local e = redis.call('HMGET', ekey, 'type', 'body', 'snapshot', 'sid', 'created_at',
+                         'attempts')
+    if e[1] then
+      redis.call('ZADD', KEYS[1], lease_until, id)
+      redis.call('HSET', ekey, 'lease', ARGV[3])
+      table.insert(claimed, id)
+      for j = 1, 6 do table.insert(claimed, e[j] or '') end
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
   end
 end
 return claimed
@@ -109,7 +124,7 @@ return claimed
 
 # The app took the event (2xx): forget it. No lease check: delivered is delivered, even if our
 # lease ran out meanwhile (whoever holds it now finds the hash gone and does nothing).
-# KEYS[1] due sorted set   KEYS[2] dead sorted set   KEYS[3] the event's hash
+# KEYS[1] the shard's outbox  KEYS[2] its dead sorted set  KEYS[3] the event's hash
 # ARGV[1] event id
 # Returns 1 when the event was still stored, else 0.
 DELIVERED = """
@@ -119,10 +134,12 @@ return redis.call('DEL', KEYS[3])
 """
 
 # An attempt failed: count it, then schedule the next one or give up. Only the lease holder may:
-# a worker whose lease ran out (and was taken over) changes nothing.
-# KEYS[1] due sorted set   KEYS[2] dead sorted set   KEYS[3] the event's hash
+# a worker whose lease ran out (and was taken over) changes nothing. The dead set keeps the
+# newest DEAD_CAP given-up events of the shard, for DEAD_RETENTION_MS.
+# KEYS[1] the shard's outbox  KEYS[2] its dead sorted set  KEYS[3] the event's hash
 # ARGV[1] event id  ARGV[2] lease token  ARGV[3] now ms  ARGV[4] next due ms (now + backoff)
 # ARGV[5] max attempts  ARGV[6] dead retention ms  ARGV[7] why it failed ("HTTP 500", "Timeout")
+# ARGV[8] how many given-up events the shard keeps
 # Returns {outcome, attempts}: outcome "retry", "dead", or "stale" (lease lost: nothing changed).
 FAILED = """
 if redis.call('HGET', KEYS[3], 'lease') ~= ARGV[2] then return {'stale', 0} end
@@ -134,6 +151,8 @@ if attempts >= tonumber(ARGV[5]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[8]) - 1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
   return {'dead', attempts}
 end
@@ -142,17 +161,17 @@ return {'retry', attempts}
 """
 
 # Hand back events we claimed but did not POST (the batch would have outrun its lease): due now,
-# lease cleared, no attempt counted. Event hashes derive from ARGV[1] as in CLAIM.
-# KEYS[1] due sorted set
-# ARGV[1] event key prefix  ARGV[2] lease token  ARGV[3] now ms  ARGV[4..] event ids
+# lease cleared, no attempt counted.
+# KEYS[1] the shard's outbox  KEYS[2..] the events' hashes, in the order of ARGV[3..]
+# ARGV[1] lease token  ARGV[2] now ms  ARGV[3..] event ids
 # Returns how many were handed back (those whose lease was still ours).
 RELEASE = """
 local released = 0
-for i = 4, #ARGV do
-  local ekey = ARGV[1] .. ARGV[i]
-  if redis.call('HGET', ekey, 'lease') == ARGV[2] then
+for i = 3, #ARGV do
+  local ekey = KEYS[i - 1]
+  if redis.call('HGET', ekey, 'lease') == ARGV[1] then
     redis.call('HDEL', ekey, 'lease')
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
     released = released + 1
   end
 end
@@ -183,6 +202,7 @@ class ClaimedEvent:
     attempts: int  # failed attempts before this one
     lease_token: str
     lease_until: int
+    shard: str = LEGACY_SHARD
 
 
 @dataclass(frozen=True)
@@ -200,100 +220,183 @@ class Backlog:
     dead: int  # given up, kept for operators
 
 
-class EventOutbox:
-    """The events waiting for delivery, in Redis; one round trip per method unless noted."""
+# Makes an event's `data` from the snapshot a script queued it with (the sid and the hash's
+# fields as they were at the end): ivr.app gives the verifications' own rendering.
+Render = Callable[[str, dict[str, str]], dict[str, Any]]
 
-    def __init__(self, client: redis.Redis, clock_ms: Callable[[], int] | None = None):
+
+class EventOutbox:
+    """The events waiting for delivery, in Redis, in shards: one per verification bucket (the
+    scripts that end a verification queue its event there, in the same step) and the outbox
+    of earlier releases. The dispatcher visits the shards it was told of (`nudge`) at once and
+    every shard every `visit_all_ms`."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        clock_ms: Callable[[], int] | None = None,
+        *,
+        render: Render | None = None,
+        visit_all_ms: int = 5000,
+    ):
         self.redis = client
         self.clock_ms = clock_ms or _wall_ms
+        self.render = render
+        self.visit_all_ms = visit_all_ms
+        self.shards = SHARDS
+        self._visited_all_at = -visit_all_ms
         self._publish = client.register_script(PUBLISH)
         self._claim = client.register_script(CLAIM)
         self._delivered = client.register_script(DELIVERED)
         self._failed = client.register_script(FAILED)
         self._release = client.register_script(RELEASE)
 
-    def publish(self, event_type: str, data: dict[str, Any]) -> str:
+    def publish(self, event_type: str, data: dict[str, Any], shard: str = LEGACY_SHARD) -> str:
         """Queue one event, due now; its id. The body is fixed here, so every retry POSTs (and
-        signs) the same bytes."""
+        signs) the same bytes. (A verification's end is queued by the script that ends it.)"""
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}")
         now = self.clock_ms()
         event_id = "EV" + secrets.token_hex(16)
-        body = json.dumps(
-            {"id": event_id, "type": event_type, "created_at": _rfc3339(now), "data": data},
-            separators=(",", ":"),
-        )
+        body = _body(event_id, event_type, now, data)
         self._publish(
-            keys=[keys.events_due(), keys.event(event_id)],
+            keys=[keys.events_due(shard), keys.event(shard, event_id)],
             args=[event_id, event_type, body, now],
         )
         metrics().events.labels("published").inc()
+        if shard != LEGACY_SHARD:  # that one is visited every round
+            self.nudge(shard)
         return event_id
+
+    def nudge(self, shard: str) -> None:
+        """An event was just queued in `shard`: the dispatcher looks there in its next round."""
+        self.redis.sadd(keys.events_hot(), shard)
 
     def pending_count(self) -> int:
         """Events not yet delivered nor given up (claimed ones included)."""
-        return int(self.redis.zcard(keys.events_due()))
+        return self.backlog().pending
 
     def backlog(self) -> Backlog:
-        """How many wait, since when the first is due, how many were given up: one round trip."""
+        """How many wait, since when the first is due, how many were given up: three reads
+        per shard, in one pipeline (one round trip per master)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(keys.events_due())
-        pipe.zrange(keys.events_due(), 0, 0, withscores=True)
-        pipe.zcard(keys.events_dead())
-        pending, first, dead = pipe.execute()
-        return Backlog(int(pending), int(first[0][1]) if first else None, int(dead))
+        for shard in self.shards:
+            pipe.zcard(keys.events_due(shard))
+            pipe.zrange(keys.events_due(shard), 0, 0, withscores=True)
+            pipe.zcard(keys.events_dead(shard))
+        replies = pipe.execute()
+        pending = sum(int(n) for n in replies[0::3])
+        firsts = [int(first[0][1]) for first in replies[1::3] if first]
+        dead = sum(int(n) for n in replies[2::3])
+        return Backlog(pending, min(firsts) if firsts else None, dead)
 
     def dead(self) -> list[dict]:
         """What was given up, oldest first: id, type, attempts, times (ms), last error, data.
-        Two round trips; for operators and tests, not for a hot path."""
-        entries = self.redis.zrange(keys.events_dead(), 0, -1, withscores=True)
+        For operators and tests, not for a hot path."""
         pipe = self.redis.pipeline(transaction=False)
-        for member, _score in entries:
-            pipe.hgetall(keys.event(_text(member)))
+        for shard in self.shards:
+            pipe.zrange(keys.events_dead(shard), 0, -1, withscores=True)
+        entries = [
+            (shard, _text(member), int(score))
+            for shard, found in zip(self.shards, pipe.execute(), strict=True)
+            for member, score in found
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, member, _score in entries:
+            pipe.hgetall(keys.event(shard, member))
         found: list[dict] = []
-        for (member, score), stored in zip(entries, pipe.execute(), strict=True):
+        for (_shard, member, score), stored in zip(entries, pipe.execute(), strict=True):
             if not stored:
                 continue  # its hash expired a moment before the set was trimmed
             event = {_text(k): _text(v) for k, v in stored.items()}
             found.append(
                 {
-                    "id": _text(member),
+                    "id": member,
                     "type": event["type"],
                     "attempts": int(event["attempts"]),
                     "created_at": int(event["created_at"]),
-                    "given_up_at": int(score),
+                    "given_up_at": score,
                     "last_error": event.get("last_error", ""),
-                    "data": json.loads(event["body"])["data"],
+                    "data": json.loads(self._body_of(member, event))["data"],
                 }
             )
-        return found
+        return sorted(found, key=lambda event: event["given_up_at"])
+
+    def _body_of(self, event_id: str, event: dict[str, str]) -> str:
+        """The bytes to POST: stored, or made from the snapshot a script queued it with."""
+        if event.get("body"):
+            return event["body"]
+        flat = json.loads(event.get("snapshot") or "[]")
+        fields = dict(zip(flat[::2], flat[1::2], strict=True)) if isinstance(flat, list) else {}
+        data = self.render(event.get("sid", ""), fields) if self.render else fields
+        return _body(event_id, event["type"], int(event["created_at"]), data)
 
     # The dispatcher's side: claim, then settle each claimed event one way or the other.
 
     def claim(self, limit: int, lease_ms: int, now_ms: int) -> list[ClaimedEvent]:
-        """Lease up to `limit` due events to the caller."""
+        """Lease up to `limit` due events to the caller, oldest due first: from the shards it
+        was told of, and from every shard once `visit_all_ms` has passed."""
+        shards = self._shards_to_visit(now_ms)
+        if not shards:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.zrangebyscore(keys.events_due(shard), "-inf", now_ms, start=0, num=limit)
         token = secrets.token_hex(8)
-        flat = self._claim(
-            keys=[keys.events_due()],
-            args=[keys.event(""), now_ms, limit, lease_ms, token],  # event(""): the key prefix
-        )
-        flat = [_text(value) for value in flat]
-        return [
-            ClaimedEvent(
-                id=flat[i],
-                type=flat[i + 1],
-                body=flat[i + 2],
-                attempts=int(flat[i + 3]),
-                lease_token=token,
-                lease_until=now_ms + lease_ms,
+        claimed: list[tuple[int, ClaimedEvent]] = []
+        busy: list[str] = []
+        for shard, ids in zip(shards, pipe.execute(), strict=True):
+            if not ids or len(claimed) >= limit:
+                if ids:
+                    busy.append(shard)
+                continue
+            ids = [_text(event_id) for event_id in ids][: limit - len(claimed)]
+            flat = self._claim(
+                keys=[keys.events_due(shard), *(keys.event(shard, i) for i in ids)],
+                args=[now_ms, lease_ms, token, *ids],
             )
-            for i in range(0, len(flat), 4)
-        ]
+            flat = [_text(value) for value in flat]
+            for i in range(0, len(flat), 7):
+                event_id, event_type, body, snapshot, sid, created_at, attempts = flat[i : i + 7]
+                if not body:
+                    event = {"type": event_type, "snapshot": snapshot, "sid": sid}
+                    body = self._body_of(event_id, event | {"created_at": created_at})
+                    self.redis.hset(keys.event(shard, event_id), "body", body)
+                claimed.append(
+                    (
+                        int(created_at or 0),
+                        ClaimedEvent(
+                            id=event_id,
+                            type=event_type,
+                            body=body,
+                            attempts=int(attempts or 0),
+                            lease_token=token,
+                            lease_until=now_ms + lease_ms,
+                            shard=shard,
+                        ),
+                    )
+                )
+            if len(ids) == limit:
+                busy.append(shard)  # more may wait there: look again next round
+        for shard in busy:
+            self.nudge(shard)
+        return [event for _created, event in sorted(claimed, key=lambda pair: pair[0])]
 
-    def settle_delivered(self, event_id: str) -> bool:
+    def _shards_to_visit(self, now_ms: int) -> list[str]:
+        """The shards told of, the one `publish` uses, and every 'visit_all_ms' all of them."""
+        hinted = self.redis.spop(keys.events_hot(), 64) or []
+        if now_ms - self._visited_all_at >= self.visit_all_ms:
+            self._visited_all_at = now_ms
+            return list(self.shards)
+        told = {_text(shard) for shard in hinted} & _SHARD_SET
+        return [LEGACY_SHARD, *sorted(told - {LEGACY_SHARD})]
+
+    def settle_delivered(self, event: ClaimedEvent | str) -> bool:
         """Forget a delivered event; False if it was already gone."""
+        shard, event_id = _where(event)
         deleted = self._delivered(
-            keys=[keys.events_due(), keys.events_dead(), keys.event(event_id)], args=[event_id]
+            keys=[keys.events_due(shard), keys.events_dead(shard), keys.event(shard, event_id)],
+            args=[event_id],
         )
         return bool(deleted)
 
@@ -307,8 +410,9 @@ class EventOutbox:
         reason: str,
     ) -> Settled:
         """Count a failed attempt: due again at `next_due_ms`, or dead at `max_attempts`."""
+        shard = event.shard
         outcome, attempts = self._failed(
-            keys=[keys.events_due(), keys.events_dead(), keys.event(event.id)],
+            keys=[keys.events_due(shard), keys.events_dead(shard), keys.event(shard, event.id)],
             args=[
                 event.id,
                 event.lease_token,
@@ -317,21 +421,36 @@ class EventOutbox:
                 max_attempts,
                 DEAD_RETENTION_MS,
                 reason,
+                DEAD_CAP,
             ],
         )
         return Settled(_text(outcome), int(attempts))
 
     def release(self, events: list[ClaimedEvent], now_ms: int) -> int:
         """Hand back claimed events that were not attempted, due now; how many were ours."""
-        if not events:
-            return 0
         released = 0
-        for token in {event.lease_token for event in events}:
-            ids = [event.id for event in events if event.lease_token == token]
+        for token, shard in {(event.lease_token, event.shard) for event in events}:
+            ids = [e.id for e in events if e.lease_token == token and e.shard == shard]
             released += int(
-                self._release(keys=[keys.events_due()], args=[keys.event(""), token, now_ms, *ids])
+                self._release(
+                    keys=[keys.events_due(shard), *(keys.event(shard, i) for i in ids)],
+                    args=[token, now_ms, *ids],
+                )
             )
         return released
+
+
+def _where(event: ClaimedEvent | str) -> tuple[str, str]:
+    if isinstance(event, ClaimedEvent):
+        return event.shard, event.id
+    return LEGACY_SHARD, event
+
+
+def _body(event_id: str, event_type: str, created_ms: int, data: dict[str, Any]) -> str:
+    return json.dumps(
+        {"id": event_id, "type": event_type, "created_at": _rfc3339(created_ms), "data": data},
+        separators=(",", ":"),
+    )
 
 
 class EventDispatcher:
@@ -399,7 +518,7 @@ class EventDispatcher:
                 remaining.pop(0)
                 reason = self._post(event)
                 if reason is None:
-                    self.outbox.settle_delivered(event.id)
+                    self.outbox.settle_delivered(event)
                     metrics().events.labels("delivered").inc()
                     delivered += 1
                 else:

@@ -1,10 +1,10 @@
 """Every Redis key name, built in one place (rq's keys.py pattern).
 
-Keys carry a hash tag `{…}` so that every key one Lua script touches lands in one Redis Cluster
-slot. Per-number state is tagged with the number's routing tag (see `CodeSecrets.routing_tag`),
-which is also embedded in the verification sid, so a script reached by sid or by number finds all
-of that number's keys in one slot. Send limits share the `{limits}` tag: one script checks the
-number, prefix and token windows together.
+Keys carry a hash tag `{…}`: every key one Lua script touches shares its tag, hence its Redis
+Cluster slot, and every script is given all of them in KEYS (none is built inside a script).
+Verifications live in their number's bucket (see BUCKETS); a sid carries its bucket and its
+number's id, so a script reached by sid or by number is given every key it needs. Features are
+spread over slots (buckets, shards, per-item tags), so no single master carries a whole one.
 """
 
 from __future__ import annotations
@@ -12,43 +12,108 @@ from __future__ import annotations
 NAMESPACE = "ivr"
 
 
-def number_prefix(tag: str) -> str:
-    """The common start of every key in a number's slot; scripts derive keys from it."""
-    return f"{NAMESPACE}:{{{tag}}}:"
+# -- verifications: one bucket slot per number -------------------------------------------------
+# A number's bucket (CodeSecrets.bucket: 2 hex digits from a keyed hash of the number, so key
+# names never let anyone enumerate numbers) is the hash tag of every key of its verifications,
+# and of the outbox and expiry list of that bucket: one script can end a verification, free
+# its pointer and queue the event that announces it, atomically, in one slot. 256 buckets
+# spread the numbers over the cluster's masters; the outbox and sweeps visit each bucket.
+BUCKETS = tuple(f"{index:02x}" for index in range(256))
 
 
-def verification(tag: str, sid: str) -> str:
-    """Hash: one verification's public state (status, number, send attempts…)."""
-    return f"{number_prefix(tag)}verification:{sid}"
+def _bucket(bucket: str) -> str:
+    return f"{NAMESPACE}:{{v{bucket}}}:"
 
 
-def code(tag: str, sid: str) -> str:
-    """Hash: the code's HMAC and its sealed copy; expires with the verification."""
-    return f"{number_prefix(tag)}code:{sid}"
+def pending_verification(bucket: str, number_id: str, scope_tag: str) -> str:
+    """Hash: the pending verification of a number in one scope (see CodeSecrets.scope_tag),
+    its code's HMAC and sealed copy included: one key per pending verification. When it ends
+    it is renamed to `verification(bucket, sid)`, its code gone."""
+    return f"{_bucket(bucket)}pv:{number_id}:{scope_tag}"
 
 
-def pending(tag: str, e164: str, scope: str | None = None) -> str:
-    """String: sid of the number's pending verification; expires with it. A `scope` (an IVR
-    call) keeps a pointer of its own, so API clients and calls never re-send or adopt each
-    other's verifications."""
-    if scope:
-        return f"{number_prefix(tag)}pending:{scope}:{e164}"
-    return f"{number_prefix(tag)}pending:{e164}"
+def verification(bucket: str, sid: str) -> str:
+    """Hash: a verification that ended (approved, expired, canceled…), kept for the retention
+    period; the same fields as when it was pending, but no code (see VerificationStore)."""
+    return f"{_bucket(bucket)}ve:{sid}"
 
 
-def seen_call(tag: str, call_sid: str) -> str:
-    """String: a CallSid our missed-call webhook already took (in the caller's slot); kept long
-    after, so a replayed request never approves anything."""
-    return f"{number_prefix(tag)}call:{call_sid}"
+def sends(bucket: str, generation: int) -> str:
+    """Hash: number id -> its sends in one window-long generation of time (base-36 ms,
+    comma-separated), for the per-number send limit; the limit reads this generation and the
+    one before, and each expires after two windows."""
+    return f"{_bucket(bucket)}sends:{generation}"
 
 
-def check_failures(tag: str, e164: str) -> str:
-    """Sorted set: times of wrong codes for a number, the failure budget across verifications."""
-    return f"{number_prefix(tag)}check-failures:{e164}"
+def check_failures(bucket: str, number_id: str) -> str:
+    """Sorted set: times of wrong codes for a number, the failure budget across verifications;
+    exists only while it holds some."""
+    return f"{_bucket(bucket)}f:{number_id}"
+
+
+def seen_call(bucket: str, call_sid: str) -> str:
+    """String: a CallSid our missed-call webhook already took (in the caller's bucket); kept
+    long after, so a replayed request never approves anything."""
+    return f"{_bucket(bucket)}call:{call_sid}"
+
+
+def idempotency(bucket: str, digest: str) -> str:
+    """String: the first answer to a request sent with an Idempotency-Key (keyed by a hash of
+    the client and the key), written by the script that acted; kept 24 hours."""
+    return f"{_bucket(bucket)}idem:{digest}"
+
+
+def idempotency_index(digest: str) -> str:
+    """String: "fingerprint|bucket" of an Idempotency-Key's first request, set before it acts,
+    so the same key sent with other parameters (another number, another bucket) is refused;
+    spread over 256 slots by the digest, kept 24 hours."""
+    return f"{NAMESPACE}:{{idem:{digest[:2]}}}:{digest}"
+
+
+def expiries(bucket: str) -> str:
+    """Sorted set: sid -> expiry (ms) of the bucket's pending verifications, for the sweep that
+    announces verification.expired when nobody checks (kept only while events are on)."""
+    return f"{_bucket(bucket)}expiries"
+
+
+def events_due(shard: str) -> str:
+    """Sorted set: event id -> when it is next due for delivery (ms), one outbox per shard.
+    A shard is a verification bucket ("v3a": the bucket's slot) or "events" (the outbox of
+    releases before buckets, still drained)."""
+    return (
+        f"{NAMESPACE}:{{{shard}}}:due" if shard == "events" else f"{NAMESPACE}:{{{shard}}}:events"
+    )
+
+
+def event(shard: str, event_id: str) -> str:
+    """Hash: one event waiting for delivery (type, body or the snapshot it is made from,
+    attempts so far)."""
+    return f"{NAMESPACE}:{{{shard}}}:event:{event_id}"
+
+
+def events_dead(shard: str) -> str:
+    """Sorted set: event id -> when delivery was given up (the app never took it); trimmed."""
+    return (
+        f"{NAMESPACE}:{{{shard}}}:dead"
+        if shard == "events"
+        else f"{NAMESPACE}:{{{shard}}}:events-dead"
+    )
+
+
+def events_hot() -> str:
+    """Set: shards that were just given an event, so the dispatcher looks there first (a hint:
+    every shard is also visited every few seconds, so a lost hint only delays)."""
+    return f"{NAMESPACE}:{{events}}:hot"
+
+
+def send_counter(scope: str, value: str) -> str:
+    """Hash: sends per sub-window (its start, s -> count) for a prefix or an API token: the
+    sliding-window counter of the fraud limits, a few fields whatever the traffic."""
+    return f"{NAMESPACE}:{{limit:{scope}:{value}}}:sends"
 
 
 def send_window(scope: str, value: str) -> str:
-    """Sorted set: times of sends for one scope (number, prefix, token)."""
+    """Sorted set: exact times of attempts for one scope (the console's sign-in limit)."""
     return f"{NAMESPACE}:{{limits}}:sends:{scope}:{value}"
 
 
@@ -102,30 +167,19 @@ def customer_phones() -> str:
     return f"{NAMESPACE}:{{customers}}:phones"
 
 
-def events_due() -> str:
-    """Sorted set: event id → when it is next due for delivery (ms), the events outbox."""
-    return f"{NAMESPACE}:{{events}}:due"
+MISSED_CALL_SHARDS = 16
 
 
-def event(event_id: str) -> str:
-    """Hash: one event waiting for delivery (type, body, attempts so far)."""
-    return f"{NAMESPACE}:{{events}}:event:{event_id}"
+def missed_call_outcomes(shard: int) -> str:
+    """Hash: outcome of calls to our missed-call numbers (approved, nothing_pending…) -> count,
+    in one of MISSED_CALL_SHARDS counters (each call counts in a random one; a reading sums
+    them): a flood of calls is spread over the masters."""
+    return f"{NAMESPACE}:{{missed-calls:{shard}}}:outcomes"
 
 
-def events_dead() -> str:
-    """Sorted set: event id → when delivery was given up (the app never took it)."""
-    return f"{NAMESPACE}:{{events}}:dead"
-
-
-def missed_call_outcomes() -> str:
-    """Hash: outcome of calls to our missed-call numbers (approved, nothing_pending…) → count."""
+def legacy_missed_call_outcomes() -> str:
+    """Hash: the single counter of releases before MISSED_CALL_SHARDS; still read, never written."""
     return f"{NAMESPACE}:{{stats}}:missed-calls"
-
-
-def expiries() -> str:
-    """Sorted set: verification sid → its expiry (ms), for the sweep that announces
-    verification.expired when nobody checks (kept only while EVENTS_WEBHOOK_URL is set)."""
-    return f"{NAMESPACE}:{{events}}:expiries"
 
 
 # -- published documents (flows, prompt catalogs): see ivr.flows.versions ----------------------

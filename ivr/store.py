@@ -26,6 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from ivr.metrics import metrics
@@ -62,12 +63,13 @@ def connect(url: str) -> RedisClient:
     scheme = url.partition("://")[0].lower()
     if scheme in CLUSTER_SCHEMES:
         nodes, credentials = cluster_seeds(url)
-        return TimedRedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-            ssl=CLUSTER_SCHEMES[scheme],
-            **credentials,
-            **options,
-        )
+        with _cluster_outage_as_redis_error():  # redis-py maps the slots at once
+            return TimedRedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                ssl=CLUSTER_SCHEMES[scheme],
+                **credentials,
+                **options,
+            )
     return TimedRedis.from_url(url, **options)
 
 
@@ -144,11 +146,30 @@ class TimedPipeline(Pipeline):
             return super().execute(raise_on_error)
 
 
+class ClusterUnavailable(redis.ConnectionError):
+    """No node of the cluster serves the slot (a master died and no replica took over yet),
+    or none answers: a RedisError like any other outage, so every edge answers it as one (503,
+    polite TwiML). redis-py raises these as RedisClusterException, which is not one."""
+
+
+@contextlib.contextmanager
+def _cluster_outage_as_redis_error() -> Iterator[None]:
+    try:
+        yield
+    except SlotNotCoveredError as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+    except RedisClusterException as exc:
+        if "cannot be connected" not in str(exc) and "TTL exhausted" not in str(exc):
+            raise  # a command the cluster refuses (cross-slot…): a bug, not an outage
+        raise ClusterUnavailable(str(exc)) from exc
+
+
 class TimedRedisCluster(RedisCluster):
-    """A cluster client timed as TimedRedis is: each command, and each pipeline as one."""
+    """A cluster client timed as TimedRedis is: each command, and each pipeline as one; its
+    outages raised as RedisError (ClusterUnavailable)."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        with _timed(_command_name(args)):
+        with _timed(_command_name(args)), _cluster_outage_as_redis_error():
             return super().execute_command(*args, **options)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
@@ -164,8 +185,96 @@ class TimedClusterPipeline(ClusterPipeline):
         if not len(self):  # its queue lives in redis-py's strategy, not command_stack
             return []
         transaction = type(self._execution_strategy).__name__ == "TransactionStrategy"
-        with _timed("MULTI" if transaction else "PIPELINE"):
+        with _timed("MULTI" if transaction else "PIPELINE"), _cluster_outage_as_redis_error():
             return super().execute(raise_on_error)
+
+
+class NotReplicated(redis.RedisError):
+    """A write that had to reach a replica before the answer did not within the timeout: it
+    happened on the master, but a failover now could lose it. Callers answer "the outcome is
+    unknown" (503) and let the client retry (with an Idempotency-Key, to learn it)."""
+
+
+class Scripts:
+    """Runs our Lua scripts on a server or a cluster: EVALSHA (the script loaded again where a
+    node lacks it), and for `durable` writes WAIT for a replica on the same connection, in the
+    same round trip.
+
+    WAIT counts only the writes of its own connection, so the script and the WAIT go down one
+    pipeline to the master of the script's slot (on a cluster, that master's own client; a
+    MOVED answer means nothing ran: the slots are mapped again and it is sent once more).
+    `replicas` is how many replicas must acknowledge: None finds out per master (INFO
+    replication, looked at again after a minute) and waits for one when it has any.
+    """
+
+    def __init__(
+        self, client: RedisClient, *, replicas: int | None = None, wait_timeout_ms: int = 500
+    ) -> None:
+        self.client = client
+        self.replicas = replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._known: dict[str, tuple[float, int]] = {}  # node -> (when looked, replicas)
+
+    def register(self, source: str) -> redis.commands.core.Script:
+        return self.client.register_script(source)
+
+    def run(
+        self,
+        script: redis.commands.core.Script,
+        keys: list[str],
+        args: list[Any],
+        *,
+        durable: bool = False,
+    ) -> Any:
+        """The script's reply. With `durable`, NotReplicated when no replica acknowledged it."""
+        if not durable:
+            return script(keys=keys, args=args)  # redis-py loads it where it is missing
+        node_client, node = self._node_for(keys[0])
+        wanted = self._replicas_of(node, node_client)
+        if not wanted:
+            return script(keys=keys, args=args)
+        for attempt in range(3):
+            pipe = node_client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", wanted, self.wait_timeout_ms)
+            # A cluster node's own client is not timed; a server's pipeline times itself.
+            timed = isinstance(self.client, RedisCluster)
+            try:
+                with _timed("EVALSHA") if timed else contextlib.nullcontext():
+                    replies = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                node_client.script_load(script.script)  # nothing ran: load it, send again
+                continue
+            except (redis.exceptions.MovedError, redis.exceptions.AskError):
+                if attempt or not isinstance(self.client, RedisCluster):
+                    raise
+                self.client.nodes_manager.initialize()  # a failover moved the slot
+                node_client, node = self._node_for(keys[0])
+                continue
+            if int(replies[1]) < wanted:
+                raise NotReplicated(f"no replica acknowledged within {self.wait_timeout_ms} ms")
+            return replies[0]
+        raise redis.exceptions.NoScriptError("the script could not be loaded")
+
+    def _node_for(self, key: str) -> tuple[redis.Redis, str]:
+        if isinstance(self.client, RedisCluster):
+            with _cluster_outage_as_redis_error():
+                node = self.client.get_node_from_key(key)
+            if node is None:
+                raise ClusterUnavailable("no master serves the slot")
+            return self.client.get_redis_connection(node), node.name
+        return self.client, ""
+
+    def _replicas_of(self, node: str, node_client: redis.Redis) -> int:
+        if self.replicas is not None:
+            return self.replicas
+        now = time.monotonic()
+        known = self._known.get(node)
+        if known is None or now - known[0] > 60:
+            found = int(node_client.info("replication").get("connected_slaves", 0))
+            known = (now, min(found, 1))
+            self._known[node] = known
+        return known[1]
 
 
 class EmbeddedRedis:

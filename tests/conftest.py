@@ -220,3 +220,12 @@ def twiml(response: Any) -> ET.Element:
 def spoken(root: ET.Element) -> str:
     """All words of all <Say> verbs in a TwiML document, in order."""
     return " ".join(" ".join(say.itertext()) for say in root.iter("Say"))
+
+
+def verification_key(client: Any, sid: str) -> str:
+    """The Redis key holding verification `sid` now: its pending key while pending, else the
+    ended record (see ivr.verification.store)."""
+    from ivr.verification.store import VerificationStore
+
+    _bucket, pending, ended = VerificationStore._keys_of(sid)
+    return pending if client.hget(pending, "sid") == sid else ended

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import jsonschema
 import pytest
 
+from ivr.config import Rate
 from ivr.web.public import openapi_document
-from tests.conftest import API_TOKEN, CALLER_ID, PUBLIC_BASE_URL, Api
+from tests.conftest import API_TOKEN, CALLER_ID, PUBLIC_BASE_URL, Api, verification_key
 
 TO = "+14155550123"
 
@@ -576,12 +576,9 @@ def send_attempt(app, channel: str):
     """What the API's start does before calling the carrier: a verification (or a re-send)
     with one more attempt in the 'requested' state. Lets a test play a race step by step."""
     ivr = app.extensions["ivr"]
-    tag = ivr.code_secrets.routing_tag(TO)
-    new_sid = f"VE{tag}{secrets.token_hex(12)}"
     store = ivr.verifications.store
     started = store.start_or_resend(
-        tag=tag,
-        new_sid=new_sid,
+        new_sid=ivr.code_secrets.new_sid(TO),
         to=TO,
         channel=channel,
         locale="en-US",
@@ -589,6 +586,7 @@ def send_attempt(app, channel: str):
         sealed="s",
         ttl_ms=60_000,
         retention_ms=60_000,
+        send_limit=Rate(100, 600),
     )
     return store, started
 
@@ -626,5 +624,5 @@ def test_a_verification_stays_readable_for_the_retention_after_its_code_lifetime
 ):
     api = Api(make_app(otp_ttl_seconds=600, verification_retention_seconds=60).test_client())
     sid = api.start(to=TO, channel="sms").get_json()["sid"]
-    key = next(redis_client.scan_iter(f"*verification:{sid}"))
+    key = verification_key(redis_client, sid)
     assert 650_000 < redis_client.pttl(key) <= 660_000

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from ivr.verification.codes import CodeSecrets, SealError, derive_key, generate_code
+from ivr.verification.models import bucket_of, number_id_of
 from tests.conftest import SECRET_KEY
 
 SID = "VE" + "0" * 32
@@ -56,9 +57,9 @@ def test_the_digest_is_deterministic_for_one_key(code_secrets):
     assert code_secrets.digest("123456") == again.digest("123456")
 
 
-def test_the_digest_is_hex_and_does_not_contain_the_code(code_secrets):
+def test_the_digest_is_base64url_and_does_not_contain_the_code(code_secrets):
     digest = code_secrets.digest("123456")
-    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", digest)
     assert "123456" not in digest
 
 
@@ -149,28 +150,35 @@ def test_unseal_of_garbage_fails(code_secrets, garbage):
         code_secrets.unseal(SID, garbage)
 
 
-# Routing tags
+# Buckets and number ids (Redis key names)
 
 
-def test_the_routing_tag_is_eight_hex_characters(code_secrets):
-    assert re.fullmatch(r"[0-9a-f]{8}", code_secrets.routing_tag("+14155550123"))
+def test_a_sid_carries_the_numbers_bucket_and_id(code_secrets):
+    sid = code_secrets.new_sid("+14155550123")
+    assert re.fullmatch(r"VE[0-9a-f]{32}", sid)
+    assert bucket_of(sid) == code_secrets.bucket("+14155550123")
+    assert number_id_of(sid) == code_secrets.number_id("+14155550123")
+    assert re.fullmatch(r"[0-9a-f]{2}", bucket_of(sid))
+    assert re.fullmatch(r"[0-9a-f]{12}", number_id_of(sid))
+    assert sid != code_secrets.new_sid("+14155550123"), "56 random bits of its own"
 
 
-def test_the_routing_tag_is_stable_per_number(code_secrets):
+def test_the_number_id_is_stable_per_number(code_secrets):
     again = CodeSecrets(SECRET_KEY.encode())
-    assert code_secrets.routing_tag("+14155550123") == again.routing_tag("+14155550123")
+    assert code_secrets.number_id("+14155550123") == again.number_id("+14155550123")
 
 
-def test_the_routing_tag_differs_between_numbers(code_secrets):
-    tags = {code_secrets.routing_tag(f"+1415555{n:04d}") for n in range(200)}
-    assert len(tags) == 200
+def test_the_number_id_differs_between_numbers_and_buckets_spread(code_secrets):
+    numbers = [f"+1415555{n:04d}" for n in range(2000)]
+    assert len({code_secrets.number_id(n) for n in numbers}) == 2000
+    assert len({code_secrets.bucket(n) for n in numbers}) == 256, "every bucket gets numbers"
 
 
-def test_the_routing_tag_differs_between_keys(code_secrets, other_secrets):
-    assert code_secrets.routing_tag("+14155550123") != other_secrets.routing_tag("+14155550123")
+def test_the_number_id_differs_between_keys(code_secrets, other_secrets):
+    assert code_secrets.number_id("+14155550123") != other_secrets.number_id("+14155550123")
 
 
-def test_the_routing_tag_does_not_reveal_the_number(code_secrets):
-    tag = code_secrets.routing_tag("+14155550123")
-    assert tag not in "+14155550123"
-    assert tag != code_secrets.digest("+14155550123")[:8]
+def test_the_number_id_does_not_reveal_the_number(code_secrets):
+    number_id = code_secrets.number_id("+14155550123")
+    assert number_id not in "+14155550123"
+    assert number_id not in code_secrets.digest("+14155550123")

@@ -90,7 +90,7 @@ def make_dispatcher(
 
 
 def due_score(client: redis.Redis, event_id: str) -> int | None:
-    score = client.zscore(keys.events_due(), event_id)
+    score = client.zscore(keys.events_due("events"), event_id)
     return None if score is None else int(score)
 
 
@@ -107,7 +107,7 @@ def test_published_event_is_posted_signed_with_the_stored_body(
     redis_client: redis.Redis,
 ) -> None:
     event_id = outbox.publish("verification.approved", DATA)
-    stored = redis_client.hgetall(keys.event(event_id))
+    stored = redis_client.hgetall(keys.event("events", event_id))
 
     assert make_dispatcher().deliver_due() == 1
 
@@ -133,7 +133,7 @@ def test_published_event_is_posted_signed_with_the_stored_body(
     assert request.headers["webhook-id"] == event_id
     assert Webhook(SECRET).verify(request.body, request.headers)["id"] == event_id
     assert outbox.pending_count() == 0
-    assert not redis_client.exists(keys.event(event_id))
+    assert not redis_client.exists(keys.event("events", event_id))
 
 
 def test_signature_fails_for_a_tampered_body_or_a_wrong_secret(
@@ -191,13 +191,13 @@ def test_failed_deliveries_back_off_exponentially_up_to_the_cap_then_succeed(
         delay = due_score(redis_client, event_id) - clock.now
         ceiling = min(8000, 1000 * 2 ** (attempt - 1))
         assert ceiling // 2 <= delay <= ceiling  # equal jitter
-        assert redis_client.hget(keys.event(event_id), "attempts") == str(attempt)
+        assert redis_client.hget(keys.event("events", event_id), "attempts") == str(attempt)
         assert dispatcher.deliver_due() == 0  # not due before its time: no request
         delays.append(delay)
         clock.advance(delay)
     assert delays[:4] == sorted(delays[:4])  # doubling: each range starts where the last ended
     assert all(4000 <= delay <= 8000 for delay in delays[3:])  # capped from the 4th on
-    assert redis_client.hget(keys.event(event_id), "last_error") == "HTTP 500"
+    assert redis_client.hget(keys.event("events", event_id), "last_error") == "HTTP 500"
 
     assert dispatcher.deliver_due() == 1
     assert len(receiver.requests) == 7
@@ -205,7 +205,7 @@ def test_failed_deliveries_back_off_exponentially_up_to_the_cap_then_succeed(
     for request in receiver.requests:
         Webhook(SECRET).verify(request.body, request.headers)
     assert outbox.pending_count() == 0
-    assert not redis_client.exists(keys.event(event_id))
+    assert not redis_client.exists(keys.event("events", event_id))
     assert outbox.dead() == []
 
 
@@ -241,7 +241,7 @@ def test_event_is_given_up_after_max_attempts_logged_and_never_retried(
             "data": secret_data,
         }
     ]
-    ttl = redis_client.pttl(keys.event(event_id))
+    ttl = redis_client.pttl(keys.event("events", event_id))
     assert 6 * 86_400_000 < ttl <= 7 * 86_400_000
     [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert event_id in error.getMessage()
@@ -323,7 +323,7 @@ def test_a_worker_whose_lease_ran_out_cannot_reschedule_the_event(
 
     assert receiver.ids() == [event_id, event_id]
     assert outbox.pending_count() == 0  # the slow worker's failure did not bring it back
-    assert not redis_client.exists(keys.event(event_id))
+    assert not redis_client.exists(keys.event("events", event_id))
 
 
 class WorkerCrash(BaseException):
@@ -380,8 +380,8 @@ def test_a_batch_that_would_outrun_its_lease_hands_back_what_it_did_not_post(
 
     assert receiver.ids() == [first]
     assert due_score(redis_client, second) == clock.now
-    assert redis_client.hget(keys.event(second), "attempts") == "0"
-    assert not redis_client.hexists(keys.event(second), "lease")
+    assert redis_client.hget(keys.event("events", second), "attempts") == "0"
+    assert not redis_client.hexists(keys.event("events", second), "lease")
     receiver.on_request = None
     assert dispatcher.deliver_due() == 1
     assert receiver.ids() == [first, second]
@@ -405,7 +405,7 @@ def test_connection_refused_counts_as_a_failed_attempt(
 
     assert dispatcher.deliver_due() == 0
 
-    stored = redis_client.hgetall(keys.event(event_id))
+    stored = redis_client.hgetall(keys.event("events", event_id))
     assert stored["attempts"] == "1"
     assert stored["last_error"] == "ConnectionError"
     assert clock.now + 500 <= due_score(redis_client, event_id) <= clock.now + 1000
@@ -425,7 +425,7 @@ def test_an_answer_slower_than_the_timeout_counts_as_a_failed_attempt(
     assert dispatcher.deliver_due() == 0
     assert time.monotonic() - started < 1.4
 
-    stored = redis_client.hgetall(keys.event(event_id))
+    stored = redis_client.hgetall(keys.event("events", event_id))
     assert stored["attempts"] == "1"
     assert stored["last_error"] == "ReadTimeout"
     assert outbox.pending_count() == 1
@@ -445,7 +445,7 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failure(
     assert dispatcher.deliver_due() == 0
 
     assert [r.path for r in receiver.requests] == ["/hooks/ivr"]
-    assert redis_client.hget(keys.event(event_id), "last_error") == "HTTP 302"
+    assert redis_client.hget(keys.event("events", event_id), "last_error") == "HTTP 302"
     clock.now = due_score(redis_client, event_id)
     assert dispatcher.deliver_due() == 1
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ivr import keys
-from tests.conftest import Api, twilio_post, twiml
+from tests.conftest import Api, twilio_post, twiml, verification_key
 
 MISSED_CALL_NUMBER = "+14155550111"
 OTHER_POOL_NUMBER = "+14155550112"
@@ -158,8 +157,8 @@ def test_a_call_after_the_window_does_not_approve(api, client, redis_client):
     verification = start(api)
     sid = verification["sid"]
     # Move the verification's expiry into the past (the shortest window is 30 s).
-    key = keys.verification(sid[2:10], sid)
-    redis_client.hset(key, "expires_at", str(int(redis_client.time()[0]) * 1000 - 1000))
+    key = verification_key(redis_client, sid)
+    redis_client.hset(key, "x", str(int(redis_client.time()[0]) * 1000 - 1000))
     assert_rejected_busy(ring(client, to=verification["call_to"]))
     assert api.get(f"/v1/verifications/{sid}").get_json()["status"] == "expired"
 

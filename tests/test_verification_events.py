@@ -14,7 +14,9 @@ from standardwebhooks.webhooks import Webhook
 
 from ivr import keys
 from ivr.app import start_background_work
-from tests.conftest import Api, twilio_post, twiml
+from ivr.events import SHARDS
+from ivr.verification.models import bucket_of
+from tests.conftest import Api, twilio_post, twiml, verification_key
 from tests.event_receiver import Answer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -47,6 +49,14 @@ def deliver(app) -> int:
     for chore in dispatcher.chores:
         chore()
     return dispatcher.deliver_due()
+
+
+def due_now(app, sid: str) -> None:
+    """Make the events of `sid`'s bucket due now, rather than sleep through a backoff."""
+    client, shard = app.extensions["ivr"].redis, f"v{bucket_of(sid)}"
+    for event_id in client.zrange(keys.events_due(shard), 0, -1):
+        client.zadd(keys.events_due(shard), {event_id: 0})
+    app.extensions["ivr"].events.outbox.nudge(shard)
 
 
 def received(receiver: Receiver) -> list[dict]:
@@ -106,7 +116,7 @@ def test_every_way_a_verification_ends_is_announced_once(app, api, twilio_api, r
 def expire_now(redis_client, sid: str) -> None:
     """Move a verification's expiry into the past (the shortest window is 30 s)."""
     past = int(redis_client.time()[0]) * 1000 - 1000
-    redis_client.hset(keys.verification(sid[2:10], sid), "expires_at", str(past))
+    redis_client.hset(verification_key(redis_client, sid), "x", str(past))
 
 
 def test_found_expired_by_a_check_or_a_late_call_is_announced_once(
@@ -133,7 +143,7 @@ def test_a_verification_nobody_checks_is_announced_expired(app, api, receiver, r
     sid = verification["sid"]
     # Its window runs out: in the verification and on the sweep's list alike.
     expire_now(redis_client, sid)
-    redis_client.zadd(keys.expiries(), {sid: 0})
+    redis_client.zadd(keys.expiries(bucket_of(sid)), {sid: 0})
     deliver(app)
     [event] = received(receiver)
     assert event["type"] == "verification.expired" and event["data"]["status"] == "expired"
@@ -151,11 +161,9 @@ def test_an_app_that_is_down_gets_the_event_later(app, api, client, receiver):
     assert deliver(app) == 0
     assert outbox.pending_count() == 1, "kept, due again after a backoff"
     # Make it due now rather than sleep through the backoff.
-    for event_id in app.extensions["ivr"].redis.zrange(keys.events_due(), 0, -1):
-        app.extensions["ivr"].redis.zadd(keys.events_due(), {event_id: 0})
+    due_now(app, verification["sid"])
     deliver(app)
-    for event_id in app.extensions["ivr"].redis.zrange(keys.events_due(), 0, -1):
-        app.extensions["ivr"].redis.zadd(keys.events_due(), {event_id: 0})
+    due_now(app, verification["sid"])
     assert deliver(app) == 1
     bodies = {request.body for request in receiver.requests}
     assert len(receiver.requests) == 3 and len(bodies) == 1, "the same event, three tries"
@@ -201,5 +209,5 @@ def test_without_an_events_url_nothing_is_queued(make_app, redis_client):
     assert start_background_work(lambda _environ, _start_response: []) is None
     api = Api(app.test_client())
     api.start(to=USER, channel="missed_call")
-    assert redis_client.zcard(keys.expiries()) == 0
-    assert redis_client.zcard(keys.events_due()) == 0
+    assert not any(redis_client.zcard(keys.expiries(bucket)) for bucket in keys.BUCKETS)
+    assert not any(redis_client.zcard(keys.events_due(shard)) for shard in SHARDS)

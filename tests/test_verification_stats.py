@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from ivr import keys
-from ivr.verification.models import routing_tag_of
+from ivr.verification.models import bucket_of
 from ivr.verification.stats import RECENT_CAP, VerificationStats
-from tests.conftest import Api, twilio_post
+from tests.conftest import Api, twilio_post, verification_key
 from tests.console_helpers import make_user, sign_in
 
 
@@ -137,15 +137,15 @@ def sms_code(twilio_api) -> str:
 
 def started_ago(redis_client, sid: str, seconds: int) -> None:
     """Move a verification's start `seconds` into the past (Redis' clock times approvals)."""
-    key = keys.verification(routing_tag_of(sid), sid)
-    created_at = int(redis_client.hget(key, "created_at"))
-    redis_client.hset(key, "created_at", str(created_at - seconds * 1000))
+    key = verification_key(redis_client, sid)
+    created_at = int(redis_client.hget(key, "c"))
+    redis_client.hset(key, "c", str(created_at - seconds * 1000))
 
 
 def past_expiry(redis_client, sid: str) -> None:
-    key = keys.verification(routing_tag_of(sid), sid)
+    key = verification_key(redis_client, sid)
     seconds, _ = redis_client.time()
-    redis_client.hset(key, "expires_at", str(seconds * 1000 - 1000))
+    redis_client.hset(key, "x", str(seconds * 1000 - 1000))
 
 
 def status_callback(client, kind: str, sid: str, provider_sid: str, status: str):
@@ -298,7 +298,7 @@ def test_the_expiry_sweep_counts_what_nobody_checked(make_app, redis_client, twi
     stats = counting(app, redis_client)
     sid = Api(app.test_client()).start(to="+14155550197", channel="sms").get_json()["sid"]
     past_expiry(redis_client, sid)
-    redis_client.zadd(keys.expiries(), {sid: 0})
+    redis_client.zadd(keys.expiries(bucket_of(sid)), {sid: 0})
     assert app.extensions["ivr"].verifications.expire_due() == 1
     assert stats.summary("24h").failures == {"expired": 1}
 
@@ -384,7 +384,7 @@ def test_recent_verifications_are_masked_filterable_and_skip_the_gone(
     api.check(codes[0], sid=sids[0])
     clock.ms += 1000
     missed = api.start(to="+14155550179", channel="missed_call").get_json()
-    redis_client.delete(keys.verification(routing_tag_of(sids[2]), sids[2]))  # its record expired
+    redis_client.delete(verification_key(redis_client, sids[2]))  # its record expired
 
     recent = stats.recent()
     assert [v.sid for v in recent] == [missed["sid"], sids[1], sids[0]], (

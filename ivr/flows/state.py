@@ -25,8 +25,10 @@ from typing import Any
 import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.cluster import RedisCluster
 
 from ivr import keys
+from ivr.store import RedisClient
 from ivr.verification.codes import derive_key
 
 _NONCE_BYTES = 12
@@ -144,7 +146,7 @@ RECENT_CALLS_CAP = 1000  # calls listed on the console's Calls page
 class CallStateStore:
     """Typed access to call state: one Redis round trip per method; sealing needs none."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int, secret_key: bytes):
+    def __init__(self, client: RedisClient, ttl_seconds: int, secret_key: bytes):
         self.redis = client
         self.ttl_ms = ttl_seconds * 1000
         self._save = client.register_script(SAVE_STATE)
@@ -200,6 +202,12 @@ class CallStateStore:
         }
         if replaces:
             return bool(self._save(**arguments))
+        if isinstance(self.redis, RedisCluster):
+            # The recent calls are in a slot of their own: the call's state first, then them.
+            saved = self._save(**arguments)
+            if saved:
+                self._remember_recent(call_sid, turn["at"] if turn else 0)
+            return bool(saved)
         # EVALSHA itself, not the script object: a pipeline given a script first asks Redis
         # whether it knows it (SCRIPT EXISTS), a round trip more on every new call.
         pipe = self.redis.pipeline(transaction=False)
@@ -216,6 +224,13 @@ class CallStateStore:
             if isinstance(answer, Exception):
                 raise answer
         return bool(saved)
+
+    def _remember_recent(self, call_sid: str, started_ms: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.recent_calls(), {call_sid: started_ms})
+        pipe.zremrangebyrank(keys.recent_calls(), 0, -RECENT_CALLS_CAP - 1)
+        pipe.pexpire(keys.recent_calls(), self.ttl_ms)
+        pipe.execute()
 
     def journey(self, call_sid: str) -> list[dict[str, Any]]:
         """The call's turns, oldest first (nodes passed, keys masked, prompts, side effects)."""

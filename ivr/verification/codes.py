@@ -33,6 +33,13 @@ def generate_code(length: int) -> str:
     return f"{secrets.randbelow(10**length):0{length}d}"
 
 
+def scope_tag(scope: str | None) -> str:
+    """Eight hex digits naming a pending-verification scope (an IVR call's, flash calls', one
+    missed-call number's, or none): part of the pending verification's key and of its sid.
+    Not secret; a clash between two scopes of one number is caught (the key holds its scope)."""
+    return hashlib.sha256((scope or "").encode()).hexdigest()[:8]
+
+
 class SealError(Exception):
     """A sealed code that does not open: wrong key, tampered, or bound to another sid."""
 
@@ -46,8 +53,10 @@ class CodeSecrets:
         self._tag_key = derive_key(secret_key, "routing-tag")
 
     def digest(self, code: str) -> str:
-        """HMAC-SHA256 of a code, hex: what Redis compares, never the code itself."""
-        return hmac.new(self._hash_key, code.encode(), hashlib.sha256).hexdigest()
+        """HMAC-SHA256 of a code, base64url without padding (43 characters, so the hash it is
+        kept in stays a listpack): what Redis compares, never the code itself."""
+        mac = hmac.new(self._hash_key, code.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def seal(self, context: str, text: str) -> str:
         """Encrypt `text` (a code, a simulated SMS) bound to `context` (its sid)."""
@@ -64,10 +73,22 @@ class CodeSecrets:
         except (InvalidTag, ValueError) as exc:
             raise SealError("sealed code does not open") from exc
 
-    def routing_tag(self, e164: str) -> str:
-        """Eight hex characters from a keyed hash of the number: its Redis Cluster hash tag.
+    def bucket(self, e164: str) -> str:
+        """Two hex digits from a keyed hash of the number: the Redis bucket (hash tag) of its
+        verifications (see keys.BUCKETS). Keyed, so key names do not let anyone enumerate
+        numbers."""
+        return self._number_hash(e164)[:2]
 
-        Keyed, so key names do not let anyone enumerate numbers; embedded in the sid, so a
-        lookup by sid reaches the number's slot without another round trip.
-        """
-        return hmac.new(self._tag_key, e164.encode(), hashlib.sha256).hexdigest()[:8]
+    def number_id(self, e164: str) -> str:
+        """Twelve more hex digits of that hash: the number's name in Redis keys, never the
+        number itself."""
+        return self._number_hash(e164)[2:14]
+
+    def new_sid(self, e164: str, scope: str | None = None) -> str:
+        """A fresh verification sid for `e164` in `scope`: "VE", the number's bucket and id,
+        the scope's tag and 40 random bits, so a lookup by sid is given every key it needs
+        (the pending verification's and the ended one's) without another round trip."""
+        return f"VE{self._number_hash(e164)[:14]}{scope_tag(scope)}{secrets.token_hex(5)}"
+
+    def _number_hash(self, e164: str) -> str:
+        return hmac.new(self._tag_key, e164.encode(), hashlib.sha256).hexdigest()

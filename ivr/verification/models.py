@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +27,8 @@ class Channel(StrEnum):
     FLASH_CALL = "flash_call"  # we ring the user; our caller ID's last digits are the code
 
 
-# "VE" + the number's 8-hex routing tag + 24 random hex: 32 hex digits, like a Twilio sid.
+# "VE" + the number's bucket (2 hex) and id (12 hex), the scope's tag (8 hex), 10 random hex:
+# 32 hex digits, like a Twilio sid (see CodeSecrets.new_sid).
 SID_PATTERN = re.compile(r"^VE[0-9a-f]{32}$")
 SID_SHAPE = "VE followed by 32 hex digits (0-9, a-f)"  # SID_PATTERN, for people
 
@@ -45,9 +45,19 @@ def is_call_sid(value: object) -> bool:
     return isinstance(value, str) and _CALL_SID_PATTERN.fullmatch(value) is not None
 
 
-def routing_tag_of(sid: str) -> str:
-    """The number's routing tag embedded in a sid (see CodeSecrets.routing_tag)."""
-    return sid[2:10]
+def bucket_of(sid: str) -> str:
+    """The number's bucket embedded in a sid (see CodeSecrets.new_sid)."""
+    return sid[2:4]
+
+
+def number_id_of(sid: str) -> str:
+    """The number's id embedded in a sid (see CodeSecrets.new_sid)."""
+    return sid[4:16]
+
+
+def scope_tag_of(sid: str) -> str:
+    """The pending-verification scope's tag embedded in a sid (see CodeSecrets.new_sid)."""
+    return sid[16:24]
 
 
 def iso_time(epoch_ms: int | str | None) -> str | None:
@@ -70,14 +80,19 @@ class SendAttempt:
     updated_at: int | None = None
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> SendAttempt:
+    def from_fields(cls, data: dict[str, str], index: int) -> SendAttempt:
+        """Attempt `index` of a stored verification: field a<i> holds channel|status|created|
+        updated (ms after the verification's c), a<i>p the provider's sid, a<i>e the error (see
+        ivr.verification.store)."""
+        channel, status, created, updated = data[f"a{index}"].split("|")
+        start = int(data["c"])
         return cls(
-            channel=record["channel"],
-            status=record["status"],
-            created_at=int(record["created_at"]),
-            provider_sid=record.get("provider_sid") or None,
-            error=record.get("error") or None,
-            updated_at=int(record["updated_at"]) if record.get("updated_at") else None,
+            channel=channel,
+            status=status,
+            created_at=start + int(created),
+            provider_sid=data.get(f"a{index}p") or None,
+            error=data.get(f"a{index}e") or None,
+            updated_at=start + int(updated),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -110,29 +125,29 @@ class Verification:
     code_length: int | None = None  # flash_call: how many last digits of the caller ID
 
     @classmethod
-    def from_hash(cls, data: dict[str, str], now_ms: int | None = None) -> Verification:
-        """Read a stored hash; a pending verification past its expiry reads as expired."""
-        attempts = json.loads(data.get("attempts") or "[]")
-        if isinstance(attempts, dict):  # Lua's cjson writes an empty array as {}
-            attempts = []
-        status = Status(data["status"])
-        expires_at = int(data["expires_at"])
+    def from_hash(cls, sid: str, data: dict[str, str], now_ms: int | None = None) -> Verification:
+        """Read a stored hash (field names: see ivr.verification.store); a pending verification
+        past its expiry reads as expired."""
+        status = Status(data["st"])
+        expires_at = int(data["x"])
         if status is Status.PENDING and now_ms is not None and now_ms >= expires_at:
             status = Status.EXPIRED
         return cls(
-            sid=data["sid"],
+            sid=sid,
             to=data["to"],
-            channel=data["channel"],
-            locale=data["locale"],
+            channel=data["ch"],
+            locale=data["lo"],
             status=status,
-            created_at=int(data["created_at"]),
+            created_at=int(data["c"]),
             expires_at=expires_at,
-            updated_at=int(data.get("updated_at") or data["created_at"]),
-            check_attempts=int(data.get("check_attempts") or 0),
-            send_attempts=tuple(SendAttempt.from_record(a) for a in attempts),
-            call_to=data.get("call_to") or None,
-            caller_id_attestation=data.get("attestation") or None,
-            code_length=int(data["code_length"]) if data.get("code_length") else None,
+            updated_at=int(data.get("u") or data["c"]),
+            check_attempts=int(data.get("k") or 0),
+            send_attempts=tuple(
+                SendAttempt.from_fields(data, index) for index in range(int(data.get("n") or 0))
+            ),
+            call_to=data.get("ct") or None,
+            caller_id_attestation=data.get("at") or None,
+            code_length=int(data["cl"]) if data.get("cl") else None,
         )
 
     def to_api(self) -> dict[str, Any]:

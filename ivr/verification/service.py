@@ -6,27 +6,37 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ivr import logs, phone
+from ivr import keys, logs, phone
 from ivr.config import Rate
 from ivr.metrics import metrics
 from ivr.prompts import PromptCatalogs, UnknownLocale
 from ivr.telephony import Carrier, CarrierError, Receipt
 from ivr.verification import callerid
 from ivr.verification.codes import CodeSecrets, SealError, generate_code
-from ivr.verification.limits import SendLimiter, Window
+from ivr.verification.limits import Counted, SendLimiter, Window
 from ivr.verification.models import (
     SID_SHAPE,
     Channel,
     Status,
     Verification,
+    bucket_of,
     is_call_sid,
     is_sid,
 )
 from ivr.verification.stats import VerificationStats
-from ivr.verification.store import StartResult, VerificationStore, missed_call_scope
+from ivr.verification.store import (
+    CheckResult,
+    Idempotency,
+    Repeated,
+    SendLimited,
+    StartResult,
+    VerificationStore,
+    missed_call_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,7 @@ DELIVERY_STATUSES = frozenset(
 )
 _CODE_LENGTHS = range(4, 11)
 FLASH_CALL_SCOPE = "flash-call"  # flash calls' pending pointer: never a call or SMS code's
+_SWEEP_INTERVAL_SECONDS = 5.0  # how often the expiry sweep looks at every bucket
 # A CallSid our missed-call webhook took is remembered this long (replays are refused).
 _SEEN_CALL_MS = 30 * 86400 * 1000
 
@@ -154,9 +165,10 @@ class CallbackUrls(Protocol):
 
 
 class EventPublisher(Protocol):
-    """Where a verification's end is announced (ivr.events.EventOutbox)."""
+    """Where a verification's end is announced (ivr.events.EventOutbox). The store's scripts
+    queue the event with the end itself; this is told which outbox shard just got one."""
 
-    def publish(self, event_type: str, data: dict[str, object]) -> str: ...
+    def nudge(self, shard: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -248,6 +260,7 @@ class VerificationService:
         self.sms_origin_domain = sms_origin_domain
         self.call_channels = call_channels or CallChannels()
         self.events = events
+        self._swept_at = float("-inf")
 
     # -- starting and sending ------------------------------------------------------------------
 
@@ -261,6 +274,7 @@ class VerificationService:
         client_id: str = "anonymous",
         scope: str | None = None,
         simulated: bool = False,
+        idempotency: Idempotency | None = None,
     ) -> Verification:
         """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one
         (the pending one of `scope` when given: an IVR call's codes are its own). A missed call
@@ -269,7 +283,10 @@ class VerificationService:
         `simulated`: a console simulator's call asks; the code goes to the simulated carrier
         whatever carrier is configured, so a trial never reaches a real phone.
 
-        Raises InvalidRequest, RateLimited or DeliveryFailed.
+        `idempotency`: an Idempotency-Key; a request that came with it before raises Repeated
+        (what it did or answered), and acts on nothing.
+
+        Raises InvalidRequest, RateLimited, DeliveryFailed, Repeated or IdempotencyConflict.
         """
         if channel not in tuple(Channel):
             raise InvalidRequest(
@@ -290,8 +307,28 @@ class VerificationService:
             chosen_locale = self.prompts.resolve_locale(locale, number.country)
         except UnknownLocale as exc:
             raise InvalidRequest("locale", "unknown_locale", str(exc)) from None
+        if idempotency is not None:
+            idempotency.bucket = self.secrets.bucket(number.e164)
+            if (record := self.store.idempotent_record(idempotency)) is not None:
+                raise Repeated(record)  # before any limit counts it again
         try:
-            self._count_send(number, client_id)
+            counted = self._count_send(number, client_id)
+            try:
+                if channel is Channel.MISSED_CALL:
+                    waiting = self._await_missed_call(number, chosen_locale, idempotency)
+                else:
+                    started, code = self._start_with_code(
+                        number, channel, chosen_locale, scope, idempotency
+                    )
+            except SendLimited as exc:  # the number's own limit, counted with the send
+                self.limiter.release(counted)
+                wait = max(1, -(-exc.retry_after_ms // 1000))
+                raise RateLimited(
+                    "number", wait, f"too many codes sent (per number); try again in {wait} s"
+                ) from None
+            except BaseException:
+                self.limiter.release(counted)  # nothing was sent: the count goes back
+                raise
         except RateLimited as exc:
             metrics().sends_refused.labels("limit", exc.scope).inc()
             logs.bind(outcome=f"rate_limited_{exc.scope}")
@@ -299,18 +336,16 @@ class VerificationService:
                 self.stats.failed(channel, number.country or "??", "rate_limited")
             raise
         if channel is Channel.MISSED_CALL:
-            waiting = self._await_missed_call(number, chosen_locale)
             if self.stats is not None:
                 self.stats.started(channel, number.country or "??", waiting.sid)
             return waiting
 
-        started, code = self._start_with_code(number, channel, chosen_locale, scope)
         sid = started.verification.sid
         logs.bind(verification_sid=sid, outcome="created" if started.created else "resent")
         # From here to the settle below, the send is `requested` in Redis (a worker dying in
         # between leaves it so: started minus finished shows it on /metrics).
-        counted = metrics()
-        counted.sends_started.labels(channel).inc()
+        sent = metrics()
+        sent.sends_started.labels(channel).inc()
         if started.created and self.stats is not None:
             self.stats.started(channel, number.country or "??", sid)
         try:
@@ -326,44 +361,44 @@ class VerificationService:
                 status="failed",
                 error=exc.detail,
             )
-            counted.sends_finished.labels(channel, "failed").inc()
+            sent.sends_finished.labels(channel, "failed").inc()
             logs.bind(outcome=f"carrier_{exc.kind}")
+            if status is Status.FAILED:
+                self._nudge(sid)
             failed = self.store.get(sid)
-            if status is Status.FAILED and failed is not None:
-                self._announce(failed)
             if self.stats is not None:
                 self.stats.failed(channel, number.country or "??", "carrier_error")
             raise DeliveryFailed(exc, failed) from None
         settled = self.store.settle(
             sid, started.attempt_index, status=receipt.status, provider_sid=receipt.provider_sid
         )
-        counted.sends_finished.labels(channel, "accepted").inc()
+        sent.sends_finished.labels(channel, "accepted").inc()
         if settled.first_delivery and self.stats is not None:  # once per verification
             self.stats.delivered(channel, number.country)
         return self._require(sid)
 
     def _start_with_code(
-        self, number: phone.PhoneNumber, channel: Channel, locale: str, scope: str | None
+        self,
+        number: phone.PhoneNumber,
+        channel: Channel,
+        locale: str,
+        scope: str | None,
+        idempotency: Idempotency | None = None,
     ) -> tuple[StartResult, str]:
         """Store a new verification with a fresh code, or take the pending one's code for a
         re-send; the result and the code to deliver."""
-        tag = self.secrets.routing_tag(number.e164)
-        new_sid = f"VE{tag}{secrets.token_hex(12)}"
         fields: dict[str, str | int] = {}
         ttl_seconds = self.code_policy.ttl_seconds
         if channel is Channel.FLASH_CALL:
             scope = FLASH_CALL_SCOPE
             flash = self.call_channels
             code = secrets.choice(flash.flash_call_numbers)[-flash.flash_code_length :]
-            fields = {
-                "code_length": flash.flash_code_length,
-                "max_attempts": flash.flash_max_attempts,
-            }
+            fields = {"cl": flash.flash_code_length, "ma": flash.flash_max_attempts}
             ttl_seconds = flash.flash_ttl_seconds
         else:
             code = generate_code(self.code_policy.length)
+        new_sid = self.secrets.new_sid(number.e164, scope)
         started = self.store.start_or_resend(
-            tag=tag,
             new_sid=new_sid,
             to=number.e164,
             channel=channel,
@@ -372,11 +407,12 @@ class VerificationService:
             sealed=self.secrets.seal(new_sid, code),
             ttl_ms=ttl_seconds * 1000,
             retention_ms=self.code_policy.retention_seconds * 1000,
+            send_limit=self.send_limits.per_number,
             scope=scope,
             fields=fields,
+            idempotency=idempotency,
         )
         assert started is not None  # a re-send never answers "taken"
-        self._track(started)
         sid = started.verification.sid
         if not started.created:
             code = self.secrets.unseal(sid, started.sealed_code)
@@ -384,7 +420,7 @@ class VerificationService:
                 # The pool was edited while this one was pending: no number of ours can call
                 # with its code any more. End it (its re-send never happened), start anew.
                 self._end_unsendable(sid, started.attempt_index)
-                return self._start_with_code(number, channel, locale, scope)
+                return self._start_with_code(number, channel, locale, scope, idempotency)
         log.info(
             "verification %s: %s via %s to %s",
             sid,
@@ -400,9 +436,11 @@ class VerificationService:
         )
         ended = self.store.cancel(sid)
         if ended is not None and ended[0]:
-            self._announce_sid(sid)
+            self._nudge(sid)
 
-    def _await_missed_call(self, number: phone.PhoneNumber, locale: str) -> Verification:
+    def _await_missed_call(
+        self, number: phone.PhoneNumber, locale: str, idempotency: Idempotency | None = None
+    ) -> Verification:
         """A verification that the user's call to one of our missed-call numbers approves.
 
         Always a new one, never the pending one of an earlier request: whoever holds a missed-call
@@ -410,13 +448,12 @@ class VerificationService:
         asker. Each waits on a number of the pool of its own (a call approves the verification
         waiting on the number it rang); when all of them are taken for this phone, MissedCallsBusy.
         """
-        tag = self.secrets.routing_tag(number.e164)
         pool = list(self.call_channels.missed_call_numbers)
         secrets.SystemRandom().shuffle(pool)  # spread load over the pool
-        for call_to in pool:
+        for asked, call_to in enumerate(pool, 1):
+            scope = missed_call_scope(call_to)
             started = self.store.start_or_resend(
-                tag=tag,
-                new_sid=f"VE{tag}{secrets.token_hex(12)}",
+                new_sid=self.secrets.new_sid(number.e164, scope),
                 to=number.e164,
                 channel=Channel.MISSED_CALL,
                 locale=locale,
@@ -424,13 +461,15 @@ class VerificationService:
                 sealed="",
                 ttl_ms=self.call_channels.missed_call_ttl_seconds * 1000,
                 retention_ms=self.code_policy.retention_seconds * 1000,
-                scope=missed_call_scope(call_to),
+                send_limit=self.send_limits.per_number,
+                scope=scope,
                 resend=False,
                 first_status="awaiting_call",
-                fields={"call_to": call_to},
+                fields={"ct": call_to},
+                count_if_taken=asked == len(pool),  # every one taken: that still counts
+                idempotency=idempotency,
             )
             if started is not None:
-                self._track(started)
                 log.info(
                     "verification %s: awaiting a call from %s",
                     started.verification.sid,
@@ -462,21 +501,23 @@ class VerificationService:
         except phone.NumberRefused as exc:
             raise InvalidRequest("to", exc.reason, exc.detail) from None
 
-    def _count_send(self, number: phone.PhoneNumber, client_id: str) -> None:
-        refusal = self.limiter.acquire(
+    def _count_send(self, number: phone.PhoneNumber, client_id: str) -> Counted:
+        """Count the send in the prefix and client windows (the number's own is counted by the
+        store, with the send); RateLimited when one is full."""
+        refusal, counted = self.limiter.acquire(
             [
-                Window("number", number.e164, self.send_limits.per_number),
                 Window("prefix", number.prefix, self.send_limits.per_prefix),
                 Window("client", client_id, self.send_limits.per_client),
             ]
         )
-        if refusal:
-            raise RateLimited(
-                refusal.scope,
-                refusal.retry_after_seconds,
-                f"too many codes sent (per {refusal.scope}); "
-                f"try again in {refusal.retry_after_seconds} s",
-            )
+        if refusal is None:
+            return counted
+        raise RateLimited(
+            refusal.scope,
+            refusal.retry_after_seconds,
+            f"too many codes sent (per {refusal.scope}); "
+            f"try again in {refusal.retry_after_seconds} s",
+        )
 
     def _deliver(
         self, sid: str, to: str, channel: Channel, locale: str, code: str, carrier: Carrier
@@ -516,11 +557,18 @@ class VerificationService:
     # -- checking ----------------------------------------------------------------------------
 
     def check(
-        self, *, code: object, sid: object = None, to: object = None, country: object = None
+        self,
+        *,
+        code: object,
+        sid: object = None,
+        to: object = None,
+        country: object = None,
+        idempotency: Idempotency | None = None,
     ) -> CheckOutcome:
         """Check a code against the verification `sid`, or the number's pending one.
 
-        Raises InvalidRequest, NotFound, NotPending or RateLimited (the number's failure budget).
+        Raises InvalidRequest, NotFound, NotPending, RateLimited (the number's failure budget),
+        Repeated (`idempotency` names a request that came before) or IdempotencyConflict.
         """
         if not isinstance(code, str) or not code.isascii() or not code.isdigit():
             raise InvalidRequest("code", "invalid_code", "code must be a string of digits")
@@ -529,9 +577,11 @@ class VerificationService:
         if sid is None and to is None:
             raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
         lookup: dict[str, str] = {}
+        number_key: tuple[str, str] | None = None
         if to is not None:  # with a sid too, the verification must be for this number
             e164 = _parse_number(to, country).e164
-            lookup.update(tag=self.secrets.routing_tag(e164), to=e164)
+            lookup.update(to=e164)
+            number_key = (self.secrets.bucket(e164), self.secrets.number_id(e164))
             # A flash-call code is shorter than any call or SMS code (4-5 digits against 6-10):
             # its length says which of the number's pending verifications it is for.
             flash = self.call_channels
@@ -541,25 +591,42 @@ class VerificationService:
             if not is_sid(sid):
                 raise InvalidRequest("sid", "invalid_sid", f"sid must be {SID_SHAPE}")
             lookup["sid"] = str(sid)
+        if idempotency is not None:
+            idempotency.bucket = bucket_of(str(sid)) if sid is not None else number_key[0]
+            if (record := self.store.idempotent_record(idempotency)) is not None:
+                raise Repeated(record)
         result = self.store.check(
             digest=self.secrets.digest(code),
             max_attempts=self.code_policy.max_attempts,
             failure_budget=self.code_policy.failure_budget,
+            number=number_key,
+            idempotency=idempotency,
             **lookup,
         )
-        metrics().checks.labels(result.outcome).inc()
+        return self._checked(result, by_sid=sid is not None)
+
+    def checked_before(self, outcome: str, sid: str, status: str) -> CheckOutcome:
+        """The answer to a check whose request came before with this Idempotency-Key and acted
+        (its outcome, as the script recorded it), given again without acting."""
+        verification = self._require(sid)
+        result = CheckResult(outcome, sid, Status(status), verification.to)
+        return self._checked(result, by_sid=True, again=True)
+
+    def _checked(self, result: CheckResult, *, by_sid: bool, again: bool = False) -> CheckOutcome:
+        if not again:
+            metrics().checks.labels(result.outcome).inc()
         logs.bind(verification_sid=result.sid, outcome=result.outcome)
         if result.outcome == "other_number":
             raise OtherNumber()
         if result.outcome == "not_found" or result.sid is None or result.status is None:
-            raise NotFound("no verification with this sid" if sid else NOTHING_PENDING)
+            raise NotFound("no verification with this sid" if by_sid else NOTHING_PENDING)
         if result.outcome == "not_checkable":
             raise NotCheckable(result.sid)
         ended_now = result.outcome in ("approved", "expired") or (
             result.outcome == "wrong" and result.status is Status.MAX_ATTEMPTS_REACHED
         )
-        if ended_now:
-            self._announce_sid(result.sid)
+        if ended_now and not again:
+            self._nudge(result.sid)
             self._count_outcome(result.sid, result.outcome)
         if result.outcome in ("not_pending", "expired"):
             raise NotPending(result.sid, result.status)
@@ -570,7 +637,8 @@ class VerificationService:
                 wait,
                 f"too many wrong codes for this number; try again in {wait} s",
             )
-        log.info("verification %s: check %s", result.sid, result.outcome)
+        if not again:
+            log.info("verification %s: check %s", result.sid, result.outcome)
         return CheckOutcome(result.sid, result.status, result.to or "")
 
     # -- reading and ending --------------------------------------------------------------------
@@ -590,7 +658,7 @@ class VerificationService:
         ended_now, status = result
         verification = self._require(str(sid))
         if ended_now:
-            self._announce(verification)
+            self._nudge(str(sid))
             if status is Status.EXPIRED and self.stats is not None:  # found past its expiry
                 self.stats.failed(verification.channel, _country(verification.to), "expired")
         if not ended_now or status is not Status.CANCELED:
@@ -643,8 +711,7 @@ class VerificationService:
             return "invalid_caller"  # withheld, anonymous, garbage: nothing to match
         trust = callerid.assess(stir_verstat, self.call_channels.min_attestation)
         outcome, sid = self.store.approve_by_call(
-            tag=self.secrets.routing_tag(number.e164),
-            caller=number.e164,
+            number=(self.secrets.bucket(number.e164), self.secrets.number_id(number.e164)),
             called=ours,
             call_sid=call_sid,
             attestation=trust.attestation,
@@ -660,7 +727,7 @@ class VerificationService:
             f", verification {sid}" if sid else "",
         )
         if sid and outcome in ("approved", "expired"):
-            self._announce_sid(sid)
+            self._nudge(sid)
             self._count_outcome(sid, outcome)
         elif outcome == "refused" and self.stats is not None:
             self.stats.failed(Channel.MISSED_CALL, number.country or "??", "caller_id_untrusted")
@@ -668,39 +735,33 @@ class VerificationService:
 
     # -- announcing ends -----------------------------------------------------------------------
 
-    def _announce(self, verification: Verification) -> None:
-        """Tell the app (EVENTS_WEBHOOK_URL) that a verification ended; never fails the caller:
-        the app can always read GET /v1/verifications/{sid}."""
-        if self.events is None or verification.status is Status.PENDING:
+    def _nudge(self, sid: str) -> None:
+        """The store queued the event announcing this end in the sid's bucket: tell the
+        dispatcher where to look. Never fails the caller: a lost hint only delays the event
+        until the dispatcher's next visit of every bucket."""
+        if self.events is None:
             return
         try:
-            self.events.publish(f"verification.{verification.status}", verification.to_api())
+            self.events.nudge(f"v{bucket_of(sid)}")
         except Exception:
-            log.exception("verification %s: event not queued", verification.sid)
+            log.warning("verification %s: the events hint was not left", sid, exc_info=True)
 
-    def _track(self, started: StartResult) -> None:
-        """A new verification joins the expiry sweep (only when events are announced)."""
-        if self.events is not None and started.created:
-            self.store.track_expiry(started.verification)
-
-    def expire_due(self, limit: int = 100, lease_ms: int = 60_000) -> int:
-        """End verifications past their expiry that nobody checked, and announce
-        verification.expired for each; how many this call ended. Run by the events thread."""
+    def expire_due(self, limit: int = 100) -> int:
+        """End verifications past their expiry that nobody checked (their end queues
+        verification.expired); how many this call ended. Every bucket at once (one round trip
+        per master), at most every few seconds. Run by the events thread."""
+        now = time.monotonic()
+        if self.events is None or now - self._swept_at < _SWEEP_INTERVAL_SECONDS:
+            return 0
+        self._swept_at = now
         ended = 0
-        for sid in self.store.claim_expired(limit, lease_ms):
+        for sid in self.store.due_expiries(list(keys.BUCKETS), limit):
             result = self.store.cancel(sid, only_if_expired=True)
             if result is not None and result[0]:
                 ended += 1
-                self._announce_sid(sid)
+                self._nudge(sid)
                 self._count_outcome(sid, "expired")
-            self.store.untrack_expiry(sid)  # ended now, earlier, or gone: off the list
         return ended
-
-    def _announce_sid(self, sid: str) -> None:
-        if self.events is not None:
-            verification = self.store.get(sid)
-            if verification is not None:
-                self._announce(verification)
 
     def record_delivery(self, sid: str, provider_sid: str, status: str, error: str = "") -> bool:
         """Apply a carrier status callback to its send attempt; False when it does not apply."""

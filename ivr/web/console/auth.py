@@ -57,10 +57,15 @@ def sign_in() -> Any:
             # sign in, and only wrong passwords use up the limits.
             limiter, attempt = services().verifications.limiter, secrets.token_hex(8)
             windows = [
-                Window("console-sign-in-user", username or "-", SIGN_IN_PER_USER),
-                Window("console-sign-in-address", request.remote_addr or "-", SIGN_IN_PER_ADDRESS),
+                Window("console-sign-in-user", username or "-", SIGN_IN_PER_USER, exact=True),
+                Window(
+                    "console-sign-in-address",
+                    request.remote_addr or "-",
+                    SIGN_IN_PER_ADDRESS,
+                    exact=True,
+                ),
             ]
-            refusal = limiter.acquire(windows, member=attempt)
+            refusal, _counted = limiter.acquire(windows, member=attempt)
             if refusal is not None:
                 minutes = max(1, -(-refusal.retry_after_seconds // 60))
                 error = f"Too many sign-in attempts. Try again in {minutes} minute(s)."
