@@ -8,9 +8,13 @@ which one would count is ambiguous, and a gateway in front may have checked the 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
@@ -28,6 +32,7 @@ from ivr.simulator import PhoneSimulator
 from ivr.telephony import SimulatedCarrier
 from ivr.verification.models import is_call_sid
 from ivr.verification.service import (
+    CheckOutcome,
     DeliveryFailed,
     InvalidRequest,
     MissedCallsBusy,
@@ -38,10 +43,12 @@ from ivr.verification.service import (
     RateLimited,
     VerificationError,
 )
+from ivr.verification.store import Idempotency, IdempotencyConflict, Repeated, stored_answer
 from ivr.web.bodies import BodyRefused, json_object, unique_fields
 from ivr.web.errors import problem, shortened
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
 
 
 class VerificationSegment(BaseConverter):
@@ -246,6 +253,98 @@ def _phone_taken(exc: PhoneTaken) -> Response:
 # -- verifications -----------------------------------------------------------------------------
 
 
+# -- Idempotency-Key (POST /verifications and /verifications/check) ---------------------------
+# A client that timed out does not know whether its request acted. Sent again with the same
+# Idempotency-Key (within 24 hours, same parameters), it gets the first answer and nothing acts
+# twice: the script that acted recorded what it did in the same atomic step, and once the
+# answer is made it replaces that record (see VerificationStore). Stripe's and the IETF draft's
+# semantics: another request's parameters under a used key are a 422; the header on a replay
+# says Idempotent-Replayed: true.
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+
+def _idempotency(operation: str, fields: dict[str, Any]) -> Idempotency | None:
+    """The request's Idempotency-Key as the core keeps it, or None without one. The code of a
+    check enters the fingerprint only as its HMAC (never a bare hash of a code in Redis)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key) or len(request.headers.getlist(IDEMPOTENCY_HEADER)) > 1:
+        raise BodyError(
+            400,
+            "invalid_idempotency_key",
+            "Invalid Idempotency-Key",
+            "Idempotency-Key must be one header of 1 to 255 printable ASCII characters "
+            "(a UUID, say)",
+        )
+    shown = {name: value for name, value in fields.items() if name != "code"}
+    if isinstance(fields.get("code"), str):
+        shown["code"] = services().code_secrets.digest(fields["code"])
+    canonical = json.dumps([operation, shown], sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{g.client_id}\0{operation}\0{key}".encode()).hexdigest()[:32]
+    g.idempotency = Idempotency(digest, fingerprint)
+    return g.idempotency
+
+
+@blueprint.after_request
+def _remember_the_answer(response: Response) -> Response:
+    """Keep the whole answer of a request that acted under an Idempotency-Key (not a 5xx: that
+    one's outcome is unknown, and the retry must find out)."""
+    idempotency: Idempotency | None = g.pop("idempotency", None)
+    if (
+        idempotency is None
+        or idempotency.bucket is None
+        or response.status_code >= 500
+        or response.headers.get("Idempotent-Replayed")
+    ):
+        return response
+    try:
+        services().verifications.store.remember_answer(
+            idempotency, response.status_code, response.get_data(as_text=True)
+        )
+    except redis.RedisError:  # the record of what acted stays: a retry still learns it
+        log.warning("the answer under an Idempotency-Key was not kept", exc_info=True)
+    return response
+
+
+@blueprint.errorhandler(Repeated)
+def _repeated(exc: Repeated) -> Response:
+    kind, parts = stored_answer(exc.record)
+    if kind == "answer":
+        status, text = int(parts[0]), parts[1]
+        mimetype = "application/problem+json" if status >= 400 else "application/json"
+        response = Response(text, status=status, mimetype=mimetype)
+        if status == 201:
+            sid = json.loads(text).get("sid", "")
+            response.headers["Location"] = url_for("api.get_verification", sid=sid)
+    else:
+        outcome, sid, status_text = parts
+        if request.endpoint == "api.check_verification":
+            checked = services().verifications.checked_before(outcome, sid, status_text)
+            response = _check_answer(checked)
+        else:
+            verification = services().verifications.get(sid)
+            response = jsonify(verification.to_api())
+            response.status_code = 201
+            response.headers["Location"] = url_for("api.get_verification", sid=sid)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@blueprint.errorhandler(IdempotencyConflict)
+def _idempotency_conflict(_exc: IdempotencyConflict) -> Response:
+    return problem(
+        422,
+        "idempotency_key_reused",
+        "Idempotency-Key already used",
+        "this Idempotency-Key was first sent with other parameters; use a new key for a new "
+        "request",
+    )
+
+
 @blueprint.post("/verifications")
 def start_verification() -> tuple[Response, int, dict[str, str]]:
     """Send a code (or re-send the pending one) by call, SMS or flash call; or open a
@@ -257,6 +356,7 @@ def start_verification() -> tuple[Response, int, dict[str, str]]:
         locale=fields.get("locale"),
         country=fields.get("country"),
         client_id=g.client_id,
+        idempotency=_idempotency("start", fields),
     )
     location = url_for("api.get_verification", sid=verification.sid)
     return jsonify(verification.to_api()), 201, {"Location": location}
@@ -271,7 +371,12 @@ def check_verification() -> Response:
         sid=fields.get("sid"),
         to=fields.get("to"),
         country=fields.get("country"),
+        idempotency=_idempotency("check", fields),
     )
+    return _check_answer(outcome)
+
+
+def _check_answer(outcome: CheckOutcome) -> Response:
     return jsonify(
         {
             "sid": outcome.sid,

@@ -135,7 +135,8 @@ def _store_unavailable(exc: redis.RedisError) -> Response:
         503,
         "store_unavailable",
         "State store unavailable",
-        "Redis did not answer; nothing was changed. Try again shortly.",
+        "Redis did not answer in time. Nothing was read; of a request that changes state, the "
+        "outcome is unknown: send it again with the same Idempotency-Key to learn it.",
         headers={"Retry-After": "5"},
     )
 
