@@ -277,3 +277,21 @@ def test_show_prints_a_customer_or_fails(directory, tmp_path):
     missing = run("customers", "show", "1234")
     assert missing.exit_code == 1
     assert "no customer 1234" in missing.output
+
+
+def test_migrate_moves_customers_and_tokens_from_the_single_slot_layout(directory, redis_client):
+    from ivr import keys
+
+    redis_client.hset(
+        keys.legacy_customer("12345678"),
+        mapping={"id": "12345678", "phone": "+14155550161", "name": "Ada", "sms": "0"},
+    )
+    redis_client.hset(keys.legacy_customer_phones(), "+14155550161", "12345678")
+    result = run("migrate")
+    assert result.exit_code == 0, result.output
+    assert "1 customer(s) and 0 API token(s) moved." in result.stdout
+    assert directory.find_by_phone("+14155550161") == Customer(
+        "12345678", "+14155550161", "Ada", sms=False
+    )
+    again = run("migrate")
+    assert "0 customer(s) and 0 API token(s) moved." in again.stdout
