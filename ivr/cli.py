@@ -179,52 +179,102 @@ class RedisFindings:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _NodeFacts:
+    """What one Redis server (or one cluster master) says of how it keeps data."""
+
+    policy: str
+    aof: bool
+    snapshots: str | None  # the `save` points; None when CONFIG GET is refused
+    refused: str
+    role: str
+    replicas: int
+
+
+def _node_facts(client: Any, node: Any = None) -> _NodeFacts:
+    """Ask one server: `node` is a cluster master (INFO and CONFIG go to one node each, never
+    through a pipeline, which a cluster client refuses them in); None for a lone server."""
+    target = {} if node is None else {"target_nodes": node}
+    memory = client.info("memory", **target)
+    persistence = client.info("persistence", **target)
+    replication = client.info("replication", **target)
+    snapshots: str | None = None
+    refused = ""
+    try:
+        snapshots = str(client.config_get("save", **target).get("save", "")).strip()
+    except redis.RedisError as exc:  # managed services and ACLs often refuse CONFIG
+        refused = f"CONFIG GET refused: {type(exc).__name__}"
+    return _NodeFacts(
+        memory.get("maxmemory_policy", "unknown"),
+        bool(persistence.get("aof_enabled")),
+        snapshots,
+        refused,
+        str(replication.get("role", "unknown")),
+        int(replication.get("connected_slaves", 0)),
+    )
+
+
 def redis_findings(url: str) -> RedisFindings:
     """Ask the Redis at `url` (once, failing fast) whether it can hold the app's state: it
-    answers, never evicts, and persists. Replicas are reported, not required."""
+    answers, never evicts, and persists; on a cluster, every master is asked. Replicas are
+    reported, not required."""
+    from redis.cluster import RedisCluster
+
     from ivr.store import connect
 
     client = connect(url)
-    snapshots: str | None = None  # the `save` points; None when CONFIG GET is refused
-    refused = ""
     try:
         client.ping()
-        memory, persistence = client.info("memory"), client.info("persistence")
-        replication = client.info("replication")
-        try:
-            snapshots = str(client.config_get("save").get("save", "")).strip()
-        except redis.RedisError as exc:  # managed services and ACLs often refuse CONFIG
-            refused = f"CONFIG GET refused: {type(exc).__name__}"
+        if isinstance(client, RedisCluster):
+            nodes = {node.name: _node_facts(client, node) for node in client.get_primaries()}
+        else:
+            nodes = {"": _node_facts(client)}
     except redis.RedisError as exc:
         problem = f"REDIS_URL does not answer ({type(exc).__name__})"
         return RedisFindings(f"{problem}.", [f"{problem}: the app cannot serve without it."])
     finally:
         client.close()
-    policy = memory.get("maxmemory_policy", "unknown")
-    aof = bool(persistence.get("aof_enabled"))
-    shown_snapshots = "(not readable)" if snapshots is None else snapshots or "none"
-    found = RedisFindings(
-        f"Redis answers: maxmemory-policy {policy}, appendonly {'yes' if aof else 'no'}, "
-        f"save {shown_snapshots}, {replication.get('role', 'unknown')} with "
-        f"{replication.get('connected_slaves', 0)} replica(s)."
-    )
-    if policy != "noeviction":
+    found = RedisFindings(_summary(nodes))
+    evicting = {name: facts.policy for name, facts in nodes.items() if facts.policy != "noeviction"}
+    if evicting:
+        policies = ", ".join(sorted(set(evicting.values())))
+        where = "" if "" in nodes else f" on {', '.join(sorted(evicting))}"
         found.gaps.append(
-            f"Redis's maxmemory-policy is {policy}: use noeviction, or codes, send limits and "
-            "call state may be evicted under memory pressure."
+            f"Redis's maxmemory-policy is {policies}{where}: use noeviction, or codes, send "
+            "limits and call state may be evicted under memory pressure."
         )
-    if aof:
-        return found
-    if snapshots is None:
+    unread = [
+        facts.refused for facts in nodes.values() if not facts.aof and facts.snapshots is None
+    ]
+    if unread:
         found.notes.append(
-            f"Redis persistence not checked ({refused}): make sure AOF or RDB snapshots are on."
+            f"Redis persistence not checked ({unread[0]}): make sure AOF or RDB snapshots are on."
         )
-    elif not snapshots:
+    volatile = sorted(name for name, f in nodes.items() if not f.aof and f.snapshots == "")
+    if volatile:
+        where = "" if "" in nodes else f" on {', '.join(volatile)}"
         found.gaps.append(
-            "Redis persists nothing (appendonly no, no save points): a restart loses the "
-            "customer directory, published flows, sessions and send limits."
+            f"Redis persists nothing{where} (appendonly no, no save points): a restart loses "
+            "the customer directory, published flows, sessions and send limits."
         )
     return found
+
+
+def _summary(nodes: dict[str, _NodeFacts]) -> str:
+    """One line for a lone server; for a cluster, one line per master."""
+
+    def described(facts: _NodeFacts) -> str:
+        shown = "(not readable)" if facts.snapshots is None else facts.snapshots or "none"
+        return (
+            f"maxmemory-policy {facts.policy}, appendonly {'yes' if facts.aof else 'no'}, "
+            f"save {shown}, {facts.role} with {facts.replicas} replica(s)"
+        )
+
+    if "" in nodes:
+        return f"Redis answers: {described(nodes[''])}."
+    lines = [f"Redis Cluster answers: {len(nodes)} master(s)."]
+    lines += [f"  {name}: {described(facts)}." for name, facts in sorted(nodes.items())]
+    return "\n".join(lines)
 
 
 @main.group()
@@ -421,6 +471,17 @@ def customers_show(customer_id: str) -> None:
         raise click.ClickException(f"no customer {customer_id}")
     for name, value in customer.to_api().items():
         click.echo(f"{name}: {'(unset)' if value is None else value}")
+
+
+@main.command("migrate")
+def migrate() -> None:
+    """Move data kept in an older key layout into today's (run once after upgrading; running
+    it again does nothing). Today: customers and API tokens, once in one slot each, now
+    sharded over Redis Cluster slots."""
+    ivr = _app().extensions["ivr"]
+    customers_moved = ivr.customers.migrate_legacy_layout()
+    tokens_moved = ivr.api_tokens.migrate_legacy_layout()
+    click.echo(f"{customers_moved} customer(s) and {tokens_moved} API token(s) moved.")
 
 
 # The call-center team's tools live with the flows they serve (ivr/flow_cli.py).

@@ -1,10 +1,13 @@
 """The customer directory: who is on file, with which phone, so the IVR can identify a caller.
 
-No Flask here. Customers live in Redis, one hash each, plus a phone → id index that caller-ID
-identification reads; both change together inside one Lua script, so the index never points at a
-customer who moved to another phone or was deleted. A phone belongs to at most one customer: a
-second customer claiming it is refused (`PhoneTaken`), since caller-ID identification must find
-exactly one person. An id is an account number a caller can type on a keypad.
+No Flask here. Customers live in Redis, one hash each, spread over shards (slots) by id, plus a
+phone → id index, sharded by phone, that caller-ID identification reads. A record and its phone's
+entry are in different slots, so they change in order (ivr.claims: claim the phone, write the
+record, release the old phone) and an entry is believed only when the record it names holds
+that phone: a crash between steps leaves at worst a disbelieved claim, never a wrong match. A
+phone belongs to at most one customer: a second customer claiming it is refused (`PhoneTaken`),
+since caller-ID identification must find exactly one person. An id is an account number a
+caller can type on a keypad.
 
 When the directory has no match, an optional CRM (`CUSTOMER_LOOKUP_URL`) is asked over a signed
 HTTP request; whatever goes wrong there is logged and treated as "not found", never raised into a
@@ -28,12 +31,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeGuard
 
-import redis
 import requests
 
-from ivr import keys, phone
+from ivr import claims, keys, phone
 from ivr.prompts import LOCALE_PATTERN
-from ivr.store import hash_from_flat
+from ivr.store import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -192,48 +194,33 @@ def _valid_locale(locale: object, resolve_locale: ResolveLocale | None) -> str |
 
 # -- Redis ---------------------------------------------------------------------------------------
 
-# Store a customer and point the phone index at it; a phone held by another customer is refused.
-# An index entry whose customer hash is gone (written by hand, say) does not block the phone.
-# KEYS[1] the customer's hash  KEYS[2] phone index (hash phone → id)
-# ARGV[1] customer key prefix (same {customers} tag)  ARGV[2] id  ARGV[3] phone (E.164)
-# ARGV[4] name  ARGV[5] sms "1"/"0"  ARGV[6] locale ("" for none)
-# Returns {"created" | "replaced", ""}, or {"phone_taken", id of the customer holding the phone}.
-PUT_CUSTOMER = """
-local holder = redis.call('HGET', KEYS[2], ARGV[3])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. holder) == 1 then
-  return {'phone_taken', holder}
-end
-local old_phone = redis.call('HGET', KEYS[1], 'phone')
-if old_phone and old_phone ~= ARGV[3] and redis.call('HGET', KEYS[2], old_phone) == ARGV[2] then
-  redis.call('HDEL', KEYS[2], old_phone)
-end
+# Write a customer's record (step 2 of a put, see ivr.claims) and list its id in its shard; the
+# phone was claimed first, and that claim's entry is kept so the old phone can be released.
+# KEYS[1] the customer's hash  KEYS[2] its shard's id set (same {customers:<shard>} tag)
+# ARGV[1] id  ARGV[2] phone (E.164)  ARGV[3] name  ARGV[4] sms "1"/"0"  ARGV[5] locale ("" none)
+# ARGV[6] the phone's claim entry ("<id>|<ms>")
+# Returns {old phone, old claim entry}: {"", ""} when the customer is new.
+WRITE_CUSTOMER = """
+local old = redis.call('HMGET', KEYS[1], 'phone', 'claim')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'id', ARGV[2], 'phone', ARGV[3], 'name', ARGV[4], 'sms', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'locale', ARGV[6]) end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
-return {old_phone and 'replaced' or 'created', ''}
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'phone', ARGV[2], 'name', ARGV[3], 'sms', ARGV[4],
+           'claim', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'locale', ARGV[5]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+return {old[1] or '', old[2] or ''}
 """
 
-# Remove a customer and its phone's index entry (if the entry is still theirs).
-# KEYS[1] the customer's hash  KEYS[2] phone index
+# Remove a customer's record and its id from its shard (step 1 of a delete; the phone's claim is
+# released after, and a claim whose record is gone is disbelieved meanwhile).
+# KEYS[1] the customer's hash  KEYS[2] its shard's id set
 # ARGV[1] id
-# Returns 1 when the customer existed, else 0.
+# Returns {phone, claim entry} of the removed customer, or {} when there was none.
 DELETE_CUSTOMER = """
-local old_phone = redis.call('HGET', KEYS[1], 'phone')
-if not old_phone then return 0 end
-if redis.call('HGET', KEYS[2], old_phone) == ARGV[1] then redis.call('HDEL', KEYS[2], old_phone) end
+local old = redis.call('HMGET', KEYS[1], 'phone', 'claim')
+redis.call('SREM', KEYS[2], ARGV[1])
+if not old[1] then return {} end
 redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# The customer holding a phone, in one round trip (the identify node runs inside a webhook).
-# KEYS[1] phone index
-# ARGV[1] phone (E.164)  ARGV[2] customer key prefix (same {customers} tag)
-# Returns the customer hash as HGETALL pairs, or an empty list.
-FIND_BY_PHONE = """
-local id = redis.call('HGET', KEYS[1], ARGV[1])
-if not id then return {} end
-return redis.call('HGETALL', ARGV[2] .. id)
+return {old[1], old[2] or ''}
 """
 
 
@@ -259,32 +246,139 @@ class ImportResult:
 
 
 class CustomerDirectory:
-    """Customers on file in Redis, with the phone → id index kept right by Lua scripts."""
+    """Customers on file in Redis, sharded over slots, with a phone → id index sharded by
+    phone. A record and its phone's entry are in different slots: every change follows
+    ivr.claims (claim the phone, write the record, release the old phone), and the index is
+    believed only where the record agrees, so a crash between steps never lets two customers
+    hold one phone nor identifies a caller wrongly."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: RedisClient, clock_ms: Callable[[], int] = claims.now_ms):
         self.redis = client
-        self._put = client.register_script(PUT_CUSTOMER)
+        self._clock = clock_ms
+        self._write = client.register_script(WRITE_CUSTOMER)
         self._delete = client.register_script(DELETE_CUSTOMER)
-        self._find = client.register_script(FIND_BY_PHONE)
+        self._claim = client.register_script(claims.CLAIM)
+        self._release = client.register_script(claims.RELEASE)
 
-    def _put_args(self, customer: Customer) -> dict[str, list[Any]]:
-        return {
-            "keys": [keys.customer(customer.id), keys.customer_phones()],
-            "args": [
-                keys.customer_prefix(),
-                customer.id,
-                customer.phone,
-                customer.name,
-                "1" if customer.sms else "0",
-                customer.locale or "",
-            ],
-        }
+    # -- the steps of a put (public so that tests can stop between them) ----------------------
+
+    def claim_phones(self, customers: list[Customer]) -> list[str | PhoneTaken]:
+        """Step 1: claim each customer's phone; its claim entry, or PhoneTaken when the phone
+        is another customer's (their record agrees, or their claim is in flight). A claim left
+        by a crash (its record disagrees, older than the grace) is taken over."""
+        now = self._clock()
+        pipe = self.redis.pipeline(transaction=False)
+        for customer in customers:
+            claims.queue_script(
+                pipe,
+                self._claim,
+                [keys.customer_phones(customer.phone)],
+                [customer.phone, customer.id, now, ""],
+            )
+        outcomes: list[str | PhoneTaken] = []
+        refused: list[tuple[int, claims.Claim]] = []
+        for index, (won, entry) in enumerate(pipe.execute()):
+            outcomes.append(entry)
+            if not won:
+                refused.append((index, claims.Claim.parse(entry)))
+        if not refused:
+            return outcomes
+        phones = self._phones_of([held.owner for _, held in refused])
+        pipe = self.redis.pipeline(transaction=False)
+        retaken: list[int] = []
+        for index, held in refused:
+            customer = customers[index]
+            if phones.get(held.owner) == customer.phone or held.in_flight(now):
+                outcomes[index] = PhoneTaken(customer.id, held.owner)
+                continue
+            retaken.append(index)
+            claims.queue_script(
+                pipe,
+                self._claim,
+                [keys.customer_phones(customer.phone)],
+                [customer.phone, customer.id, now, held.entry],
+            )
+        for index, (won, entry) in zip(retaken, pipe.execute(), strict=True):
+            holder = claims.Claim.parse(entry).owner
+            outcomes[index] = entry if won else PhoneTaken(customers[index].id, holder)
+        return outcomes
+
+    def write_records(self, claimed: list[tuple[Customer, str]]) -> list[tuple[str, str]]:
+        """Step 2: write each customer's record with its phone's claim entry; for each, the
+        (phone, claim entry) it held before ("", "" when new). ClaimLapsed, nothing written,
+        when a claim is too old to trust."""
+        now = self._clock()
+        for _, entry in claimed:
+            claims.check_not_lapsed(claims.Claim.parse(entry).claimed_at, now)
+        pipe = self.redis.pipeline(transaction=False)
+        for customer, entry in claimed:
+            claims.queue_script(
+                pipe,
+                self._write,
+                [keys.customer(customer.id), keys.customer_ids(keys.customer_shard(customer.id))],
+                [
+                    customer.id,
+                    customer.phone,
+                    customer.name,
+                    "1" if customer.sms else "0",
+                    customer.locale or "",
+                    entry,
+                ],
+            )
+        return [(old_phone, old_entry) for old_phone, old_entry in pipe.execute()]
+
+    def release_phones(self, released: list[tuple[str, str]]) -> None:
+        """Step 3: release each (phone, claim entry), unless the entry changed since."""
+        if not released:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for phone_number, entry in released:
+            claims.queue_script(
+                pipe, self._release, [keys.customer_phones(phone_number)], [phone_number, entry]
+            )
+        pipe.execute()
+
+    def _put_many(self, customers: list[Customer]) -> list[str | PhoneTaken]:
+        """Put customers whose phones are distinct: "created", "replaced" or PhoneTaken each."""
+        outcomes = self.claim_phones(customers)
+        claimed = [
+            (customer, entry)
+            for customer, entry in zip(customers, outcomes, strict=True)
+            if isinstance(entry, str)
+        ]
+        previous = self.write_records(claimed) if claimed else []
+        self.release_phones(
+            [
+                (old_phone, old_entry)
+                for (customer, _), (old_phone, old_entry) in zip(claimed, previous, strict=True)
+                if old_phone and old_phone != customer.phone
+            ]
+        )
+        written = iter(previous)
+        return [
+            outcome
+            if isinstance(outcome, PhoneTaken)
+            else ("replaced" if next(written)[0] else "created")
+            for outcome in outcomes
+        ]
+
+    def _phones_of(self, customer_ids: Iterable[str]) -> dict[str, str | None]:
+        """Each customer's phone on file (None for no such customer)."""
+        ids = sorted(
+            {customer_id for customer_id in customer_ids if is_account_number(customer_id)}
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for customer_id in ids:
+            pipe.hget(keys.customer(customer_id), "phone")
+        return dict(zip(ids, pipe.execute(), strict=True)) if ids else {}
+
+    # -- the directory --------------------------------------------------------------------------
 
     def put(self, customer: Customer) -> bool:
         """Create or replace a customer; True when created. Raises PhoneTaken."""
-        outcome, holder = self._put(**self._put_args(customer))
-        if outcome == "phone_taken":
-            raise PhoneTaken(customer.id, holder)
+        [outcome] = self._put_many([customer])
+        if isinstance(outcome, PhoneTaken):
+            raise outcome
         return outcome == "created"
 
     def get(self, customer_id: str) -> Customer | None:
@@ -293,30 +387,51 @@ class CustomerDirectory:
             return None
         return _from_record(self.redis.hgetall(keys.customer(customer_id)))
 
+    def delete_record(self, customer_id: str) -> tuple[str, str] | None:
+        """Step 1 of a delete: remove the record; its (phone, claim entry), None if none."""
+        shard = keys.customer_ids(keys.customer_shard(customer_id))
+        removed = self._delete(keys=[keys.customer(customer_id), shard], args=[customer_id])
+        return (removed[0], removed[1]) if removed else None
+
     def delete(self, customer_id: str) -> bool:
-        """Remove a customer and its phone from the index; False when there was none."""
+        """Remove a customer, then release its phone; False when there was none."""
         if not is_account_number(customer_id):
             return False
-        removed = self._delete(
-            keys=[keys.customer(customer_id), keys.customer_phones()], args=[customer_id]
-        )
-        return bool(removed)
+        removed = self.delete_record(customer_id)
+        if removed is None:
+            return False
+        self.release_phones([removed])
+        return True
 
     def find_by_phone(self, e164: str) -> Customer | None:
-        """The customer whose phone on file is `e164` (caller-ID identification)."""
-        flat = self._find(keys=[keys.customer_phones()], args=[e164, keys.customer_prefix()])
-        return _from_record(hash_from_flat(flat)) if flat else None
+        """The customer whose phone on file is `e164` (caller-ID identification): the index
+        entry, believed only when the record it names holds that phone."""
+        entry = self.redis.hget(keys.customer_phones(e164), e164)
+        if entry is None:
+            return None
+        owner = claims.Claim.parse(entry).owner
+        if not is_account_number(owner):
+            return None
+        found = _from_record(self.redis.hgetall(keys.customer(owner)))
+        return found if found is not None and found.phone == e164 else None
+
+    def ids(self) -> list[str]:
+        """Every customer's id, sorted (every shard's id set, in one pipelined round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(keys.CUSTOMER_SHARDS):
+            pipe.smembers(keys.customer_ids(shard))
+        return sorted(set().union(*pipe.execute()))
 
     def search(self, query: str = "", limit: int = 100) -> list[Customer]:
         """Customers whose account number, phone or name contains `query` (all, up to `limit`,
-        when it is empty), by account number. Reads the phone index: fine for a directory of
+        when it is empty), by account number. Reads every shard: fine for a directory of
         tens of thousands; a bigger one belongs in the CRM (CUSTOMER_LOOKUP_URL)."""
         needle = query.strip().lower()
-        ids = sorted(set(self.redis.hvals(keys.customer_phones())))
+        ids = self.ids()
         found: list[Customer] = []
-        for start in range(0, len(ids), 500):
+        for start in range(0, len(ids), _PIPELINE_CHUNK):
             pipe = self.redis.pipeline(transaction=False)
-            for customer_id in ids[start : start + 500]:
+            for customer_id in ids[start : start + _PIPELINE_CHUNK]:
                 pipe.hgetall(keys.customer(customer_id))
             for record in pipe.execute():
                 customer = _from_record(record)
@@ -328,6 +443,66 @@ class CustomerDirectory:
                     if len(found) >= limit:
                         return found
         return found
+
+    def holders(self, phones: Iterable[str]) -> dict[str, str | None]:
+        """Who holds each phone: the customer whose record agrees with the index entry, or
+        whose claim is in flight (it may be theirs in a moment); None when free."""
+        phones = list(dict.fromkeys(phones))
+        pipe = self.redis.pipeline(transaction=False)
+        for phone_number in phones:
+            pipe.hget(keys.customer_phones(phone_number), phone_number)
+        entries = {
+            phone_number: claims.Claim.parse(entry)
+            for phone_number, entry in zip(phones, pipe.execute(), strict=True)
+            if entry is not None
+        }
+        on_file = self._phones_of(held.owner for held in entries.values())
+        now = self._clock()
+        found: dict[str, str | None] = dict.fromkeys(phones)
+        for phone_number, held in entries.items():
+            if on_file.get(held.owner) == phone_number or held.in_flight(now):
+                found[phone_number] = held.owner
+        return found
+
+    def migrate_legacy_layout(self) -> int:
+        """Move customers from the single-slot layout (before sharding) into the shards; how
+        many moved. Idempotent: a customer already in the shards is kept as it is there, and
+        the old keys go only once every customer was moved."""
+        legacy_index = keys.legacy_customer_phones()
+        old_ids = sorted(
+            {claims.Claim.parse(entry).owner for entry in self.redis.hvals(legacy_index)}
+        )
+        old_ids = [customer_id for customer_id in old_ids if is_account_number(customer_id)]
+        moved = left = 0
+        for start in range(0, len(old_ids), _PIPELINE_CHUNK):
+            chunk = old_ids[start : start + _PIPELINE_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for customer_id in chunk:
+                pipe.hgetall(keys.legacy_customer(customer_id))
+                pipe.exists(keys.customer(customer_id))
+            answers = pipe.execute()
+            waiting = [
+                customer
+                for record, present in zip(answers[::2], answers[1::2], strict=True)
+                if not present and (customer := _from_record(record)) is not None
+            ]
+            kept: set[str] = set()
+            for outcome, customer in zip(self._put_many(waiting), waiting, strict=True):
+                if isinstance(outcome, PhoneTaken):  # taken since, in the shards: keep the old
+                    log.warning("customers: %s not migrated: %s", customer.id, outcome.detail)
+                    kept.add(customer.id)
+                else:
+                    moved += 1
+            left += len(kept)
+            pipe = self.redis.pipeline(transaction=False)
+            for customer_id in chunk:
+                if customer_id not in kept:
+                    pipe.delete(keys.legacy_customer(customer_id))
+            pipe.execute()
+        if left:
+            return moved
+        self.redis.delete(legacy_index)
+        return moved
 
     def import_csv(
         self,
@@ -370,13 +545,9 @@ class CustomerDirectory:
         # A customer a bad row is for is not "outside the file": once that row is right it
         # may free the phone another row takes, so it is not reported on that other row.
         by_id = {customer.id for _, customer in rows} | set(bad_row_ids or ())
-        pipe = self.redis.pipeline(transaction=False)
-        for _, customer in rows:
-            pipe.hget(keys.customer_phones(), customer.phone)
-            pipe.hget(keys.customer(customer.id), "phone")
-        answers = pipe.execute()
-        holders = dict(zip((c.phone for _, c in rows), answers[::2], strict=True))
-        existing = {c.id for (_, c), old in zip(rows, answers[1::2], strict=True) if old}
+        holders = self.holders(customer.phone for _, customer in rows)
+        on_file = self._phones_of(customer.id for _, customer in rows)
+        existing = {customer.id for _, customer in rows if on_file.get(customer.id)}
         waits_for: dict[str, str] = {}  # id → id of the row that must free its phone first
         for line, customer in rows:
             holder = holders[customer.phone]
@@ -395,20 +566,16 @@ class CustomerDirectory:
             result.created = len(rows) - result.replaced
             return result
         line_of = {customer.id: line for line, customer in rows}
-        ordered = _freeing_order([c for _, c in rows], waits_for)
-        for start in range(0, len(ordered), _PIPELINE_CHUNK):
-            chunk = ordered[start : start + _PIPELINE_CHUNK]
-            pipe = self.redis.pipeline(transaction=False)
-            for customer in chunk:
-                self._put(**self._put_args(customer), client=pipe)
-            for customer, (outcome, holder) in zip(chunk, pipe.execute(), strict=True):
-                if outcome == "phone_taken":
-                    detail = PhoneTaken(customer.id, holder).detail
-                    result.errors.append((line_of[customer.id], detail))
-                elif outcome == "created":
-                    result.created += 1
-                else:
-                    result.replaced += 1
+        for wave in _freeing_waves([c for _, c in rows], waits_for):
+            for start in range(0, len(wave), _PIPELINE_CHUNK):
+                chunk = wave[start : start + _PIPELINE_CHUNK]
+                for customer, outcome in zip(chunk, self._put_many(chunk), strict=True):
+                    if isinstance(outcome, PhoneTaken):
+                        result.errors.append((line_of[customer.id], outcome.detail))
+                    elif outcome == "created":
+                        result.created += 1
+                    else:
+                        result.replaced += 1
         return result
 
 
@@ -456,21 +623,26 @@ def _swaps(rows: list[tuple[int, Customer]], waits_for: dict[str, str]) -> list[
     return errors
 
 
-def _freeing_order(customers: list[Customer], waits_for: dict[str, str]) -> list[Customer]:
-    """The customers ordered so that one giving up a phone is written before the one taking it
-    (each row waits for at most one other, and _swaps ruled out circles)."""
-    by_id = {customer.id: customer for customer in customers}
-    ordered: list[Customer] = []
-    placed: set[str] = set()
+def _freeing_waves(customers: list[Customer], waits_for: dict[str, str]) -> list[list[Customer]]:
+    """The customers in waves, each written whole before the next: one giving up a phone is in
+    an earlier wave than the one taking it (each row waits for at most one other, and _swaps
+    ruled out circles). Within a wave no row takes a phone another frees, so a wave's claims,
+    records and releases can each go in one pipelined round trip."""
+    depth: dict[str, int] = {}
+
+    def depth_of(customer_id: str) -> int:
+        if customer_id not in depth:
+            holder = waits_for.get(customer_id)
+            depth[customer_id] = 0 if holder is None else depth_of(holder) + 1
+        return depth[customer_id]
+
+    waves: list[list[Customer]] = []
     for customer in customers:
-        chain = [customer.id]
-        while chain[-1] in waits_for and waits_for[chain[-1]] not in placed:
-            chain.append(waits_for[chain[-1]])
-        for customer_id in reversed(chain):
-            if customer_id not in placed:
-                placed.add(customer_id)
-                ordered.append(by_id[customer_id])
-    return ordered
+        level = depth_of(customer.id)
+        while len(waves) <= level:
+            waves.append([])
+        waves[level].append(customer)
+    return waves
 
 
 class CsvRows(NamedTuple):

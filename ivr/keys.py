@@ -9,6 +9,8 @@ spread over slots (buckets, shards, per-item tags), so no single master carries 
 
 from __future__ import annotations
 
+import hashlib
+
 NAMESPACE = "ivr"
 
 
@@ -117,13 +119,45 @@ def send_window(scope: str, value: str) -> str:
     return f"{NAMESPACE}:{{limits}}:sends:{scope}:{value}"
 
 
-def api_tokens() -> str:
-    """Hash: HMAC of each CLI-issued API token → its JSON record."""
+# -- API tokens (see ivr.tokens): records sharded by the token's HMAC, names by the name --------
+# A token and its name live in different slots; ivr.claims orders the steps (name first).
+
+API_TOKEN_SHARDS = 8
+
+
+def stable_shard(value: str, shards: int) -> int:
+    """A shard for `value` the same on every host and release (SHA-256, not Python's hash())."""
+    return int.from_bytes(hashlib.sha256(value.encode()).digest()[:4], "big") % shards
+
+
+def api_token_shard(digest: str) -> int:
+    """The shard of a token's record, from its HMAC (already uniform: its first hex digits)."""
+    return int(digest[:8], 16) % API_TOKEN_SHARDS
+
+
+def api_tokens(shard: int) -> str:
+    """Hash: HMAC of each CLI-issued API token in this shard -> its JSON record (name,
+    created_at, the name's claim). Bounded by the names given out, each by an operator."""
+    return f"{NAMESPACE}:{{api-tokens:{shard}}}:tokens"
+
+
+def api_token_names(shard: int) -> str:
+    """Hash: token name -> its claim "<HMAC>|<ms>" (ivr.claims), so names are unique and
+    revoking finds the token. Shard from `api_token_name_shard`."""
+    return f"{NAMESPACE}:{{api-token-names:{shard}}}:names"
+
+
+def api_token_name_shard(name: str) -> int:
+    return stable_shard(name, API_TOKEN_SHARDS)
+
+
+def legacy_api_tokens() -> str:
+    """Hash of every token in one slot, before the tokens were sharded (read by the migration)."""
     return f"{NAMESPACE}:{{api-tokens}}:tokens"
 
 
-def api_token_names() -> str:
-    """Hash: token name → its HMAC, so names are unique (HSETNX) and revoking finds the token."""
+def legacy_api_token_names() -> str:
+    """Hash name -> HMAC in one slot, before sharding (deleted by the migration)."""
     return f"{NAMESPACE}:{{api-tokens}}:names"
 
 
@@ -148,22 +182,45 @@ def recent_calls() -> str:
     return f"{NAMESPACE}:{{calls}}:recent"
 
 
-def customer_prefix() -> str:
-    """The common start of every customer hash; scripts derive a customer's key from it."""
-    return f"{NAMESPACE}:{{customers}}:customer:"
+# -- the customer directory (see ivr.customers): sharded records, a phone index sharded by phone --
+# A customer's record and its phone's index entry live in different slots; ivr.claims orders
+# the steps (claim the phone, write the record, release the old phone).
+
+CUSTOMER_SHARDS = 16
+
+
+def customer_shard(customer_id: str) -> int:
+    return stable_shard(customer_id, CUSTOMER_SHARDS)
 
 
 def customer(customer_id: str) -> str:
-    """Hash: one customer on file (id, phone, name, sms, locale)."""
-    return f"{customer_prefix()}{customer_id}"
+    """Hash: one customer on file (id, phone, name, sms, locale, claim: the phone's claim)."""
+    return f"{NAMESPACE}:{{customers:{customer_shard(customer_id)}}}:customer:{customer_id}"
 
 
-def customer_phones() -> str:
-    """Hash: phone (E.164) → customer id, the directory's caller-ID index.
+def customer_ids(shard: int) -> str:
+    """Set: the ids of the customers in this shard, kept with their records by one script (the
+    directory's listing reads every shard)."""
+    return f"{NAMESPACE}:{{customers:{shard}}}:ids"
 
-    Shares the `{customers}` tag with every customer hash, so the scripts that keep hash and index
-    in step touch one cluster slot (the price: the whole directory lives in that one slot).
-    """
+
+def customer_phones(e164: str) -> str:
+    """Hash: phone (E.164) -> "<customer id>|<ms>", the claim of caller-ID identification's
+    index (ivr.claims), in the shard of that phone."""
+    return customer_phone_index(stable_shard(e164, CUSTOMER_SHARDS))
+
+
+def customer_phone_index(shard: int) -> str:
+    return f"{NAMESPACE}:{{customer-phones:{shard}}}:phones"
+
+
+def legacy_customer(customer_id: str) -> str:
+    """Hash: a customer from before sharding, all in the `{customers}` slot (migration only)."""
+    return f"{NAMESPACE}:{{customers}}:customer:{customer_id}"
+
+
+def legacy_customer_phones() -> str:
+    """Hash phone -> id from before sharding (read, then deleted, by the migration)."""
     return f"{NAMESPACE}:{{customers}}:phones"
 
 
@@ -183,7 +240,9 @@ def legacy_missed_call_outcomes() -> str:
 
 
 # -- published documents (flows, prompt catalogs): see ivr.flows.versions ----------------------
-# One tag per kind, so a publish changes version, live pointer and generation atomically.
+# One tag per kind ({flows}, {prompts}), deliberately not sharded: a publish changes version,
+# live pointer, generation and draft in one atomic script, so they share one slot. A library is
+# kilobytes to a few megabytes and read through a worker's cache, so one slot per kind is cheap.
 
 
 def documents_generation(kind: str) -> str:

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import filetype
 import mutagen
-import redis
 from mutagen.mp3 import MP3
 from mutagen.wave import WAVE
 
 from ivr import keys
+from ivr.store import RedisClient
 
 MAX_RECORDING_BYTES = 5 * 1024 * 1024
 MAX_RECORDING_SECONDS = 300.0  # a prompt; a longer upload is surely the wrong file
@@ -76,11 +76,26 @@ def inspect_audio(data: bytes) -> Recording:
     return Recording(name, MIME_TYPES[suffix], round(seconds, 2), len(data))
 
 
+# Keep an upload, once: the audio and what describes it in one step, so no reader ever sees
+# audio without its type and length (two commands could be cut apart by a crash).
+# KEYS[1] the recording's hash (its own slot)
+# ARGV[1] audio (base64)  ARGV[2] MIME type  ARGV[3] seconds  ARGV[4] bytes  ARGV[5] uploaded by
+# ARGV[6] uploaded at (ms)
+# Returns 1 when stored, 0 when these bytes were stored already (the first upload is kept).
+STORE_RECORDING = """
+if redis.call('HEXISTS', KEYS[1], 'audio') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'audio', ARGV[1], 'type', ARGV[2], 'seconds', ARGV[3],
+           'bytes', ARGV[4], 'uploaded_by', ARGV[5], 'uploaded_at', ARGV[6])
+return 1
+"""
+
+
 class Recordings:
     """Uploaded recordings by name, in Redis."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: RedisClient):
         self._redis = client
+        self._store = client.register_script(STORE_RECORDING)
         self._cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -88,18 +103,17 @@ class Recordings:
     def store(self, data: bytes, *, uploaded_by: str) -> Recording:
         """Check and keep an upload; the same bytes uploaded twice are kept once."""
         recording = inspect_audio(data)
-        key = keys.prompt_recording(recording.name.split(".")[0])
-        if self._redis.hsetnx(key, "audio", base64.b64encode(data).decode("ascii")):
-            self._redis.hset(
-                key,
-                mapping={
-                    "type": recording.mime_type,
-                    "seconds": str(recording.seconds),
-                    "bytes": str(recording.size),
-                    "uploaded_by": uploaded_by,
-                    "uploaded_at": str(int(time.time() * 1000)),
-                },
-            )
+        self._store(
+            keys=[keys.prompt_recording(recording.name.split(".")[0])],
+            args=[
+                base64.b64encode(data).decode("ascii"),
+                recording.mime_type,
+                str(recording.seconds),
+                str(recording.size),
+                uploaded_by,
+                str(int(time.time() * 1000)),
+            ],
+        )
         return recording
 
     def exists(self, name: str) -> bool:

@@ -33,8 +33,10 @@ from typing import Any
 import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from redis.commands.core import Script
 
 from ivr import keys
+from ivr.store import RedisClient
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{1,31}$")
@@ -44,6 +46,7 @@ ADMIN_PASSWORD_FILE = "console_admin_password"  # noqa: S105 - a file name
 DEVELOPMENT_ADMIN = "admin"
 _SLIDE_EVERY_MS = 60_000  # an idle expiry is pushed back at most once a minute
 _MAX_TOKEN = 200
+_SESSION_READS = 5  # times the session index is read again while sessions are being opened
 _LOCK_SECONDS = 10  # the lock outlives any user change (a few round trips) by far
 # Never in an audit entry's before/after: what would let a reader sign in.
 _SECRET_AUDIT_FIELDS = frozenset({"password", "password_hash", "hash"})
@@ -114,18 +117,39 @@ redis.call('HSET', KEYS[1], 'role', ARGV[1])
 return 1
 """
 
-# Replace a user's password hash and end every session of theirs.
-# KEYS[1] the user's hash  KEYS[2] the user's session index
-# ARGV[1] the new hash  ARGV[2] now (ms)
-# Returns how many sessions ended, or -1 when there is no such user.
-CHANGE_HASH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'password_changed_at', ARGV[2])
-local sessions = redis.call('SMEMBERS', KEYS[2])
-for _, key in ipairs(sessions) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[2])
-return #sessions
+# Every script that ends sessions is given them in KEYS (read from the index just before), so no
+# key is reached that was not declared; this prelude refuses to run when the index gained a
+# session since it was read (a sign-in meanwhile), and the caller reads the index again.
+_DECLARED_SESSIONS = """
+local function declared_sessions(index, first)
+  local declared = {}
+  for i = first, #KEYS do declared[KEYS[i]] = true end
+  for _, key in ipairs(redis.call('SMEMBERS', index)) do
+    if not declared[key] then return false end
+  end
+  return true
+end
+local function end_declared_sessions(index, first)
+  for i = first, #KEYS do redis.call('DEL', KEYS[i]) end
+  redis.call('DEL', index)
+  return #KEYS - first + 1
+end
 """
+_SESSIONS_CHANGED = -2  # what those scripts return when the index changed since it was read
+
+# Replace a user's password hash and end every session of theirs.
+# KEYS[1] the user's hash  KEYS[2] the user's session index  KEYS[3..] every session in it
+# ARGV[1] the new hash  ARGV[2] now (ms)
+# Returns how many sessions ended, -1 when there is no such user, -2 when the index changed.
+CHANGE_HASH = (
+    _DECLARED_SESSIONS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if not declared_sessions(KEYS[2], 3) then return -2 end
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'password_changed_at', ARGV[2])
+return end_declared_sessions(KEYS[2], 3)
+"""
+)
 
 # Store a password rehashed with today's parameters, unless it changed since it was verified
 # (a rehash must never undo a password change made meanwhile).
@@ -139,34 +163,39 @@ return 1
 """
 
 # Delete a user and every session of theirs.
-# KEYS[1] the user's hash  KEYS[2] the user's session index
-# Returns 1 when the user existed, else 0.
-DELETE_USER = """
+# KEYS[1] the user's hash  KEYS[2] the user's session index  KEYS[3..] every session in it
+# Returns 1 when the user existed, else 0; -2 when the index changed (nothing deleted).
+DELETE_USER = (
+    _DECLARED_SESSIONS
+    + """
+if not declared_sessions(KEYS[2], 3) then return -2 end
 local existed = redis.call('DEL', KEYS[1])
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[2])
+end_declared_sessions(KEYS[2], 3)
 return existed
 """
+)
 
 # End every session of a user.
-# KEYS[1] the user's session index (a set of session key names, all in the user's slot)
-# Returns how many sessions ended.
-END_SESSIONS = """
-local sessions = redis.call('SMEMBERS', KEYS[1])
-for _, key in ipairs(sessions) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[1])
-return #sessions
+# KEYS[1] the user's session index  KEYS[2..] every session in it (all in the user's slot)
+# Returns how many sessions ended; -2 when the index changed (nothing ended).
+END_SESSIONS = (
+    _DECLARED_SESSIONS
+    + """
+if not declared_sessions(KEYS[1], 2) then return -2 end
+return end_declared_sessions(KEYS[1], 2)
 """
+)
 
 # Open a session: its hash, expiring when idle, listed in the user's index (which outlives every
-# session in it); index entries of sessions that expired meanwhile are dropped.
-# KEYS[1] the session's hash  KEYS[2] the user's session index
+# session in it); index entries of sessions that expired meanwhile are dropped (those the caller
+# read from the index just before: a script reaches only the keys it was given).
+# KEYS[1] the session's hash  KEYS[2] the user's session index  KEYS[3..] sessions in the index
 # ARGV[1] user  ARGV[2] CSRF token  ARGV[3] now (ms)  ARGV[4] absolute end (ms)
 # ARGV[5] idle expiry (ms)  ARGV[6] the user's created_at  ARGV[7] their password_changed_at
 # Returns 1.
 OPEN_SESSION = """
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('EXISTS', key) == 0 then redis.call('SREM', KEYS[2], key) end
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SREM', KEYS[2], KEYS[i]) end
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'csrf', ARGV[2], 'created_at', ARGV[3],
            'expires_at', ARGV[4], 'seen_at', ARGV[3], 'user_created_at', ARGV[6],
@@ -249,7 +278,7 @@ class Users:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         session_idle_seconds: int = 8 * 3600,
         session_max_seconds: int = 24 * 3600,
@@ -339,8 +368,11 @@ class Users:
         name = valid_name(name)
         digest = self.hasher.hash(_valid_password(password))
         now = self._clock()
-        ended = self._change_hash(
-            keys=[keys.console_user(name), keys.console_user_sessions(name)], args=[digest, now]
+        ended = self._ending_sessions(
+            name,
+            self._change_hash,
+            [keys.console_user(name), keys.console_user_sessions(name)],
+            [digest, now],
         )
         user = self.get(name) if ended != -1 else None
         if user is None:
@@ -356,8 +388,11 @@ class Users:
             if user is None:
                 return False
             self._refuse_last_admin(user)
-            existed = self._delete(
-                keys=[keys.console_user(user.name), keys.console_user_sessions(user.name)]
+            existed = self._ending_sessions(
+                user.name,
+                self._delete,
+                [keys.console_user(user.name), keys.console_user_sessions(user.name)],
+                [],
             )
             self.redis.srem(keys.console_user_names(), user.name)
         self._forget_development_password(user.name)
@@ -440,10 +475,12 @@ class Users:
         csrf = secrets.token_urlsafe(32)
         now = self._clock()
         expires_at = now + self.max_ms
+        index = keys.console_user_sessions(user.name)
         self._open_session(
             keys=[
                 keys.console_session(user.name, _secret_digest(secret)),
-                keys.console_user_sessions(user.name),
+                index,
+                *sorted(self.redis.smembers(index)),  # for the clean-up of expired ones
             ],
             args=[
                 user.name,
@@ -500,7 +537,20 @@ class Users:
             name = valid_name(name)
         except UserError:
             return 0
-        return int(self._end_sessions(keys=[keys.console_user_sessions(name)]))
+        return self._ending_sessions(
+            name, self._end_sessions, [keys.console_user_sessions(name)], []
+        )
+
+    def _ending_sessions(self, name: str, script: Script, head: list[str], args: list[Any]) -> int:
+        """Run a script that ends every session of `name`, given them in KEYS after `head`;
+        the index is read again when a session was opened in between."""
+        index = keys.console_user_sessions(name)
+        for _ in range(_SESSION_READS):
+            sessions = sorted(self.redis.smembers(index))
+            outcome = int(script(keys=[*head, *sessions], args=args))
+            if outcome != _SESSIONS_CHANGED:
+                return outcome
+        raise redis.WatchError(f"the sessions of {name} kept changing; try again")
 
 
 # -- the audit log -------------------------------------------------------------------------------
@@ -531,7 +581,7 @@ def _secret_fields(value: Any) -> set[str]:
 class AuditLog:
     """Every change made in the console or through `ivr` commands, newest first, capped."""
 
-    def __init__(self, client: redis.Redis, cap: int = 10_000):
+    def __init__(self, client: RedisClient, cap: int = 10_000):
         if cap < 1:
             raise ValueError("the audit log keeps at least one entry")
         self.redis = client

@@ -355,7 +355,7 @@ def test_tokens_create_prints_a_new_token_once(shared_state):
 def test_tokens_are_stored_only_as_hashes(shared_state):
     token = create_token("billing")
     stored = []
-    for key in shared_state.scan_iter("ivr:{api-tokens}:*"):
+    for key in shared_state.scan_iter("ivr:{api-token*"):
         assert shared_state.type(key) == "hash", key
         stored += [key, *shared_state.hgetall(key).keys(), *shared_state.hgetall(key).values()]
     assert stored
@@ -551,3 +551,18 @@ def test_check_config_reports_a_default_locale_without_catalog(monkeypatch):
     result = run("check-config")
     assert result.exit_code == 2
     assert "DEFAULT_LOCALE" in result.output
+
+
+def test_check_config_asks_every_master_of_a_cluster(monkeypatch, redis_url, redis_client):
+    if not redis_url.startswith("redis+cluster://"):
+        pytest.skip("a cluster's check (TEST_REDIS_BACKENDS=cluster)")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    result = run("check-config")
+    assert result.exit_code == 0, result.output
+    assert "Redis Cluster answers: 3 master(s)." in result.stdout
+    masters = [line for line in result.stdout.splitlines() if line.startswith("  127.0.0.1:")]
+    assert len(masters) == 3
+    assert all("maxmemory-policy noeviction" in line for line in masters)
+    assert all("master with 1 replica(s)" in line for line in masters)
+    # the test cluster saves nothing: named per master
+    assert "Redis persists nothing on 127.0.0.1:" in result.stdout

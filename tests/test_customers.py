@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
+from ivr import keys
+from ivr.claims import Claim
 from ivr.customers import (
     CrmLookup,
     Customer,
@@ -39,7 +41,12 @@ def directory(redis_client) -> CustomerDirectory:
 
 
 def phone_index(redis_client) -> dict[str, str]:
-    return redis_client.hgetall("ivr:{customers}:phones")
+    """Every shard of the phone index, phone -> the id its claim names."""
+    found: dict[str, str] = {}
+    for shard in range(keys.CUSTOMER_SHARDS):
+        for phone, entry in redis_client.hgetall(keys.customer_phone_index(shard)).items():
+            found[phone] = Claim.parse(entry).owner
+    return found
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -159,7 +166,7 @@ def test_delete_removes_the_customer_and_its_index_entry(directory, redis_client
 
 
 def test_an_index_entry_without_its_customer_does_not_block_the_phone(directory, redis_client):
-    redis_client.hset("ivr:{customers}:phones", ADA.phone, "99999")
+    redis_client.hset(keys.customer_phones(ADA.phone), ADA.phone, "99999")
     assert directory.put(ADA) is True
     assert directory.find_by_phone(ADA.phone) == ADA
 
@@ -170,12 +177,15 @@ def test_ids_that_are_not_account_numbers_are_never_looked_up(directory, redis_c
     assert redis_client.dbsize() == 0
 
 
-def test_every_customer_key_is_in_one_cluster_slot(directory, redis_client):
-    directory.put(ADA)
-    directory.put(GRACE)
-    stored = list(redis_client.scan_iter("*"))
-    assert len(stored) == 3
-    assert len({key_slot(key.encode()) for key in stored}) == 1
+def test_the_directory_is_spread_over_slots_and_each_script_stays_in_one(directory, redis_client):
+    for number in range(40):
+        directory.put(Customer(f"{1000 + number}", f"+1415555{1000 + number}", "Someone"))
+    stored = list(redis_client.scan_iter("ivr:{customer*"))
+    assert len({key_slot(key.encode()) for key in stored}) > 8
+    assert key_slot(keys.customer("1000").encode()) == key_slot(
+        keys.customer_ids(keys.customer_shard("1000")).encode()
+    )
+    assert len(directory.search(limit=1000)) == 40
 
 
 # -- the API ---------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_every_bad_row_is_reported_with_its_line_and_nothing_is_written(
         [f"{path}:11:", "name:"],
     ]
     assert summary == "6 bad row(s); nothing was written."
-    assert not list(redis_client.scan_iter("ivr:{customers}:*")), "no customer written"
+    assert not list(redis_client.scan_iter("ivr:{customer*")), "no customer written"
 
 
 def test_bad_fields_duplicates_and_phones_on_file_are_all_reported_in_one_run(
@@ -201,7 +201,7 @@ def test_ids_and_phones_twice_in_the_file_are_reported(directory, redis_client, 
     assert result.exit_code == 1
     assert f"{path}:3: id 1234 is also on line 2" in result.stderr
     assert f"{path}:4: phone is also on line 2" in result.stderr
-    assert not list(redis_client.scan_iter("ivr:{customers}:*")), "no customer written"
+    assert not list(redis_client.scan_iter("ivr:{customer*")), "no customer written"
 
 
 def test_a_phone_on_file_for_a_customer_outside_the_file_is_reported(directory, tmp_path):
@@ -277,3 +277,21 @@ def test_show_prints_a_customer_or_fails(directory, tmp_path):
     missing = run("customers", "show", "1234")
     assert missing.exit_code == 1
     assert "no customer 1234" in missing.output
+
+
+def test_migrate_moves_customers_and_tokens_from_the_single_slot_layout(directory, redis_client):
+    from ivr import keys
+
+    redis_client.hset(
+        keys.legacy_customer("12345678"),
+        mapping={"id": "12345678", "phone": "+14155550161", "name": "Ada", "sms": "0"},
+    )
+    redis_client.hset(keys.legacy_customer_phones(), "+14155550161", "12345678")
+    result = run("migrate")
+    assert result.exit_code == 0, result.output
+    assert "1 customer(s) and 0 API token(s) moved." in result.stdout
+    assert directory.find_by_phone("+14155550161") == Customer(
+        "12345678", "+14155550161", "Ada", sms=False
+    )
+    again = run("migrate")
+    assert "0 customer(s) and 0 API token(s) moved." in again.stdout

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 from ivr import keys
 from ivr.users import (
     ADMIN_PASSWORD_FILE,
+    END_SESSIONS,
     AuditEntry,
     AuditLog,
     Role,
@@ -557,6 +558,29 @@ def test_every_key_of_a_user_shares_one_cluster_slot(users, redis_client):
     assert key_slot(keys.console_user_names().encode()) == key_slot(
         keys.console_users_lock().encode()
     )
+
+
+def test_ending_sessions_refuses_a_read_of_the_index_that_missed_a_sign_in(users, redis_client):
+    """A script reaches only the session keys it was given: one that missed a session opened
+    since its caller read the index changes nothing, and the caller reads again."""
+    opened = users.open_session(users.create("alice", Role.VIEWER, PASSWORD))
+    end_sessions = redis_client.register_script(END_SESSIONS)
+    assert end_sessions(keys=[keys.console_user_sessions("alice")]) == -2
+    assert users.session(opened.token) is not None
+    assert users.close_sessions("alice") == 1
+    assert users.session(opened.token) is None
+
+
+def test_expired_sessions_leave_the_index_at_the_next_sign_in(timed_users, clock, redis_client):
+    alice = timed_users.create("alice", Role.VIEWER, PASSWORD)
+    old = timed_users.open_session(alice)
+    index = keys.console_user_sessions("alice")
+    [old_key] = redis_client.smembers(index)
+    redis_client.delete(old_key)  # as its expiry would
+    timed_users.open_session(alice)
+    assert old_key not in redis_client.smembers(index)
+    assert len(redis_client.smembers(index)) == 1
+    assert timed_users.session(old.token) is None
 
 
 # -- the development admin -----------------------------------------------------------------------

@@ -22,9 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from ivr import keys
+from ivr.store import RedisClient
 
 HISTORY_CAP = 200  # versions kept per document; older ones are pruned as new ones come
 TRIAL_TTL_SECONDS = 4 * 3600  # a draft tried in the simulator stays runnable this long
@@ -144,7 +143,7 @@ class StalePublish(Exception):
 class DocumentVersions:
     """The versions of one kind of document ("flows", "prompts"), by document name."""
 
-    def __init__(self, client: redis.Redis, kind: str, *, history_cap: int = HISTORY_CAP):
+    def __init__(self, client: RedisClient, kind: str, *, history_cap: int = HISTORY_CAP):
         self.redis = client
         self.kind = kind
         self.history_cap = history_cap

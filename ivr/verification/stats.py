@@ -25,6 +25,7 @@ import redis
 
 from ivr import keys, phone
 from ivr.metrics import metrics
+from ivr.store import RedisClient
 from ivr.verification.models import Channel, Status, Verification, is_sid
 from ivr.verification.store import VerificationStore
 
@@ -73,7 +74,7 @@ class StatsSummary:
 class VerificationStats:
     """Counts what becomes of verifications, per minute and per hour; reads them back."""
 
-    def __init__(self, client: redis.Redis, clock_ms: Callable[[], int] | None = None):
+    def __init__(self, client: RedisClient, clock_ms: Callable[[], int] | None = None):
         self.redis = client
         self.store = VerificationStore(client)  # what recent() reads the verifications through
         self._clock = clock_ms or (lambda: int(time.time() * 1000))
