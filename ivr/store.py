@@ -408,10 +408,13 @@ def _private_socket_dir() -> Path:
     return folder
 
 
-def redis_status(client: redis.Redis) -> dict[str, object]:
+def redis_status(client: RedisClient) -> dict[str, object]:
     """What /healthz says of the store: reachable or not, how long a PING took, and a warning
     when Redis may evict keys (send limits and codes would silently vanish under memory
-    pressure: use maxmemory-policy noeviction)."""
+    pressure: use maxmemory-policy noeviction). On a cluster, every master is asked: how many
+    there are, how many answer, and each one's policy."""
+    if isinstance(client, RedisCluster):
+        return _cluster_status(client)
     started = time.perf_counter()
     try:
         client.ping()
@@ -423,6 +426,33 @@ def redis_status(client: redis.Redis) -> dict[str, object]:
     status["maxmemory_policy"] = policy
     if policy != "noeviction":
         status["warning"] = f"maxmemory-policy is {policy}: use noeviction, or limits may vanish"
+    return status
+
+
+def _cluster_status(client: RedisCluster) -> dict[str, object]:
+    started = time.perf_counter()
+    try:
+        masters = client.get_primaries()
+    except (redis.RedisError, RedisClusterException) as exc:
+        return {"status": "unavailable", "error": type(exc).__name__}
+    answering, policies = 0, set()
+    for node in masters:
+        try:
+            node_client = client.get_redis_connection(node)
+            node_client.ping()
+            policies.add(node_client.info("memory").get("maxmemory_policy", "unknown"))
+            answering += 1
+        except redis.RedisError:
+            continue
+    status: dict[str, object] = {
+        "status": "ok" if masters and answering == len(masters) else "unavailable",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "masters": len(masters),
+        "masters_answering": answering,
+        "maxmemory_policy": ",".join(sorted(policies)) or "unknown",
+    }
+    if policies - {"noeviction"}:
+        status["warning"] = "a master may evict keys: use maxmemory-policy noeviction on all"
     return status
 
 

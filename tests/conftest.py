@@ -111,27 +111,28 @@ def make_app(
     redis_url: str, redis_client: redis.Redis, twilio_api: TwilioStandIn, tmp_path: Any
 ) -> Callable[..., Flask]:
     """Build an app with a Twilio account pointed at the stand-in; keyword args override."""
+    return lambda **overrides: build_app(redis_url, twilio_api, tmp_path, **overrides)
 
-    def build(**overrides: Any) -> Flask:
-        config: dict[str, Any] = {
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "REDIS_URL": redis_url,
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-            "TWILIO_CALLER_ID": CALLER_ID,
-            "TWILIO_API_BASE_URL": twilio_api.url,
-            "TWILIO_HTTP_TIMEOUT": 2,
-            "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-            "SECRET_KEY": SECRET_KEY,
-            "IVR_API_TOKEN": API_TOKEN,
-            "APP_NAME": "Acme",
-        }
-        config.update({k.upper(): v for k, v in overrides.items()})
-        app = create_app({k: v for k, v in config.items() if v is not None})
-        app.testing = True
-        return app
 
-    return build
+def build_app(redis_url: str, twilio_api: TwilioStandIn, tmp_path: Any, **overrides: Any) -> Flask:
+    """The app as make_app builds it, on any Redis (a test's own cluster, say)."""
+    config: dict[str, Any] = {
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "REDIS_URL": redis_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_CALLER_ID": CALLER_ID,
+        "TWILIO_API_BASE_URL": twilio_api.url,
+        "TWILIO_HTTP_TIMEOUT": 2,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "SECRET_KEY": SECRET_KEY,
+        "IVR_API_TOKEN": API_TOKEN,
+        "APP_NAME": "Acme",
+    }
+    config.update({k.upper(): v for k, v in overrides.items()})
+    app = create_app({k: v for k, v in config.items() if v is not None})
+    app.testing = True
+    return app
 
 
 @pytest.fixture

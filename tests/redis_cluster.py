@@ -183,6 +183,15 @@ class LocalCluster:
                 seconds,
             )
 
+    def whole(self) -> bool:
+        """Every live node says the cluster is ok, and every slot range has a live master."""
+        try:
+            alive = [node for node in self.nodes if node.alive()]
+            ok = all(_cluster_info(node).get("cluster_state") == "ok" for node in alive)
+            return ok and len(self.live_masters()) == self.masters
+        except (redis.RedisError, OSError):
+            return False  # a node busy with the election: not yet
+
     def live_masters(self) -> list[Node]:
         return [
             node

@@ -38,3 +38,12 @@ def test_a_malformed_url_is_described_without_its_password(url):
     with pytest.raises(ConfigError) as refused:
         load_settings({"REDIS_URL": url})
     assert "REDIS_URL" in str(refused.value) and "hunter22" not in str(refused.value)
+
+
+def test_healthz_says_it_is_a_cluster_and_how_many_masters_answer(make_app, redis_url):
+    if not redis_url.startswith("redis+cluster://"):
+        pytest.skip("on a cluster only")
+    health = make_app().test_client().get("/healthz").get_json()
+    assert health["store"]["backend"] == "cluster"
+    assert (health["store"]["masters"], health["store"]["masters_answering"]) == (3, 3)
+    assert health["store"]["maxmemory_policy"] == "noeviction"
