@@ -23,10 +23,10 @@ from tests.redis_cluster import LocalCluster
 from tests.twilio_standin import TwilioStandIn
 
 # Read before the env-clearing fixture runs: which Redis server the suite may use, and whether
-# it also starts a Redis Cluster of its own (TEST_REDIS_CLUSTER=1; .ci/run sets it).
+# it also starts a Redis Cluster of its own (on unless TEST_REDIS_CLUSTER=0).
 # TEST_REDIS_BACKENDS=cluster (or a comma-separated list) runs the suite on those alone.
 SERVER_REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
-WITH_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "") == "1"
+WITH_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER", "1") != "0"
 BACKENDS = [
     backend
     for backend, available in [
