@@ -44,7 +44,7 @@ from bench.servers import (
     stop_embedded_redis,
 )
 from bench.soak_calls import STEPS, Caller, Customer, Tally, run_slot
-from bench.soak_memory import FLAT_FLOOR_BYTES, FLAT_SHARE, Watch, flatness
+from bench.soak_memory import FLAT_SHARE, Watch, flatness
 from bench.workload import test_numbers
 from ivr.config import DEFAULT_PROMPTS_DIR
 from ivr.prompts import load_catalogs
@@ -376,9 +376,8 @@ def _document(
         "memory": memory,
         "redis_bytes_per_completed_call": round(grown / tally.completed) if tally.completed else 0,
         "memory_rule": (
-            f"flat when a line fitted to the last third of the samples would grow, over that "
-            f"third, by less than {FLAT_SHARE:.0%} of its mean there or {FLAT_FLOOR_BYTES >> 20}"
-            " MiB"
+            "flat when a line fitted to the last third of the samples grows, over that third, "
+            f"by less than {FLAT_SHARE:.0%} of the series' mean there"
         ),
         "samples": watch.series(),
         "targets": {

@@ -23,10 +23,9 @@ from ivr.store import RedisClient
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-# Flat: at the last third's pace, the series would grow by less than this share of its level
-# over the last third, or by less than the floor (noise on a small number).
+# Flat: at the last third's pace, the series grows by less than this share of its level over
+# the last third. No absolute floor: Redis starts near 1 MiB, and a floor would hide its growth.
 FLAT_SHARE = 0.05
-FLAT_FLOOR_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,9 @@ def flatness(
     samples: Sequence[MemorySample], value: Callable[[MemorySample], int]
 ) -> dict[str, Any]:
     """Whether a series is flat after warm-up, by the rule the report states: fit a line to
-    the last third of the samples (by time); flat when, at that slope, it would grow over the
-    last third's span by less than FLAT_SHARE of its mean there, or by less than
-    FLAT_FLOOR_BYTES. Ramp-up, imports and first allocations all fall in the first two thirds."""
+    the last third of the samples (by time); flat when, at that slope, it grows over the last
+    third's span by less than FLAT_SHARE of its mean there. Ramp-up, imports and first
+    allocations fall in the first two thirds."""
     if not samples:
         return {"flat": None, "why": "no samples"}
     start, end = samples[0].seconds, samples[-1].seconds
@@ -118,7 +117,7 @@ def flatness(
     span_minutes = (points[-1][0] - points[0][0]) / 60
     growth = per_minute * span_minutes
     level = sum(y for _, y in points) / len(points)
-    flat = growth < max(FLAT_SHARE * level, FLAT_FLOOR_BYTES)
+    flat = growth < FLAT_SHARE * level
     return {
         "flat": flat,
         "first": value(samples[0]),
