@@ -45,6 +45,7 @@ from bench.servers import (
 )
 from bench.soak_calls import STEPS, Caller, Customer, Tally, run_slot
 from bench.soak_memory import FLAT_SHARE, Watch, flatness
+from bench.soak_metrics import app_side
 from bench.workload import test_numbers
 from ivr.config import DEFAULT_PROMPTS_DIR
 from ivr.prompts import load_catalogs
@@ -58,6 +59,7 @@ APP_NAME = "IVR"
 # past 5 codes per number (and 30 per prefix) in 10 minutes.
 RELAXED_LIMIT = "1000000/1h"
 MAX_P99_MS = 100.0
+PROGRESS_SECONDS = 30.0
 CUSTOMER_IDS_FROM = 70_000_000
 
 
@@ -197,6 +199,15 @@ def _server(workdir: Path, redis_url: str | None, workers: int, secret_key: str)
     return server
 
 
+def _scrape_metrics(server: GunicornServer) -> dict[str, Any]:
+    """The app's own timings from GET /metrics (loopback needs no METRICS_TOKEN)."""
+    request = f"GET /metrics HTTP/1.1\r\nHost: {HOST}:{server.port}\r\n\r\n".encode()
+    [answer] = fetch_all(HOST, server.port, [request], connections=1)
+    if answer.status != 200:
+        return {"unavailable": f"HTTP {answer.status}"}
+    return app_side(answer.body.decode("utf-8", "replace"))
+
+
 def _create_customers(server: GunicornServer, count: int) -> list[Customer]:
     """One customer per concurrent call, each with a phone of its own, through PUT
     /v1/customers/<id>, so every call is a known caller."""
@@ -259,10 +270,24 @@ async def _soak(
             await asyncio.sleep(0.1)
             lateness.append(max(0.0, time.monotonic() - due))
 
+    seen = 0
+
+    async def progress() -> None:
+        nonlocal seen
+        recent = [latency for _, _, latency in tally.requests[seen:]]
+        seen = len(tally.requests)
+        print(
+            f"soak: {time.monotonic() - began:5.0f} s, {tally.active} calls in progress, "
+            f"{tally.completed} completed, {tally.failed} failed; last "
+            f"{PROGRESS_SECONDS:.0f} s: p99 {_latency(recent)['p99_ms']} ms",
+            flush=True,
+        )
+
     await take_sample()
     watch.start()
     background = [
         asyncio.create_task(_every(args.sample_seconds, take_sample)),
+        asyncio.create_task(_every(PROGRESS_SECONDS, progress)),
         asyncio.create_task(tick()),
     ]
     slots = [
@@ -301,6 +326,7 @@ def _latency(values: list[float]) -> dict[str, Any]:
     ordered = sorted(values)
     return {
         "requests": len(ordered),
+        "mean_ms": round(1000 * sum(ordered) / len(ordered), 2) if ordered else 0.0,
         "p50_ms": round(report.percentile(ordered, 0.50) * 1000, 1),
         "p99_ms": round(report.percentile(ordered, 0.99) * 1000, 1),
         "max_ms": round((ordered[-1] if ordered else 0.0) * 1000, 1),
@@ -418,6 +444,11 @@ def render(document: dict[str, Any]) -> str:
         "p99 by 30 s window: "
         + " ".join(f"{window['p99_ms']:.0f}" for window in latency["over_time"])
     )
+    for route, row in document.get("app_side", {}).get("webhooks", {}).items():
+        lines.append(
+            f"  inside the app (its /metrics, coarse buckets) {route}: {row['requests']} "
+            f"requests, mean {row['mean_ms']} ms, p50 ~{row['p50_ms']}, p99 ~{row['p99_ms']}"
+        )
     lateness = document["driver_lateness_ms"]
     lines.append(
         f"load driver's event loop late by p50 {lateness['p50_ms']} ms, p99 "
@@ -523,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             lateness = asyncio.run(_soak(args, caller, customers, watch, tally))
             seconds = time.monotonic() - zero
+            inside = _scrape_metrics(server)
         except ServerFailed as exc:
             print(f"soak: the server failed: {exc}", file=sys.stderr)
             return 2
@@ -541,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         connections=caller.connections_opened,
         seconds=seconds,
     )
+    document["app_side"] = inside
     document["total_seconds"] = round(time.monotonic() - started, 1)
     print(render(document))
     for example in document["error_examples"][:5]:
