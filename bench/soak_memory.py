@@ -144,7 +144,8 @@ class Watch:
         self._zero = clock_zero
         self.samples: list[MemorySample] = []
         self._cpu_start: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+        self._per_process: dict[int, list[float]] = {}  # pid -> CPU seconds at start, stop
+        self.cpu: dict[str, Any] = {}
 
     def take(self, active_calls: int) -> MemorySample:
         taken = sample(self._app_pids(), self._client, time.monotonic() - self._zero, active_calls)
@@ -153,6 +154,8 @@ class Watch:
 
     def _cpu_now(self) -> dict[str, float]:
         times = os.times()
+        for pid in self._app_pids():
+            self._per_process.setdefault(pid, []).append(cpu_seconds([pid]))
         return {
             "app": cpu_seconds(self._app_pids()),
             "redis_server": cpu_seconds(self._redis_pids()),
@@ -173,6 +176,12 @@ class Watch:
             used = end[name] - self._cpu_start[name]
             self.cpu[f"{name}_seconds"] = round(used, 1)
             self.cpu[f"{name}_share_of_machine"] = round(used / (wall * cores), 3) if wall else 0
+        # gunicorn's workers race to accept connections: one may serve far more than another.
+        self.cpu["app_seconds_per_process"] = {
+            str(pid): round(seen[-1] - seen[0], 1)
+            for pid, seen in self._per_process.items()
+            if len(seen) == 2
+        }
 
     def series(self) -> list[dict[str, Any]]:
         return [asdict(s) for s in self.samples]
