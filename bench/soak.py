@@ -460,7 +460,8 @@ def render(document: dict[str, Any]) -> str:
             f"cpu over {cpu['wall_seconds']} s, share of {cpu['cores']} cores: app "
             f"{cpu['app_share_of_machine']:.0%}, redis-server "
             f"{cpu['redis_server_share_of_machine']:.0%}, "
-            f"load driver {cpu['load_driver_share_of_machine']:.0%}; app CPU seconds by "
+            f"load driver {cpu['load_driver_share_of_machine']:.0%}, everything else on the "
+            f"machine {cpu['others_share_of_machine']:.0%}; app CPU seconds by "
             "process (master first): "
             + " ".join(f"{seconds:g}" for seconds in cpu["app_seconds_per_process"].values())
         )

@@ -62,6 +62,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / _TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every process on the machine used so far (all cores, idle and iowait left
+    out): beside ours, it shows how much the neighbours took while the soak ran."""
+    with contextlib.suppress(OSError, ValueError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / _TICKS  # user..steal; guest is inside user
+    return 0.0
+
+
 def redis_memory(client: RedisClient) -> tuple[int, int]:
     """(used_memory in bytes, number of keys): a cluster's masters summed."""
     if isinstance(client, RedisCluster):
@@ -160,6 +170,7 @@ class Watch:
             "app": cpu_seconds(self._app_pids()),
             "redis_server": cpu_seconds(self._redis_pids()),
             "load_driver": times.user + times.system,
+            "machine": machine_busy_seconds(),
             "wall": time.monotonic(),
         }
 
@@ -172,10 +183,13 @@ class Watch:
         wall = end["wall"] - self._cpu_start["wall"]
         cores = os.cpu_count() or 1
         self.cpu = {"wall_seconds": round(wall, 1), "cores": cores}
-        for name in ("app", "redis_server", "load_driver"):
+        for name in ("app", "redis_server", "load_driver", "machine"):
             used = end[name] - self._cpu_start[name]
             self.cpu[f"{name}_seconds"] = round(used, 1)
             self.cpu[f"{name}_share_of_machine"] = round(used / (wall * cores), 3) if wall else 0
+        ours = sum(self.cpu[f"{name}_seconds"] for name in ("app", "redis_server", "load_driver"))
+        others = max(0.0, self.cpu["machine_seconds"] - ours)
+        self.cpu["others_share_of_machine"] = round(others / (wall * cores), 3) if wall else 0
         # gunicorn's workers race to accept connections: one may serve far more than another.
         self.cpu["app_seconds_per_process"] = {
             str(pid): round(seen[-1] - seen[0], 1)
