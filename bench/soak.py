@@ -44,7 +44,7 @@ from bench.servers import (
     stop_embedded_redis,
 )
 from bench.soak_calls import STEPS, Caller, Customer, Tally, run_slot
-from bench.soak_memory import FLAT_SHARE, Watch, flatness
+from bench.soak_memory import FLAT_SHARE, Watch, busy_by_window, flatness
 from bench.soak_metrics import app_side
 from bench.workload import test_numbers
 from ivr.config import DEFAULT_PROMPTS_DIR
@@ -60,6 +60,7 @@ APP_NAME = "IVR"
 RELAXED_LIMIT = "1000000/1h"
 MAX_P99_MS = 100.0
 PROGRESS_SECONDS = 30.0
+WINDOW_SECONDS = 30.0  # latency and CPU are also reported per window of this length
 CUSTOMER_IDS_FROM = 70_000_000
 
 
@@ -394,11 +395,12 @@ def _document(
         "errors": errors,
         "error_kinds": dict(tally.errors.most_common()),
         "error_examples": tally.examples,
-        "latency": {**overall, "per_step": per_step, "over_time": _windows(tally, 30.0)},
+        "latency": {**overall, "per_step": per_step, "over_time": _windows(tally, WINDOW_SECONDS)},
         "webhooks_per_second": round(len(latencies) / seconds, 1) if seconds else 0.0,
         "connections_opened": connections,
         "driver_lateness_ms": _latency(lateness),
         "cpu": watch.cpu,
+        "cpu_over_time": busy_by_window(watch.samples, WINDOW_SECONDS),
         "memory": memory,
         "redis_bytes_per_completed_call": round(grown / tally.completed) if tally.completed else 0,
         "memory_rule": (
@@ -444,6 +446,13 @@ def render(document: dict[str, Any]) -> str:
         "p99 by 30 s window: "
         + " ".join(f"{window['p99_ms']:.0f}" for window in latency["over_time"])
     )
+    if document["cpu_over_time"]:
+        lines.append(
+            "machine busy by 30 s window, ours+others %: "
+            + " ".join(
+                f"{100 * w['ours']:.0f}+{100 * w['others']:.0f}" for w in document["cpu_over_time"]
+            )
+        )
     for route, row in document.get("app_side", {}).get("webhooks", {}).items():
         lines.append(
             f"  inside the app (its /metrics, coarse buckets) {route}: {row['requests']} "

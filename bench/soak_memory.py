@@ -13,7 +13,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class MemorySample:
     redis_used_memory: int  # bytes, summed over a cluster's masters
     redis_keys: int
     active_calls: int
+    machine_cpu_seconds: float = 0.0  # cumulative, every process on the machine
+    soak_cpu_seconds: float = 0.0  # cumulative, the app, its Redis and the load driver
 
 
 def _rss(pid: int) -> int:
@@ -159,6 +162,9 @@ class Watch:
 
     def take(self, active_calls: int) -> MemorySample:
         taken = sample(self._app_pids(), self._client, time.monotonic() - self._zero, active_calls)
+        times = os.times()
+        ours = cpu_seconds([*self._app_pids(), *self._redis_pids()]) + times.user + times.system
+        taken = replace(taken, machine_cpu_seconds=machine_busy_seconds(), soak_cpu_seconds=ours)
         self.samples.append(taken)
         return taken
 
@@ -199,3 +205,25 @@ class Watch:
 
     def series(self) -> list[dict[str, Any]]:
         return [asdict(s) for s in self.samples]
+
+
+def busy_by_window(samples: Sequence[MemorySample], seconds: float) -> list[dict[str, float]]:
+    """The machine's CPU per window of time, as shares of all cores: ours (the app, Redis,
+    the driver) and everyone else's, so a slow window can be told from a busy neighbour."""
+    cores = os.cpu_count() or 1
+    windows: dict[int, list[float]] = {}
+    for before, after in pairwise(samples):
+        wall = after.seconds - before.seconds
+        if wall <= 0 or not after.machine_cpu_seconds or not before.machine_cpu_seconds:
+            continue
+        ours = (after.soak_cpu_seconds - before.soak_cpu_seconds) / (wall * cores)
+        machine = (after.machine_cpu_seconds - before.machine_cpu_seconds) / (wall * cores)
+        entry = windows.setdefault(int(after.seconds // seconds), [0.0, 0.0, 0.0])
+        entry[0] += ours * wall
+        entry[1] += max(0.0, machine - ours) * wall
+        entry[2] += wall
+    return [
+        {"from_s": index * seconds, "ours": round(o / w, 3), "others": round(x / w, 3)}
+        for index, (o, x, w) in sorted(windows.items())
+        if w
+    ]
