@@ -106,6 +106,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sample-seconds", type=float, default=5.0, help="memory sampled this often"
     )
     parser.add_argument(
+        "--new-connection-per-request",
+        action="store_true",
+        help="no keep-alive: each webhook opens a connection of its own (default: a shared "
+        "pool of keep-alive connections, as a proxy in front would keep)",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=float,
         default=60.0,
@@ -381,6 +387,7 @@ def _document(
             "threads": int(os.environ.get("GUNICORN_THREADS", "4")),
             "redis": redis_backend,
             "seed": args.seed,
+            "keep_alive": not args.new_connection_per_request,
             "cpus": os.cpu_count(),
             "steps": [step.name for step in STEPS],
         },
@@ -556,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pause=args.pause_seconds,
                 tally=tally,
                 clock_zero=zero,
+                reuse_connections=not args.new_connection_per_request,
             )
             master, redis_pids = server.pid, _redis_pids(client)
             watch = Watch(

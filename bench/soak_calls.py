@@ -99,17 +99,22 @@ class ConnectionPool:
     """Keep-alive connections shared by every call, as Twilio's webhook senders reuse theirs:
     one per request in flight, reused newest first, so the pool grows to the concurrency
     the server sees rather than to the number of calls (1,000 idle sockets would measure
-    gunicorn's poller, not our webhooks)."""
+    gunicorn's poller, not our webhooks). With `reuse` False every request has a connection
+    of its own, so each one is a fresh race between gunicorn's workers to accept it."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, *, reuse: bool = True):
         self.host, self.port = host, port
+        self.reuse = reuse
         self._idle: list[tuple[Connection, float]] = []
         self.opened = 0
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
         connection = self._take()
         status, body = await connection.exchange(request)  # closes itself on failure
-        self._idle.append((connection, time.monotonic()))
+        if self.reuse:
+            self._idle.append((connection, time.monotonic()))
+        else:
+            connection.close()
         return status, body
 
     def _take(self) -> Connection:
@@ -173,13 +178,14 @@ class Caller:
         pause: tuple[float, float],
         tally: Tally,
         clock_zero: float,
+        reuse_connections: bool = True,
     ):
         parts = urlsplit(base_url)
         if not parts.hostname or not parts.port:
             raise ValueError(f"{base_url}: a host and a port, e.g. http://127.0.0.1:5000")
         self.base_url = base_url.rstrip("/")
         self._origin = parts.netloc
-        self._pool = ConnectionPool(parts.hostname, parts.port)
+        self._pool = ConnectionPool(parts.hostname, parts.port, reuse=reuse_connections)
         self._validator = RequestValidator(auth_token)
         self._carrier = carrier
         self._prompts = prompts
