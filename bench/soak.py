@@ -206,6 +206,16 @@ def _server(workdir: Path, redis_url: str | None, workers: int, secret_key: str)
     return server
 
 
+def _app_log(server: GunicornServer, lines: int = 40) -> str:
+    """The last lines the app logged that are not access lines (those quote the request)."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if ' "POST /' not in line and ' "GET /' not in line]
+    return "\n".join(kept[-lines:])
+
+
 def _scrape_metrics(server: GunicornServer) -> dict[str, Any]:
     """The app's own timings from GET /metrics (loopback needs no METRICS_TOKEN)."""
     request = f"GET /metrics HTTP/1.1\r\nHost: {HOST}:{server.port}\r\n\r\n".encode()
@@ -575,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lateness = asyncio.run(_soak(args, caller, customers, watch, tally))
             seconds = time.monotonic() - zero
             inside = _scrape_metrics(server)
+            if tally.failed or tally.unfinished:
+                print(f"soak: the app's log, besides its access lines:\n{_app_log(server)}")
         except ServerFailed as exc:
             print(f"soak: the server failed: {exc}", file=sys.stderr)
             return 2
