@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 ## Our webhooks and API against a bare Flask app serving static TwiML, same gunicorn settings.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## Capacity: concurrent paced calls through the whole default flow for some minutes, e.g.
+## make soak SOAK_ARGS="--calls 1000 --minutes 5 --ramp-seconds 30" (defaults: 100 calls, 1 min).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov

@@ -22,11 +22,17 @@ _READ_TIMEOUT = 30.0  # above gunicorn's worker timeout: a stuck request shows a
 
 
 def encode_post(
-    host: str, port: int, path: str, body: bytes, content_type: str, headers: dict[str, str]
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str],
+    method: str = "POST",
 ) -> bytes:
-    """One keep-alive POST, ready to write."""
+    """One keep-alive POST (or PUT…, as `method` says), ready to write."""
     lines = [
-        f"POST {path} HTTP/1.1",
+        f"{method} {path} HTTP/1.1",
         f"Host: {host}:{port}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
@@ -119,8 +125,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
     return status, body, b"\r\nconnection: close" not in lowered
 
 
-class _Connection:
-    """One keep-alive connection that reopens itself after the server closed it."""
+class Connection:
+    """One keep-alive connection that reopens itself after the server closed it (shared with
+    the soak's connection pool, bench/soak_calls.py)."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
@@ -177,7 +184,7 @@ MAX_REOPENS = 64
 
 
 async def _open_evenly(
-    pool: list[_Connection], feed: RequestFeed, owners: ConnectionOwners | None
+    pool: list[Connection], feed: RequestFeed, owners: ConnectionOwners | None
 ) -> list[int]:
     """Open the pool one connection at a time (a burst of connects tends to land on one
     worker), then reopen connections of the busiest worker until the workers hold equal
@@ -217,14 +224,14 @@ async def _measure(
     owners: ConnectionOwners | None,
 ) -> Sample:
     sample = Sample()
-    pool = [_Connection(host, port) for _ in range(connections)]
+    pool = [Connection(host, port) for _ in range(connections)]
     # Connect first, so the clock measures requests rather than TCP handshakes or accepts.
     sample.spread = await _open_evenly(pool, feed, owners)
     clock = time.perf_counter
     started = clock()
     deadline = started + seconds
 
-    async def worker(connection: _Connection) -> None:
+    async def worker(connection: Connection) -> None:
         latencies, statuses = sample.latencies, sample.statuses
         while clock() < deadline:
             request = feed.next()
@@ -272,7 +279,7 @@ async def _fetch_all(
     indexes = iter(range(len(requests)))
 
     async def worker() -> None:
-        connection = _Connection(host, port)
+        connection = Connection(host, port)
         try:
             for index in indexes:
                 status, body = await connection.exchange(requests[index])
@@ -294,7 +301,7 @@ def fetch_all(
 async def _wait_until_answering(host: str, port: int, request: bytes, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        connection = _Connection(host, port)
+        connection = Connection(host, port)
         try:
             status, _ = await connection.exchange(request)
             return status

@@ -21,7 +21,7 @@ MIN_RATIO = 0.6
 MAX_P99_MS = 50.0
 
 
-def _percentile(ordered: Sequence[float], fraction: float) -> float:
+def percentile(ordered: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of an ordered sequence (0.0 when empty)."""
     if not ordered:
         return 0.0
@@ -41,8 +41,8 @@ def summarize(samples: Sequence[Sample], ok_status: int) -> dict[str, Any]:
         "rps": round(statistics.median(s.rps for s in samples), 1) if samples else 0.0,
         "rps_rounds": [round(s.rps, 1) for s in samples],
         "requests": len(latencies),
-        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "max_ms": round((latencies[-1] if latencies else 0.0) * 1000, 2),
         "statuses": {str(status): count for status, count in sorted(statuses.items())},
         "connection_errors": connection_errors,

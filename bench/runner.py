@@ -24,7 +24,13 @@ import redis
 
 from bench import loadgen, report
 from bench.baseline_app import REDIS_URL_VARIABLE, TOKEN_FILE_VARIABLE
-from bench.servers import HOST, GunicornServer, ServerFailed
+from bench.servers import (
+    HOST,
+    GunicornServer,
+    ServerFailed,
+    clean_environment,
+    stop_embedded_redis,
+)
 from bench.workload import (
     ENDPOINTS,
     ENGLISH,
@@ -36,7 +42,6 @@ from bench.workload import (
     Target,
     prepare_state,
 )
-from ivr.config import Settings
 from ivr.store import EmbeddedRedis
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -114,13 +119,6 @@ def _server_redis() -> redis.Redis | None:
     return client
 
 
-def _clean_environment() -> dict[str, str]:
-    """This process's environment without any of the app's settings (a developer's TWILIO_*
-    must not turn the benchmark into real calls)."""
-    ours = {name.upper() for name in Settings.model_fields} | {"INSTANCE_PATH", "GUNICORN_THREADS"}
-    return {key: value for key, value in os.environ.items() if key.upper() not in ours}
-
-
 def _concurrency() -> dict[str, str]:
     """Workers and threads, the same for both servers (the caller's choice, else the config's
     defaults)."""
@@ -134,7 +132,7 @@ def _concurrency() -> dict[str, str]:
 def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornServer, ...]]:
     """The baseline, ours and the reference (bare Flask + signature + one Redis read),
     started and ready; stopped (with anything they started) on the way out."""
-    base_env = _clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
+    base_env = clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
     instance = workdir / "instance"
     ours = GunicornServer("ours", "ivr:create_app()", base_env, workdir / "ours.log")
     ours.env |= {
@@ -178,18 +176,7 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
         for server in servers:
             server.stop()
         if not redis_url:
-            _stop_embedded_redis(instance / "redis")
-
-
-def _stop_embedded_redis(directory: Path) -> None:
-    """Shut down an embedded Redis our server left behind (its master normally stops it)."""
-    embedded = EmbeddedRedis(directory)
-    if not embedded.is_running():
-        return
-    client = redis.Redis(unix_socket_path=str(embedded.socket_path), socket_timeout=5)
-    with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops the connection: success
-        client.shutdown(nosave=True)
-    client.close()
+            stop_embedded_redis(instance / "redis")
 
 
 def _requests_per_feed(args: argparse.Namespace) -> int:

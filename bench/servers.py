@@ -16,7 +16,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import redis
+
 from bench.loadgen import NETWORK_ERRORS, RequestFeed, measure, wait_until_answering
+from ivr.config import Settings
+from ivr.store import EmbeddedRedis
 
 HOST = "127.0.0.1"
 GUNICORN_CONFIG = "python:ivr.gunicorn_config"
@@ -38,17 +42,41 @@ def free_port() -> int:
 class GunicornServer:
     """One gunicorn master serving `app` on a free loopback port."""
 
-    def __init__(self, name: str, app: str, env: Mapping[str, str], log_path: Path):
+    def __init__(
+        self,
+        name: str,
+        app: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        access_log: bool = False,
+    ):
         self.name = name
         self.app = app
         self.env = dict(env)
         self.log_path = log_path
+        # Off for the bench (both servers alike); on for the soak, which serves as `make run`.
+        self.access_log = access_log
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    def worker_pids(self) -> list[int]:
+        """The master's workers now (gunicorn may have replaced some); [] off Linux."""
+        if self._process is None:
+            return []
+        try:
+            return _workers_of(self._process.pid)
+        except OSError:
+            return []
 
     def start(self) -> None:
         """Launch the master; returns at once (see `wait_ready`)."""
@@ -58,11 +86,10 @@ class GunicornServer:
             "gunicorn",
             "--config",
             GUNICORN_CONFIG,
-            # Flags win over the config file: loopback only, and no access log for either server.
+            # Flags win over the config file: loopback only, and (unless asked) no access log.
             "--bind",
             f"{HOST}:{self.port}",
-            "--access-logfile",
-            os.devnull,
+            *(() if self.access_log else ("--access-logfile", os.devnull)),
             self.app,
         ]
         with self.log_path.open("wb") as log:
@@ -187,3 +214,21 @@ def _server_socket_inodes(server_port: int, client_ports: set[int]) -> dict[int,
         if client_port in client_ports:
             ends[inode] = client_port
     return ends
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any of the app's settings (a developer's TWILIO_*
+    must not turn a benchmark into real calls)."""
+    ours = {name.upper() for name in Settings.model_fields} | {"INSTANCE_PATH", "GUNICORN_THREADS"}
+    return {key: value for key, value in os.environ.items() if key.upper() not in ours}
+
+
+def stop_embedded_redis(directory: Path) -> None:
+    """Shut down an embedded Redis a server left behind (its master normally stops it)."""
+    embedded = EmbeddedRedis(directory)
+    if not embedded.is_running():
+        return
+    client = redis.Redis(unix_socket_path=str(embedded.socket_path), socket_timeout=5)
+    with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops the connection: success
+        client.shutdown(nosave=True)
+    client.close()
