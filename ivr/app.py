@@ -32,6 +32,7 @@ from ivr.flows.engine import FlowEngine
 from ivr.flows.library import open_library
 from ivr.flows.state import CallStateStore
 from ivr.flows.versions import DocumentVersions
+from ivr.housekeeping import Housekeeper
 from ivr.metrics import http_method, metrics
 from ivr.prompts import PromptCatalogs, load_catalogs
 from ivr.recordings import Recordings
@@ -82,15 +83,17 @@ class Services:
 
 
 def start_background_work(app: object) -> tuple[threading.Thread, threading.Event] | None:
-    """Start this process's events thread (deliveries, and the expiry sweep that announces
-    verification.expired), if EVENTS_WEBHOOK_URL is set. Call it in each gunicorn worker, after
-    the fork; setting the returned event stops the returned thread. Any other WSGI app (the
-    bench's baselines) has none."""
+    """Start this process's background thread: the events thread when EVENTS_WEBHOOK_URL is
+    set (deliveries, the expiry sweep that announces verification.expired, the reconciliation
+    of sends left "requested"), else a housekeeping thread for the reconciliation alone. Call
+    it in each gunicorn worker, after the fork; setting the returned event stops the returned
+    thread. Any other WSGI app (the bench's baselines) has none."""
     ivr = getattr(app, "extensions", {}).get("ivr")
-    dispatcher = ivr.events if isinstance(ivr, Services) else None
-    if dispatcher is None:
+    if not isinstance(ivr, Services):
         return None
-    return dispatcher.start()
+    if ivr.events is not None:
+        return ivr.events.start()
+    return Housekeeper((ivr.verifications.reconcile_sends,)).start()
 
 
 def services() -> Services:
@@ -192,6 +195,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # The console's simulated calls send here, even with a Twilio account configured.
         simulated_carrier=SimulatedCarrier(client, code_secrets),
         stats=VerificationStats(client),
+        # A send is asked of Twilio with a few tries of TWILIO_HTTP_TIMEOUT each; one still
+        # "requested" well after that was left by a worker that stopped.
+        send_deadline_seconds=max(120, int(4 * settings.twilio_http_timeout) + 30),
     )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))
@@ -303,7 +309,7 @@ def _event_dispatcher(
         secret=settings.events_webhook_secret.get_secret_value(),
         timeout=settings.events_webhook_timeout_seconds,
         max_attempts=settings.events_max_attempts,
-        chores=(verifications.expire_due,),
+        chores=(verifications.expire_due, verifications.reconcile_sends),
     )
 
 

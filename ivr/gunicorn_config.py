@@ -132,10 +132,12 @@ def _stop_with_parent(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """In each worker, after the fork: the events thread (when EVENTS_WEBHOOK_URL is set)."""
+    """In each worker, after the fork: the background thread (the events thread when
+    EVENTS_WEBHOOK_URL is set, else the housekeeping one)."""
     from ivr.app import start_background_work
 
-    if start_background_work(worker.wsgi) is not None:
+    started = start_background_work(worker.wsgi)
+    if started is not None and started[0].name == "ivr-events":
         worker.log.info("events: delivering to EVENTS_WEBHOOK_URL")
 
 

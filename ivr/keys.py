@@ -59,6 +59,13 @@ def seen_call(bucket: str, call_sid: str) -> str:
     return f"{_bucket(bucket)}call:{call_sid}"
 
 
+def sends_in_flight(bucket: str) -> str:
+    """Sorted set: "<sid>:<attempt>" -> when its send was asked (ms), until the carrier's
+    answer settles it; one left here long after (a worker died mid-send) is failed by the
+    reconciliation, so no verification stays pending with nothing sent."""
+    return f"{_bucket(bucket)}in-flight"
+
+
 def idempotency(bucket: str, digest: str) -> str:
     """String: the first answer to a request sent with an Idempotency-Key (keyed by a hash of
     the client and the key), written by the script that acted; kept 24 hours."""

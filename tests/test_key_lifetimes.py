@@ -27,6 +27,7 @@ LIFETIMES: dict[str, str] = {
     r"ivr:\{v[0-9a-f]{2}\}:idem:[0-9a-f]{32}": TTL,  # 24 hours
     r"ivr:\{idem:[0-9a-f]{2}\}:[0-9a-f]{32}": TTL,  # 24 hours
     r"ivr:\{v[0-9a-f]{2}\}:expiries": "one entry per pending verification, off at its end",
+    r"ivr:\{v[0-9a-f]{2}\}:in-flight": "one entry per send in flight, off when it settles",
     r"ivr:\{v[0-9a-f]{2}\}:events": "one entry per undelivered event, off when delivered",
     r"ivr:\{(v[0-9a-f]{2}|events)\}:event:EV[0-9a-f]{32}": "until delivered; given up: 7 days",
     r"ivr:\{v[0-9a-f]{2}\}:events-dead": TTL,  # 7 days, 1,000 per shard

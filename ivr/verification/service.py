@@ -243,6 +243,7 @@ class VerificationService:
         events: EventPublisher | None = None,
         simulated_carrier: Carrier | None = None,
         stats: VerificationStats | None = None,
+        send_deadline_seconds: int = 120,
     ):
         self.store = store
         self.limiter = limiter
@@ -261,6 +262,8 @@ class VerificationService:
         self.call_channels = call_channels or CallChannels()
         self.events = events
         self._swept_at = float("-inf")
+        self._reconciled_at = float("-inf")
+        self.send_deadline_ms = send_deadline_seconds * 1000
 
     # -- starting and sending ------------------------------------------------------------------
 
@@ -734,6 +737,35 @@ class VerificationService:
         return outcome
 
     # -- announcing ends -----------------------------------------------------------------------
+
+    def reconcile_sends(self, limit: int = 100) -> int:
+        """Fail the sends left "requested" by a worker that died between asking the carrier
+        and recording its answer (or crashed before asking): past SEND_DEADLINE, no answer will
+        come. A verification whose every send failed so ends as failed (and is announced), so
+        none stays pending with nothing sent. How many were failed. Run by the housekeeping
+        thread; a late carrier answer that beat it wins (only "requested" ones are touched)."""
+        now = time.monotonic()
+        if now - self._reconciled_at < _SWEEP_INTERVAL_SECONDS:
+            return 0
+        self._reconciled_at = now
+        failed = 0
+        for sid, index in self.store.stale_sends(list(keys.BUCKETS), self.send_deadline_ms, limit):
+            settled = self.store.settle(
+                sid,
+                index,
+                status="failed",
+                error="no answer from the carrier was recorded (the worker stopped?)",
+                only_if_requested=True,
+            )
+            failed += 1
+            found = self.store.get(sid)
+            attempts = found.send_attempts if found is not None else ()
+            channel = attempts[index].channel if index < len(attempts) else "unknown"
+            metrics().sends_finished.labels(channel, "reconciled").inc()
+            log.warning("verification %s: send %d never settled; marked failed", sid, index)
+            if settled.status is Status.FAILED:
+                self._nudge(sid)
+        return failed
 
     def _nudge(self, sid: str) -> None:
         """The store queued the event announcing this end in the sid's bucket: tell the

@@ -130,6 +130,7 @@ end
 # counted here, with the send it limits.
 # KEYS[1] the pending verification of (number, scope)  KEYS[2] this generation's send log
 # KEYS[3] the previous generation's  KEYS[4] idempotency record  KEYS[5] the bucket's expiry list
+# KEYS[6] the bucket's sends in flight (an attempt whose first status is "requested" joins it)
 # ARGV[1] new sid  ARGV[2] number (E.164)  ARGV[3] channel  ARGV[4] locale  ARGV[5] code HMAC
 # ARGV[6] sealed code  ARGV[7] code lifetime ms  ARGV[8] retention ms: the record outlives the
 # code by this much  ARGV[9] "resend" (a pending one takes a new attempt) or "fresh" (a pending
@@ -197,6 +198,7 @@ if v[1] then
   count_send()
   local existing, c = tonumber(v[4]), tonumber(v[5])
   save_attempt(pkey, existing, attempt, c)
+  if ARGV[10] == 'requested' then redis.call('ZADD', KEYS[6], now, v[1] .. ':' .. existing) end
   redis.call('HSET', pkey, 'n', existing + 1, 'ch', ARGV[3], 'lo', ARGV[4], 'u', now_s)
   remember(KEYS[4], ARGV[16], ARGV[17], 'resent', v[1], 'pending')
   return {'resent', v[1], existing, redis.call('HGETALL', pkey), redis.call('HGET', pkey, 'e')}
@@ -208,6 +210,7 @@ redis.call('HSET', pkey, 'sid', ARGV[1], 'to', ARGV[2], 'ch', ARGV[3], 'lo', ARG
            'd', ARGV[5], 'e', ARGV[6])
 if ARGV[12] ~= '' then redis.call('HSET', pkey, 'sc', ARGV[12]) end
 save_attempt(pkey, 0, attempt, now)
+if ARGV[10] == 'requested' then redis.call('ZADD', KEYS[6], now, ARGV[1] .. ':0') end
 for name, value in pairs(cjson.decode(ARGV[11])) do
   redis.call('HSET', pkey, name, tostring(value))
 end
@@ -244,8 +247,10 @@ end
 # only when every one of its sends has failed: a concurrent re-send may have got through.
 # KEYS[1] the pending verification of the sid's number and scope  KEYS[2] the ended one
 # KEYS[3] the bucket's outbox  KEYS[4] the event's hash  KEYS[5] the bucket's expiry list
+# KEYS[6] the bucket's sends in flight (the attempt leaves it)
 # ARGV[1] sid  ARGV[2] attempt index  ARGV[3] attempt status  ARGV[4] provider sid
 # ARGV[5] error  ARGV[6] event id ("" when events are off)  ARGV[7] retention ms
+# ARGV[8] "1": only an attempt still "requested" (the reconciliation; a late answer wins)
 # Returns {the verification's status, 1 when the attempt's status (a parked one included) is
 # its first proof of delivery, else 0}, or false when it is gone.
 SETTLE_SEND = (
@@ -256,6 +261,7 @@ SETTLE_SEND = (
     + _LUA_RANK
     + _LUA_FIRST_DELIVERY
     + """
+redis.call('ZREM', KEYS[6], ARGV[1] .. ':' .. ARGV[2])
 local vkey = live(KEYS[1], KEYS[2], ARGV[1])
 if not vkey then return false end
 local current = redis.call('HMGET', vkey, 'st', 'n', 'ch', 'c')
@@ -263,6 +269,7 @@ local c = tonumber(current[4])
 local index = tonumber(ARGV[2])
 local attempt = attempt_of(vkey, index, c)
 if not attempt then return {current[1], 0} end
+if ARGV[8] == '1' and attempt.status ~= 'requested' then return {current[1], 0} end
 attempt.status = ARGV[3]
 attempt.updated = now
 if ARGV[5] ~= '' then redis.call('HSET', vkey, 'a' .. index .. 'e', ARGV[5]) end
@@ -724,6 +731,7 @@ class VerificationStore:
                     keys.sends(bucket, generation - 1),
                     idempotency_key,
                     keys.expiries(bucket),
+                    keys.sends_in_flight(bucket),
                 ],
                 [
                     new_sid,
@@ -791,14 +799,25 @@ class VerificationStore:
         status: str,
         provider_sid: str = "",
         error: str = "",
+        only_if_requested: bool = False,
     ) -> Settled:
-        """`settle_send`, telling also whether the answer is the first proof of delivery."""
+        """`settle_send`, telling also whether the answer is the first proof of delivery.
+        `only_if_requested`: change nothing unless the attempt is still "requested"."""
         bucket, pending, ended = self._keys_of(sid)
         event_keys, event_id = self._event_keys(bucket)
         reply = self.scripts.run(
             self._settle,
-            [pending, ended, *event_keys],
-            [sid, attempt_index, status, provider_sid, error, event_id, self.retention_ms],
+            [pending, ended, *event_keys, keys.sends_in_flight(bucket)],
+            [
+                sid,
+                attempt_index,
+                status,
+                provider_sid,
+                error,
+                event_id,
+                self.retention_ms,
+                "1" if only_if_requested else "0",
+            ],
         )
         if not reply:
             return Settled(None, False)
@@ -984,6 +1003,22 @@ class VerificationStore:
         for bucket in buckets:
             pipe.zrangebyscore(keys.expiries(bucket), "-inf", now, start=0, num=limit)
         return [sid for found in pipe.execute() for sid in found]
+
+    def stale_sends(
+        self, buckets: list[str], older_than_ms: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """(sid, attempt index) of sends asked longer than `older_than_ms` ago and never settled
+        by the carrier's answer, at most `limit` per bucket; one round trip per master."""
+        before = _now_ms() - older_than_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.zrangebyscore(keys.sends_in_flight(bucket), "-inf", before, start=0, num=limit)
+        found = []
+        for member in (m for members in pipe.execute() for m in members):
+            sid, _, index = member.rpartition(":")
+            if index.isdigit():
+                found.append((sid, int(index)))
+        return found
 
     # -- reading -------------------------------------------------------------------------------
 
