@@ -114,11 +114,12 @@ def make_app(
     return lambda **overrides: build_app(redis_url, twilio_api, tmp_path, **overrides)
 
 
-def build_app(redis_url: str, twilio_api: TwilioStandIn, tmp_path: Any, **overrides: Any) -> Flask:
-    """The app as make_app builds it, on any Redis (a test's own cluster, say)."""
+def build_app(store_url: str, twilio_api: TwilioStandIn, tmp_path: Any, **overrides: Any) -> Flask:
+    """The app as make_app builds it, on any Redis (a test's own cluster, say); a redis_url
+    among `overrides` wins."""
     config: dict[str, Any] = {
         "INSTANCE_PATH": str(tmp_path / "instance"),
-        "REDIS_URL": redis_url,
+        "REDIS_URL": store_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_CALLER_ID": CALLER_ID,

@@ -462,6 +462,8 @@ def test_an_unknown_event_type_is_refused_and_nothing_is_stored(
 def test_publish_is_one_redis_round_trip(
     redis_client: redis.Redis, clock: Clock, redis_url: str
 ) -> None:
+    if redis_url.startswith("redis+cluster://"):
+        pytest.skip("counts what goes over one server's connection")
     sent: list[bytes] = []
     base = redis_client.connection_pool.connection_class
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.conftest import API_TOKEN, Api
-from tests.stall_proxy import StallProxy
+from tests.stall_proxy import SlowRedisProxy
 from tests.test_api import assert_problem, sms_code
 
 TO = "+14155550123"
@@ -118,8 +118,8 @@ def stalled(make_app, redis_url):
         pytest.skip(
             "the proxy stands in front of one server; the cluster's failover is tested apart"
         )
-    proxy = StallProxy(redis_url)
-    yield make_app(redis_url=proxy.url), proxy
+    proxy = SlowRedisProxy(redis_url)
+    yield make_app(redis_url=proxy.url()), proxy
     proxy.close()
 
 
@@ -133,12 +133,12 @@ def test_a_check_whose_answer_was_lost_is_503_unknown_and_the_retry_learns_it_ap
     key = str(uuid.uuid4())
     body = {"sid": sid, "code": code}
     client = app.test_client()
-    proxy.lose_next_script_answer(containing=b":pv:")  # the check itself
+    proxy.delay_reply_to(b":pv:", 2.5)  # the check itself, past the client's 2 s timeout
     lost = client.post("/v1/verifications/check", json=body, headers=keyed(key))
     problem = assert_problem(lost, 503, "store_unavailable")
     assert "outcome is unknown" in problem["detail"], problem
     assert lost.headers.get("Retry-After"), dict(lost.headers)
-    assert proxy.lost.is_set(), "Redis ran the check; only its answer was lost"
+    assert proxy.delayed.is_set(), "Redis ran the check; only its answer came too late"
     again = client.post("/v1/verifications/check", json=body, headers=keyed(key))
     assert again.status_code == 200, again.get_data(as_text=True)
     assert again.get_json() == {"sid": sid, "to": TO, "status": "approved", "valid": True}
@@ -151,7 +151,7 @@ def test_a_start_whose_answer_was_lost_is_not_started_twice(stalled, twilio_api)
     app, proxy = stalled
     client = app.test_client()
     key = str(uuid.uuid4())
-    proxy.lose_next_script_answer(containing=b":pv:")  # the start itself
+    proxy.delay_reply_to(b":pv:", 2.5)  # the start itself
     lost = client.post("/v1/verifications", json={"to": TO, "channel": "sms"}, headers=keyed(key))
     assert_problem(lost, 503, "store_unavailable")
     again = client.post("/v1/verifications", json={"to": TO, "channel": "sms"}, headers=keyed(key))
