@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench import loadgen, report
+from bench import capacity, loadgen, report
 from bench.baseline_app import REDIS_URL_VARIABLE, TOKEN_FILE_VARIABLE
 from bench.servers import (
     HOST,
@@ -103,6 +103,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("auto", "embedded"),
         default="auto",
         help=f"auto: {SERVER_REDIS_URL} when it answers, else embedded",
+    )
+    parser.add_argument(
+        "--capacity-at",
+        type=int,
+        default=100_000,
+        help="items for the Redis bytes per verification and per call state (0: skip them "
+        "and the WAIT cost; see bench/capacity.py)",
+    )
+    parser.add_argument(
+        "--fill",
+        type=int,
+        default=None,
+        help="also compare start, check and an IVR step with 1,000 and this many "
+        "verifications kept (e.g. 1000000)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     return parser.parse_args(argv)
@@ -437,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"  {note}")
     document = _document(args, rows, notes, state, redis="server" if store else "embedded")
+    if args.capacity_at:
+        found = capacity.report(args.capacity_at, args.fill)
+        print()
+        for line in capacity.render(found, args.capacity_at):
+            print(f"  {line}")
+        document["capacity"] = found
     document["duration_seconds"] = round(time.monotonic() - started, 1)
     report.write_json(args.output, document)
     print(f"\nbench: {document['duration_seconds']} s; results in {args.output}")
