@@ -12,10 +12,11 @@ cluster), through the project's own stores, so the figures are the app's, not a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,26 +94,33 @@ def _p50_ms(action: Callable[[int], object], count: int = SAMPLES, offset: int =
     return statistics.median(times)
 
 
-def memory_report(count: int) -> dict[str, float]:
-    """Bytes per pending verification and per IVR call state, each measured alone."""
-    found: dict[str, float] = {}
+@contextlib.contextmanager
+def _fresh_redis() -> Iterator[Any]:
+    """A client of an embedded Redis of its own, in a temporary folder, stopped after."""
     with tempfile.TemporaryDirectory(prefix="ivr-capacity-") as folder:
         embedded = EmbeddedRedis(Path(folder))
         client = connect(embedded.ensure_running())
         try:
-            codes = CodeSecrets(SECRET)
-            store = VerificationStore(client)
-            found["bytes_per_pending_verification"] = bytes_per(
-                count, lambda i: _start(store, codes, i), client
-            )
-            client.flushall()
-            states = CallStateStore(client, 4 * 3600, SECRET)
-            found["bytes_per_call_state"] = bytes_per(
-                count, lambda i: _save_call(states, f"CA{i:032x}"), client
-            )
+            yield client
         finally:
             client.close()
             embedded.stop(force=True)
+
+
+def memory_report(count: int) -> dict[str, float]:
+    """Bytes per pending verification and per IVR call state, each measured alone."""
+    found: dict[str, float] = {}
+    with _fresh_redis() as client:
+        codes = CodeSecrets(SECRET)
+        store = VerificationStore(client)
+        found["bytes_per_pending_verification"] = bytes_per(
+            count, lambda i: _start(store, codes, i), client
+        )
+        client.flushall()
+        states = CallStateStore(client, 4 * 3600, SECRET)
+        found["bytes_per_call_state"] = bytes_per(
+            count, lambda i: _save_call(states, f"CA{i:032x}"), client
+        )
     return found
 
 
@@ -140,22 +148,16 @@ def wait_report() -> dict[str, float]:
 def growth_report(target: int) -> dict[str, float]:
     """Start, check and an IVR step, median ms, with 1,000 verifications kept and with
     `target`: the same when nothing scans what it does not need."""
-    with tempfile.TemporaryDirectory(prefix="ivr-capacity-fill-") as folder:
-        embedded = EmbeddedRedis(Path(folder))
-        client = connect(embedded.ensure_running())
-        try:
-            codes = CodeSecrets(SECRET)
-            store = VerificationStore(client)
-            states = CallStateStore(client, 4 * 3600, SECRET)
-            for index in range(1000):
-                _start(store, codes, index)
-            small = _costs(store, codes, states, 5_000_000)
-            for index in range(1000, target):
-                _start(store, codes, index)
-            large = _costs(store, codes, states, 6_000_000)
-        finally:
-            client.close()
-            embedded.stop(force=True)
+    with _fresh_redis() as client:
+        codes = CodeSecrets(SECRET)
+        store = VerificationStore(client)
+        states = CallStateStore(client, 4 * 3600, SECRET)
+        for index in range(1000):
+            _start(store, codes, index)
+        small = _costs(store, codes, states, 5_000_000)
+        for index in range(1000, target):
+            _start(store, codes, index)
+        large = _costs(store, codes, states, 6_000_000)
     return {f"{name}_p50_ms_at_1000": value for name, value in small.items()} | {
         f"{name}_p50_ms_at_{target}": value for name, value in large.items()
     }
