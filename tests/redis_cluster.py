@@ -267,7 +267,8 @@ if __name__ == "__main__":
     where = Path(sys.argv[1] if len(sys.argv) > 1 else f"/tmp/ivr-cluster-{os.getpid()}")
     cluster = LocalCluster(where).start()
     print(f"REDIS_URL={cluster.url}")
-    print("Ctrl-C stops it.", flush=True)
+    print("Ctrl-C (or SIGTERM) stops it.", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the nodes on either
     try:
         signal.pause()
     except KeyboardInterrupt:
