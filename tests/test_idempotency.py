@@ -158,3 +158,14 @@ def test_a_start_whose_answer_was_lost_is_not_started_twice(stalled, twilio_api)
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     started = again.get_json()
     assert started["status"] == "pending" and len(started["send_attempts"]) == 1
+
+
+def test_a_write_no_replica_acknowledged_is_a_503_with_the_outcome_unknown(make_app, redis_url):
+    """REDIS_WAIT_REPLICAS=1 on a server with none: WAIT times out, so an answer would promise
+    what a failover could lose; it is a 503 (the write happened on the master, and may stay)."""
+    if redis_url.startswith("redis+cluster://"):
+        pytest.skip("the test's cluster has a replica per master")
+    app = make_app(redis_wait_replicas=1, redis_wait_timeout_ms=50)
+    lost = Api(app.test_client()).start(to=TO, channel="sms")
+    problem = assert_problem(lost, 503, "store_unavailable")
+    assert "outcome is unknown" in problem["detail"] and lost.headers["Retry-After"]
