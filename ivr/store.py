@@ -215,9 +215,6 @@ class Scripts:
         self.wait_timeout_ms = wait_timeout_ms
         self._known: dict[str, tuple[float, int]] = {}  # node -> (when looked, replicas)
 
-    def register(self, source: str) -> redis.commands.core.Script:
-        return self.client.register_script(source)
-
     def run(
         self,
         script: redis.commands.core.Script,
