@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from ivr import keys, logs, phone
 from ivr.config import Rate
@@ -39,6 +40,7 @@ from ivr.verification.store import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Statuses a carrier status callback may set on an attempt (Twilio's call and message statuses).
 DELIVERY_STATUSES = frozenset(
@@ -315,23 +317,21 @@ class VerificationService:
             if (record := self.store.idempotent_record(idempotency)) is not None:
                 raise Repeated(record)  # before any limit counts it again
         try:
-            counted = self._count_send(number, client_id)
-            try:
-                if channel is Channel.MISSED_CALL:
-                    waiting = self._await_missed_call(number, chosen_locale, idempotency)
-                else:
-                    started, code = self._start_with_code(
-                        number, channel, chosen_locale, scope, idempotency
-                    )
-            except SendLimited as exc:  # the number's own limit, counted with the send
-                self.limiter.release(counted)
-                wait = max(1, -(-exc.retry_after_ms // 1000))
-                raise RateLimited(
-                    "number", wait, f"too many codes sent (per number); try again in {wait} s"
-                ) from None
-            except BaseException:
-                self.limiter.release(counted)  # nothing was sent: the count goes back
-                raise
+            if channel is Channel.MISSED_CALL:
+                waiting = self._counted(
+                    number, client_id, self._await_missed_call, number, chosen_locale, idempotency
+                )
+            else:
+                started, code = self._counted(
+                    number,
+                    client_id,
+                    self._start_with_code,
+                    number,
+                    channel,
+                    chosen_locale,
+                    scope,
+                    idempotency,
+                )
         except RateLimited as exc:
             metrics().sends_refused.labels("limit", exc.scope).inc()
             logs.bind(outcome=f"rate_limited_{exc.scope}")
@@ -503,6 +503,25 @@ class VerificationService:
             return self.number_policy.check(number, channel)
         except phone.NumberRefused as exc:
             raise InvalidRequest("to", exc.reason, exc.detail) from None
+
+    def _counted(
+        self, number: phone.PhoneNumber, client_id: str, store: Callable[..., T], *args: Any
+    ) -> T:
+        """`store(*args)` with the send counted in the prefix and client windows first; the
+        counts are taken back when it stores nothing (the number's own limit, counted by the
+        store with the send, refused it: RateLimited; or it failed)."""
+        counted = self._count_send(number, client_id)
+        try:
+            return store(*args)
+        except SendLimited as exc:
+            self.limiter.release(counted)
+            wait = max(1, -(-exc.retry_after_ms // 1000))
+            raise RateLimited(
+                "number", wait, f"too many codes sent (per number); try again in {wait} s"
+            ) from None
+        except BaseException:
+            self.limiter.release(counted)
+            raise
 
     def _count_send(self, number: phone.PhoneNumber, client_id: str) -> Counted:
         """Count the send in the prefix and client windows (the number's own is counted by the
