@@ -49,3 +49,11 @@ def test_every_soak_call_completes_the_default_flow_without_errors(
     assert report["samples"], "memory was sampled"
     assert all(sample["app_processes"] >= 2 for sample in report["samples"][:-1])
     assert report["samples"][-1]["redis_used_memory"] > 0
+    # What the calls left in Redis all expires: no kind of key without an expiry grew, and the
+    # keys without one (the customer directory) are as many as before the calls.
+    retained = report["redis_retained"]
+    assert retained["grew"], "the census saw the calls' records"
+    assert all(kind["expires"] for kind in retained["grew"].values()), retained["grew"]
+    assert retained["persistent_keys_after"] == retained["persistent_keys_before"]
+    assert retained["expiring_bytes_per_completed_call"] > 0
+    assert "redis_working_set" in report["memory"]
