@@ -287,6 +287,12 @@ def document_trial(kind: str, text_digest: str) -> str:
     return f"{NAMESPACE}:{{{kind}}}:trial:{text_digest}"
 
 
+def document_trials(kind: str) -> str:
+    """Sorted set: text digest -> when its trial expires (ms), so what trials name can be
+    read without a SCAN; trimmed on each trial, and expiring with the last one."""
+    return f"{NAMESPACE}:{{{kind}}}:trials"
+
+
 # -- the console: users, sessions, audit (see ivr.users) ----------------------------------------
 
 

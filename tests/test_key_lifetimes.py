@@ -44,6 +44,7 @@ LIFETIMES: dict[str, str] = {
     r"ivr:\{(flows|prompts)\}:(generation|live|latest|file-digests|drafts)": "per document",
     r"ivr:\{(flows|prompts)\}:versions:.+": "200 versions per document",
     r"ivr:\{(flows|prompts)\}:trial:[0-9a-f]+": TTL,  # 4 hours
+    r"ivr:\{(flows|prompts)\}:trials": TTL,  # with the newest trial
     r"ivr:\{user:[^}]+\}:user": "one per console user (made by admins)",
     r"ivr:\{user:[^}]+\}:(sessions|session:[0-9a-f]+)": TTL,  # idle and absolute limits
     r"ivr:\{users\}:names": "one per console user",
