@@ -240,15 +240,11 @@ class Recordings:
         )
         return recording
 
-    def stored_bytes(self) -> int:
-        """The bytes of audio the stored recordings total (what RECORDINGS_MAX_MB bounds)."""
-        return int(self._redis.get(keys.recordings_total()) or 0)
-
     # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self, kept_records: Callable[[], Iterable[str]]) -> list[str]:
         """Delete the recordings last uploaded over the grace period ago that no text of
-        `kept_records` (every prompts record Redis keeps) names; the names deleted. The old
+        `kept_records` (every prompts record Redis keeps) names; the digests deleted. The old
         ones are listed before the texts are read, so a name written meanwhile is seen."""
         cutoff = self._now_ms() - self.grace_ms
         chosen = self._redis.zrangebyscore(keys.recordings_index(), "-inf", cutoff)
