@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +81,23 @@ class Services:
     # TwiML documents that depend only on prompt and locale, rendered once (see webhooks).
     rendered_twiml: dict[tuple[str, ...], str] = field(default_factory=dict)
     rendered_twiml_version: int = 0  # the prompts' version those documents were rendered from
+    # Chores every worker runs in its background thread (each safe on many hosts at once).
+    housekeeping: tuple[Callable[[], object], ...] = ()
 
 
 def start_background_work(app: object) -> tuple[threading.Thread, threading.Event] | None:
     """Start this process's background thread: the events thread when EVENTS_WEBHOOK_URL is
-    set (deliveries, the expiry sweep that announces verification.expired, the reconciliation
-    of sends left "requested"), else a housekeeping thread for the reconciliation alone. Call
-    it in each gunicorn worker, after the fork; setting the returned event stops the returned
-    thread. Any other WSGI app (the bench's baselines) has none."""
+    set (deliveries, the expiry sweep that announces verification.expired, and the
+    housekeeping chores), else a housekeeping thread for the chores alone: the reconciliation
+    of sends left "requested", the sweep of recordings no prompts text names. Call it in each
+    gunicorn worker, after the fork; setting the returned event stops the returned thread.
+    Any other WSGI app (the bench's baselines) has none."""
     ivr = getattr(app, "extensions", {}).get("ivr")
     if not isinstance(ivr, Services):
         return None
     if ivr.events is not None:
         return ivr.events.start()
-    return Housekeeper((ivr.verifications.reconcile_sends,)).start()
+    return Housekeeper(ivr.housekeeping).start()
 
 
 def services() -> Services:
@@ -137,12 +141,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from ivr.web.webhooks import CallbackUrls  # the web edge owns its own paths
 
     base_url = settings.public_base_url or f"http://localhost:{settings.port}"
+    prompt_versions = DocumentVersions(client, "prompts")
     prompts = load_catalogs(
         settings.voice_prompts_dir,
         settings.default_locale,
         f"{base_url}/prompts/audio",
-        published=DocumentVersions(client, "prompts"),
+        published=prompt_versions,
     )
+    recordings = Recordings(client, max_total_bytes=settings.recordings_max_mb * 1024 * 1024)
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)
     outbox = (
@@ -199,6 +205,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # "requested" well after that was left by a worker that stopped.
         send_deadline_seconds=max(120, int(4 * settings.twilio_http_timeout) + 30),
     )
+    housekeeping = (
+        verifications.reconcile_sends,
+        partial(recordings.sweep_if_due, prompt_versions.kept_records),
+    )
     customers = CustomerDirectory(client)
     customer_finder = CustomerFinder(customers, _crm_lookup(settings, prompts))
     flows = FlowEngine(
@@ -216,7 +226,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         redis=client,
         redis_backend=backend,
         prompts=prompts,
-        recordings=Recordings(client),
+        recordings=recordings,
         carrier=carrier,
         code_secrets=code_secrets,
         verifications=verifications,
@@ -224,11 +234,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         customers=customers,
         customer_finder=customer_finder,
         flows=flows,
-        events=_event_dispatcher(settings, outbox, verifications),
+        events=_event_dispatcher(settings, outbox, verifications, housekeeping),
         users=(users := Users(client, development_password_file=instance / ADMIN_PASSWORD_FILE)),
         audit=AuditLog(client),
         console_admin_password_file=_development_admin(settings, users, instance),
         base_url=base_url,
+        housekeeping=housekeeping,
     )
 
     from ivr.web import api, console, errors, public, webhooks
@@ -299,7 +310,10 @@ def _render_verification(sid: str, fields: dict[str, str]) -> dict[str, object]:
 
 
 def _event_dispatcher(
-    settings: Settings, outbox: EventOutbox | None, verifications: VerificationService
+    settings: Settings,
+    outbox: EventOutbox | None,
+    verifications: VerificationService,
+    housekeeping: tuple[Callable[[], object], ...],
 ) -> EventDispatcher | None:
     if outbox is None or not settings.events_webhook_url or not settings.events_webhook_secret:
         return None
@@ -309,7 +323,7 @@ def _event_dispatcher(
         secret=settings.events_webhook_secret.get_secret_value(),
         timeout=settings.events_webhook_timeout_seconds,
         max_attempts=settings.events_max_attempts,
-        chores=(verifications.expire_due, verifications.reconcile_sends),
+        chores=(verifications.expire_due, *housekeeping),
     )
 
 

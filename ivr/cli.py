@@ -477,11 +477,14 @@ def customers_show(customer_id: str) -> None:
 def migrate() -> None:
     """Move data kept in an older key layout into today's (run once after upgrading; running
     it again does nothing). Today: customers and API tokens, once in one slot each, now
-    sharded over Redis Cluster slots."""
+    sharded over Redis Cluster slots; and recordings uploaded before they were counted, found
+    by a SCAN, counted against RECORDINGS_MAX_MB and left to the sweep."""
     ivr = _app().extensions["ivr"]
     customers_moved = ivr.customers.migrate_legacy_layout()
     tokens_moved = ivr.api_tokens.migrate_legacy_layout()
+    recordings_counted = ivr.recordings.count_stored()
     click.echo(f"{customers_moved} customer(s) and {tokens_moved} API token(s) moved.")
+    click.echo(f"{recordings_counted} older recording(s) counted against RECORDINGS_MAX_MB.")
 
 
 # The call-center team's tools live with the flows they serve (ivr/flow_cli.py).

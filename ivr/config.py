@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     flows_dir: Path = DEFAULT_FLOWS_DIR
     # A call's place in its flow is kept this long after its last step (longer than any call).
     call_state_ttl_seconds: int = Field(4 * 3600, ge=300, le=86400)
+    # The audio of every recording uploaded in the console, together (Redis holds it as base64,
+    # a third more); an upload past it is refused. Unused ones are swept (ivr.recordings).
+    recordings_max_mb: int = Field(200, ge=5, le=10_000)
     customer_lookup_url: str | None = Field(None, pattern=r"^https?://")
     customer_lookup_secret: SecretStr | None = None
     customer_lookup_timeout_seconds: float = Field(2.0, gt=0, le=10)

@@ -1,6 +1,7 @@
 """Chores each worker runs in a thread of its own, beside the requests: the reconciliation of
-sends a dead worker left "requested" (and, with an events webhook, the dispatcher runs its own
-chores: the expiry sweep). Every worker may run them: each chore is safe to run twice."""
+sends a dead worker left "requested", the sweep of uploaded recordings nothing names (with an
+events webhook, the dispatcher runs these chores and its own: the expiry sweep). Every worker
+may run them: each chore is safe to run twice."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ spread over slots (buckets, shards, per-item tags), so no single master carries 
 from __future__ import annotations
 
 import hashlib
+import re
 
 NAMESPACE = "ivr"
 
@@ -287,6 +288,12 @@ def document_trial(kind: str, text_digest: str) -> str:
     return f"{NAMESPACE}:{{{kind}}}:trial:{text_digest}"
 
 
+def document_trials(kind: str) -> str:
+    """Sorted set: text digest -> when its trial expires (ms), so what trials name can be
+    read without a SCAN; trimmed on each trial, and expiring with the last one."""
+    return f"{NAMESPACE}:{{{kind}}}:trials"
+
+
 # -- the console: users, sessions, audit (see ivr.users) ----------------------------------------
 
 
@@ -354,6 +361,47 @@ def console_users_lock() -> str:
 
 def prompt_recording(digest: str) -> str:
     """Hash: one uploaded recording by its content's SHA-256 (audio as base64, type, length,
-    who uploaded it); kept while any catalog version may name it. Its own slot: recordings are
+    who uploaded it, when first and last); swept when no catalog draft, kept version or trial
+    names it, an hour after its last upload (ivr.recordings). Its own slot: recordings are
     large and are read alone."""
     return f"{NAMESPACE}:{{recording:{digest}}}:audio"
+
+
+def prompt_recordings_match() -> str:
+    """A SCAN pattern for every recording's hash (braces are not special in Redis' globs)."""
+    return prompt_recording("*")
+
+
+def prompt_recording_digest(key: str) -> str | None:
+    """The digest a recording's key names; None for any other key."""
+    found = re.fullmatch(rf"{NAMESPACE}:\{{recording:([0-9a-f]{{64}})\}}:audio", key)
+    return found.group(1) if found else None
+
+
+# The sweep and the cap of recordings: one slot of their own ({recordings}), apart from the
+# recordings'. An upload is counted here first, then stored in its own slot; the sweep deletes
+# a recording first, then uncounts it (see ivr.recordings for why that order is crash-safe).
+
+
+def recordings_index() -> str:
+    """Sorted set: recording digest -> when it was last uploaded (ms), for the sweep that
+    deletes those nothing has named for a while; one member per stored recording."""
+    return f"{NAMESPACE}:{{recordings}}:index"
+
+
+def recordings_sizes() -> str:
+    """Hash: recording digest -> its audio's bytes, so the sweep knows what it frees; one field
+    per stored recording, written with the index."""
+    return f"{NAMESPACE}:{{recordings}}:sizes"
+
+
+def recordings_total() -> str:
+    """String: the bytes of audio of every recording counted in the index, against
+    RECORDINGS_MAX_MB (the sum of `recordings_sizes`, kept by the same scripts)."""
+    return f"{NAMESPACE}:{{recordings}}:total"
+
+
+def recordings_sweep() -> str:
+    """String: held while one host's sweep of recordings is due to run, so every worker on
+    every host does not sweep at once; expires after the sweep interval."""
+    return f"{NAMESPACE}:{{recordings}}:sweep"

@@ -290,6 +290,7 @@ def test_migrate_moves_customers_and_tokens_from_the_single_slot_layout(director
     result = run("migrate")
     assert result.exit_code == 0, result.output
     assert "1 customer(s) and 0 API token(s) moved." in result.stdout
+    assert "0 older recording(s) counted against RECORDINGS_MAX_MB." in result.stdout
     assert directory.find_by_phone("+14155550161") == Customer(
         "12345678", "+14155550161", "Ada", sms=False
     )

@@ -3,6 +3,7 @@ finishes on the version it started with, and rollbacks are new versions."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -211,3 +212,24 @@ def test_a_file_is_published_as_the_text_that_was_checked(make_app, team_flows, 
     library.refresh(force=True)
     assert DocumentVersions(redis_client, "flows").live("default").text == checked
     assert library.get("default").start == "main_menu"
+
+
+def test_kept_records_are_every_trial_draft_and_version_retired_ones_included(redis_client):
+    """What a sweep of recordings reads to know which are named (see ivr.recordings)."""
+    versions = DocumentVersions(redis_client, "prompts", history_cap=2)
+    for n in (1, 2, 3):
+        versions.publish("en-US", f"version {n}\n", author="eddie")  # the first is pruned
+    versions.publish("fr-FR", "retired\n", author="eddie")
+    versions.retire("fr-FR")
+    versions.save_draft("en-US", "draft\n", author="eddie", base=3, now_ms=1)
+    trial = versions.save_trial("trial\n")
+    trial_text, draft, *kept = versions.kept_records()  # in this order: see its docstring
+    assert (trial_text, json.loads(draft)["text"]) == ("trial\n", "draft\n")
+    assert sorted(json.loads(text)["text"] for text in kept) == [
+        "retired\n",
+        "version 2\n",
+        "version 3\n",
+    ]
+    assert 0 < redis_client.pttl("ivr:{prompts}:trials") <= 4 * 3600 * 1000
+    redis_client.delete(f"ivr:{{prompts}}:trial:{trial}")  # as when it expires
+    assert "trial\n" not in versions.kept_records()

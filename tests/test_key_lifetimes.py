@@ -1,11 +1,13 @@
 """Nothing grows without bound: every kind of key the app writes, with its expiry or its cap.
 
 A broad workload (every channel, right and wrong codes, a missed call, an IVR call, events
-delivered and failed, the console, customers, tokens) runs; then every key in Redis must match
-one pattern below, and have a time to live unless the pattern says what bounds it instead."""
+delivered and failed, the console, a recording uploaded and tried in the simulator, customers,
+tokens) runs; then every key in Redis must match one pattern below, and have a time to live
+unless the pattern says what bounds it instead."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -14,6 +16,7 @@ from tests.conftest import CALLER_ID, Api, twilio_post, twiml
 from tests.console_helpers import make_user, sign_in
 from tests.event_receiver import Answer, Receiver
 from tests.test_api import sms_code
+from tests.test_recordings import upload, wav_bytes
 from tests.test_verification_events import FLASH_POOL, MISSED_CALL_NUMBER, SECRET, deliver
 
 TTL = "expires"
@@ -44,6 +47,10 @@ LIFETIMES: dict[str, str] = {
     r"ivr:\{(flows|prompts)\}:(generation|live|latest|file-digests|drafts)": "per document",
     r"ivr:\{(flows|prompts)\}:versions:.+": "200 versions per document",
     r"ivr:\{(flows|prompts)\}:trial:[0-9a-f]+": TTL,  # 4 hours
+    r"ivr:\{(flows|prompts)\}:trials": TTL,  # with the newest trial
+    r"ivr:\{recording:[0-9a-f]{64}\}:audio": "RECORDINGS_MAX_MB; swept an hour after, unnamed",
+    r"ivr:\{recordings\}:(index|sizes|total)": "one entry per stored recording",
+    r"ivr:\{recordings\}:sweep": TTL,  # the sweep interval
     r"ivr:\{user:[^}]+\}:user": "one per console user (made by admins)",
     r"ivr:\{user:[^}]+\}:(sessions|session:[0-9a-f]+)": TTL,  # idle and absolute limits
     r"ivr:\{users\}:names": "one per console user",
@@ -88,7 +95,7 @@ def test_every_key_has_an_expiry_or_a_stated_bound(make_app, receiver, redis_cli
         headers={**api.headers, "Idempotency-Key": "k-1"},
     )
     receiver.answer(Answer(status=500))
-    deliver(app)  # one event fails (retried later), the others are delivered
+    deliver(app)  # one event fails (retried later), the others are delivered; chores run
     twiml(
         twilio_post(
             client,
@@ -99,12 +106,19 @@ def test_every_key_has_an_expiry_or_a_stated_bound(make_app, receiver, redis_cli
     api.put("/v1/customers/12345678", {"phone": "+14155550130", "name": "Ada"})
     app.extensions["ivr"].api_tokens.issue("billing")
     make_user(app, "supervisor", "editor")
-    sign_in(app, "supervisor").get("/console/")
+    supervisor = sign_in(app, "supervisor")
+    supervisor.get("/console/")
+    upload(supervisor, wav_bytes(), "welcome.wav")  # a recording, counted, in the draft
+    published = app.extensions["ivr"].prompts.published
+    published.save_trial(json.dumps({"en-US": published.draft("en-US").text}))
 
-    unbounded = []
+    unbounded, met = [], set()
     for key in redis_client.scan_iter(count=1000):
         kind = next((p for p in LIFETIMES if re.fullmatch(p, key)), None)
         assert kind is not None, f"{key}: a key no pattern names (add it, with its lifetime)"
+        met.add(kind)
         if LIFETIMES[kind] == TTL and redis_client.pttl(key) < 0:
             unbounded.append(key)
     assert not unbounded, f"keys that should expire but do not: {unbounded}"
+    recordings = {p for p in LIFETIMES if "recording" in p or p.endswith(":trials")}
+    assert recordings <= met, f"the scenario wrote none of {sorted(recordings - met)}"

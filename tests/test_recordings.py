@@ -1,15 +1,21 @@
 """Recorded prompts uploaded in the console: checked by their bytes, kept in Redis, drafted and
-published with the catalog, played by every host."""
+published with the catalog, played by every host; swept once nothing names them, and capped."""
 
 from __future__ import annotations
 
 import io
+import json
 import secrets
+import time
 import wave
+from html import unescape
 
 import pytest
 
+from ivr import keys
+from ivr.flows.versions import DocumentVersions
 from ivr.recordings import (
+    GRACE_SECONDS,
     MAX_RECORDING_BYTES,
     MAX_RECORDING_SECONDS,
     BadRecording,
@@ -202,3 +208,189 @@ def incoming_call() -> dict[str, str]:
         "To": "+14155550199",
         "CallStatus": "ringing",
     }
+
+
+# Nothing grows without bound: the sweep of recordings nothing names, and the total's cap
+
+
+class Clock:
+    """Wall-clock seconds that move only when a test says."""
+
+    def __init__(self, at: float = 1_700_000_000.0):
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def digest_of(data: bytes) -> str:
+    return inspect_audio(data).name[:64]
+
+
+def counted(client) -> tuple[set[str], int]:
+    """The digests the index counts, and their total (which must be the sum of their sizes)."""
+    sizes = client.hgetall(keys.recordings_sizes())
+    assert set(client.zrange(keys.recordings_index(), 0, -1)) == set(sizes)
+    total = int(client.get(keys.recordings_total()) or 0)
+    assert total == sum(int(size) for size in sizes.values())
+    return set(sizes), total
+
+
+def test_an_old_recording_nothing_names_is_deleted_and_uncounted(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    data = wav_bytes()
+    recording = recordings.store(data, uploaded_by="eddie")
+    assert counted(redis_client) == ({digest_of(data)}, len(data))
+    clock.at += GRACE_SECONDS + 1
+    assert recordings.sweep(lambda: ["a text naming no recording"]) == [digest_of(data)]
+    assert Recordings(redis_client).audio(recording.name) is None
+    assert not redis_client.exists(keys.prompt_recording(digest_of(data)))
+    assert counted(redis_client) == (set(), 0)
+
+
+def test_a_fresh_upload_no_draft_names_yet_is_kept(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    data = wav_bytes()
+    recordings.store(data, uploaded_by="eddie")  # its draft is written after this
+    clock.at += GRACE_SECONDS - 1
+    assert recordings.sweep(list) == []
+    assert recordings.exists(inspect_audio(data).name)
+
+
+def test_uploading_the_same_bytes_again_starts_the_grace_over(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    data = wav_bytes()
+    recordings.store(data, uploaded_by="eddie")
+    clock.at += GRACE_SECONDS
+    recordings.store(data, uploaded_by="vera")  # counted once, its time moved on
+    clock.at += GRACE_SECONDS - 1
+    assert recordings.sweep(list) == []
+    assert counted(redis_client) == ({digest_of(data)}, len(data))
+
+
+def test_an_upload_landing_while_the_sweep_reads_the_texts_is_not_deleted(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    data = wav_bytes()
+    recordings.store(data, uploaded_by="eddie")
+    clock.at += GRACE_SECONDS + 1
+    another_host = Recordings(redis_client, clock=clock)
+
+    def texts_while_someone_uploads_it_again() -> list[str]:
+        another_host.store(data, uploaded_by="vera")  # chosen already, not named yet
+        return []
+
+    assert recordings.sweep(texts_while_someone_uploads_it_again) == []
+    assert another_host.audio(inspect_audio(data).name) == (data, "audio/wav")
+    assert counted(redis_client) == ({digest_of(data)}, len(data))
+
+
+def test_a_count_left_without_its_recording_is_dropped_by_the_sweep(redis_client):
+    """What a crash between counting an upload and storing it leaves: a count, no audio."""
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    lost = "ab" * 32
+    redis_client.zadd(keys.recordings_index(), {lost: int(clock.at * 1000)})
+    redis_client.hset(keys.recordings_sizes(), lost, 4096)
+    redis_client.set(keys.recordings_total(), 4096)
+    clock.at += GRACE_SECONDS + 1
+    assert recordings.sweep(list) == [lost]
+    assert counted(redis_client) == (set(), 0)
+
+
+def test_what_a_draft_the_live_version_or_history_names_is_kept_the_rest_swept(
+    app, redis_client, editor
+):
+    first, second, third, replaced = (wav_bytes(seconds) for seconds in (1, 2, 3, 4))
+    upload(editor, first, "first.wav")
+    post(editor, "/console/prompts/en-US/publish", {"comment": "first"})  # then in history
+    upload(editor, second, "second.wav")
+    post(editor, "/console/prompts/en-US/publish", {"comment": "second"})  # live
+    upload(editor, replaced, "oops.wav")
+    upload(editor, third, "third.wav", key="flow.main_menu.long")
+    upload(editor, first, "first.wav")  # the draft names first again, no longer `replaced`
+    assert f"flow.welcome: {inspect_audio(first).name}" in draft_of(app).text
+    published = app.extensions["ivr"].prompts.published
+    two_hours_on = Recordings(redis_client, clock=lambda: time.time() + 2 * 3600)
+    assert two_hours_on.sweep(published.kept_records) == [digest_of(replaced)]
+    for data in (first, second, third):
+        assert two_hours_on.exists(inspect_audio(data).name)
+    assert counted(redis_client)[0] == {digest_of(data) for data in (first, second, third)}
+    post(editor, "/console/prompts/en-US/discard")  # third was named by the draft alone
+    assert two_hours_on.sweep(published.kept_records) == [digest_of(third)]
+
+
+def test_a_recording_goes_once_the_history_naming_it_is_pruned(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    versions = DocumentVersions(redis_client, "prompts", history_cap=2)
+    names = [recordings.store(wav_bytes(n), uploaded_by="eddie").name for n in (1, 2, 3)]
+    for name in names:
+        versions.publish("en-US", f"recordings:\n  flow.welcome: {name}\n", author="eddie")
+    clock.at += GRACE_SECONDS + 1
+    assert recordings.sweep(versions.kept_records) == [names[0][:64]]  # version 1 was pruned
+    assert recordings.sweep(versions.kept_records) == []
+
+
+def test_a_recording_only_a_simulator_trial_names_is_kept_while_the_trial_lasts(redis_client):
+    clock = Clock()
+    recordings = Recordings(redis_client, clock=clock)
+    versions = DocumentVersions(redis_client, "prompts")
+    name = recordings.store(wav_bytes(), uploaded_by="eddie").name
+    trial = versions.save_trial(json.dumps({"en-US": f"recordings:\n  flow.welcome: {name}\n"}))
+    clock.at += GRACE_SECONDS + 1
+    assert recordings.sweep(versions.kept_records) == []
+    redis_client.delete(keys.document_trial("prompts", trial))  # as when it expires
+    assert recordings.sweep(versions.kept_records) == [name[:64]]
+
+
+def test_one_host_sweeps_at_a_time_from_the_housekeeping_chores(app, redis_client):
+    old = Recordings(redis_client, clock=lambda: time.time() - 2 * 3600)
+    data = wav_bytes()
+    old.store(data, uploaded_by="eddie")
+    for chore in app.extensions["ivr"].housekeeping:  # what each worker's thread runs
+        chore()
+    assert not old.exists(inspect_audio(data).name)
+    assert redis_client.pttl(keys.recordings_sweep()) > 0
+    another_host = Recordings(redis_client)
+    assert another_host.sweep_if_due(list) is None  # swept a moment ago, elsewhere
+
+
+def test_recordings_stored_before_they_were_counted_are_counted_once(redis_client):
+    data = wav_bytes()
+    digest = digest_of(data)
+    redis_client.hset(  # as an older release stored it: no count, no index
+        keys.prompt_recording(digest),
+        mapping={"audio": "...", "type": "audio/wav", "seconds": "1.0", "bytes": len(data)}
+        | {"uploaded_by": "eddie", "uploaded_at": 1_600_000_000_000},
+    )
+    recordings = Recordings(redis_client)
+    assert recordings.count_stored() == 1
+    assert recordings.count_stored() == 0
+    assert counted(redis_client) == ({digest}, len(data))
+    assert recordings.sweep(list) == [digest]  # uploaded long ago, named by nothing
+
+
+def test_an_upload_over_the_total_is_refused_with_what_to_do_and_nothing_is_written(
+    make_app, redis_client
+):
+    app = make_app(recordings_max_mb=5)
+    make_user(app, "eddie", "editor")
+    editor = sign_in(app, "eddie")
+    kept, more = wav_bytes(200), wav_bytes(150)  # 3.1 MB, then 2.3 MB: over 5 MB together
+    upload(editor, kept, "welcome.wav")
+    before = draft_of(app).text
+    response = upload(editor, more, "menu.wav", key="flow.main_menu.long")
+    page = editor.get(response.location).text
+    assert "menu.wav: there is no room for it" in unescape(page)
+    assert "the limit of 5.0 MB (RECORDINGS_MAX_MB)" in unescape(page)
+    assert "take unused ones out of the drafts" in unescape(page)
+    assert 'id="recording-file"' in page  # the form stays open
+    assert draft_of(app).text == before
+    assert not redis_client.exists(keys.prompt_recording(digest_of(more)))
+    assert counted(redis_client) == ({digest_of(kept)}, len(kept))
+    again = upload(editor, kept, "welcome.wav")  # the same bytes take no more room
+    assert "saved to the draft" in editor.get(again.location).text

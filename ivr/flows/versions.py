@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,23 @@ return 1
 """
 
 
+# Freeze a draft for a simulated call, and note it among the kind's trials (what a sweep of
+# recordings reads: a SCAN for trial keys would walk the whole keyspace).
+# KEYS[1] the trial (string)  KEYS[2] the kind's trials (sorted set digest -> expires at, ms)
+# ARGV[1] the text  ARGV[2] its digest  ARGV[3] lifetime (ms)
+# Returns 1. Expired trials leave the set here; the set expires with the newest trial.
+SAVE_TRIAL = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Version:
     """One published version of a document."""
@@ -149,6 +167,7 @@ class DocumentVersions:
         self.history_cap = history_cap
         self._publish = client.register_script(PUBLISH)
         self._retire = client.register_script(RETIRE)
+        self._save_trial = client.register_script(SAVE_TRIAL)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -331,11 +350,37 @@ class DocumentVersions:
         """Freeze `text` for a simulated call (a draft may change while the call runs); the
         trial's id, its digest."""
         text_digest = digest(text)
-        self.redis.set(keys.document_trial(self.kind, text_digest), text, ex=TRIAL_TTL_SECONDS)
+        self._save_trial(
+            keys=[keys.document_trial(self.kind, text_digest), keys.document_trials(self.kind)],
+            args=[text, text_digest, TRIAL_TTL_SECONDS * 1000],
+        )
         return text_digest
 
     def trial(self, text_digest: str) -> str | None:
         return self.redis.get(keys.document_trial(self.kind, text_digest))
+
+    # -- everything kept, for what documents name (uploaded recordings) -----------------------
+
+    def kept_records(self) -> Iterator[str]:
+        """Every record of this kind Redis keeps, as stored (a trial's text, a draft's or a
+        version's JSON), for finding the names the texts hold, such as uploaded recordings'
+        (no JSON escaping changes one): trials, drafts, then every version of every document
+        (live, history, retired). In that order a name copied while this reads is still met:
+        a publish moves a draft into the versions (read after the drafts); a trial or a draft
+        is copied from a draft or a live version that stays (read after it); a rollback
+        copies within one document's hash (read at once). Not one snapshot: that would be a
+        script reading megabytes while Redis waits."""
+        trials = self.redis.zrange(keys.document_trials(self.kind), 0, -1)
+        if trials:
+            pipe = self.redis.pipeline(transaction=False)
+            for text_digest in trials:
+                pipe.get(keys.document_trial(self.kind, text_digest))
+            yield from (text for text in pipe.execute() if text is not None)  # None: expired
+        yield from self.redis.hvals(keys.documents_drafts(self.kind))
+        names = set(self.redis.hkeys(keys.documents_latest(self.kind)))
+        names |= set(self.redis.hkeys(keys.documents_live(self.kind)))
+        for name in sorted(names):
+            yield from self.redis.hvals(keys.document_versions(self.kind, name))
 
 
 __all__ = ["DocumentVersions", "Draft", "StalePublish", "Version", "digest"]

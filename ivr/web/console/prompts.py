@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 from ivr.app import services
 from ivr.flows.versions import DocumentVersions, StalePublish
 from ivr.prompts import CatalogError, LocaleCatalog
-from ivr.recordings import MAX_RECORDING_BYTES, RECORDING_NAME, BadRecording
+from ivr.recordings import MAX_RECORDING_BYTES, RECORDING_NAME, BadRecording, RecordingsFull
 from ivr.users import Role
 from ivr.web.console import access, blueprint
 from ivr.web.console.diffs import diff_lines
@@ -217,7 +217,8 @@ def _known_prompt(locale: str, key: str) -> None:
 @access.requires(Role.EDITOR)
 def upload_recording(locale: str, key: str) -> Any:
     """A recording for one prompt in one locale, into the locale's draft: checked by its
-    content, kept in Redis (every host plays it), played instead of the text once published."""
+    content, kept in Redis (every host plays it) within RECORDINGS_MAX_MB, played instead of
+    the text once published."""
     _known_prompt(locale, key)
     upload = request.files.get("recording")
     if upload is None or not upload.filename:
@@ -231,7 +232,7 @@ def upload_recording(locale: str, key: str) -> Any:
     data = upload.stream.read(MAX_RECORDING_BYTES + 1)
     try:
         recording = services().recordings.store(data, uploaded_by=access.current_session().user)
-    except BadRecording as exc:
+    except (BadRecording, RecordingsFull) as exc:
         return _back(error=f"{upload.filename}: {exc}", locale=locale, key=key)
 
     def set_recording(document: Any) -> object:
