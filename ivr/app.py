@@ -44,6 +44,7 @@ from ivr.verification.codes import CodeSecrets
 from ivr.verification.limits import SendLimiter
 from ivr.verification.models import Verification, is_call_sid, is_sid
 from ivr.verification.service import CallChannels, CodePolicy, SendLimits, VerificationService
+from ivr.verification.services import VerifyServices
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import VerificationStore
 from ivr.web.bodies import BoundedRequest
@@ -67,6 +68,7 @@ class Services:
     code_secrets: CodeSecrets
     verifications: VerificationService
     api_tokens: ApiTokens
+    verify_services: VerifyServices  # Twilio Verify's Services (/v2); /v1 uses the default one
     customers: CustomerDirectory
     # Directory, then the CRM hook when CUSTOMER_LOOKUP_URL is set: what identifies a caller.
     customer_finder: CustomerFinder
@@ -231,6 +233,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         code_secrets=code_secrets,
         verifications=verifications,
         api_tokens=ApiTokens(client, app_secrets.secret_key, app_secrets.api_token),
+        verify_services=VerifyServices(
+            client, app_secrets.secret_key, settings.app_name, settings.otp_length
+        ),
         customers=customers,
         customer_finder=customer_finder,
         flows=flows,
@@ -242,11 +247,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         housekeeping=housekeeping,
     )
 
-    from ivr.web import api, console, errors, public, webhooks
+    from ivr.web import api, console, errors, public, verify_v2, webhooks
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(verify_v2.blueprint)
     console.init_app(app)
     errors.init_app(app)
     _observe_requests(app)

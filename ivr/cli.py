@@ -345,6 +345,10 @@ def tokens_create(name: str) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(token)
+    # On stderr: a script reading the token gets it alone. Twilio SDKs may send the key sid
+    # as the Basic auth user name (the token is the password) on /v2.
+    key_sid = app.extensions["ivr"].api_tokens.key_sid(token)
+    click.echo(f"key sid (a Twilio SDK's user name on /v2): {key_sid}", err=True)
 
 
 @tokens.command("list")

@@ -405,3 +405,19 @@ def recordings_sweep() -> str:
     """String: held while one host's sweep of recordings is due to run, so every worker on
     every host does not sweep at once; expires after the sweep interval."""
     return f"{NAMESPACE}:{{recordings}}:sweep"
+
+
+# -- Verify Services (ivr.verification.services) ------------------------------------------------
+# A handful per deployment, read far more than written: one slot holds them all, so creating
+# one (its record and its place in the list) is one script.
+
+
+def verify_service(sid: str) -> str:
+    """String: a Verify Service's settings (JSON), by its VA sid."""
+    return f"{NAMESPACE}:{{services}}:service:{sid}"
+
+
+def verify_services() -> str:
+    """Sorted set: every stored Service's sid by creation time (ms), the order lists page in;
+    at most MAX_SERVICES."""
+    return f"{NAMESPACE}:{{services}}:index"

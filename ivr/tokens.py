@@ -64,6 +64,13 @@ class ApiTokens:
         record = self.redis.hget(keys.api_tokens(keys.api_token_shard(digest)), digest)
         return json.loads(record)["name"] if record else None
 
+    def key_sid(self, token: str) -> str:
+        """The token's key sid ("SK" + 32 hex), which a Twilio SDK may send as the Basic auth
+        user name: derived from the token's HMAC, so it is the same on every host, needs no
+        storage, and tells nothing of the token."""
+        digest = hashlib.sha256(b"key-sid:" + self._digest(token).encode()).hexdigest()
+        return "SK" + digest[:32]
+
     def issue(self, name: str) -> str:
         """Create a token for `name` and return it: shown once, stored only as an HMAC."""
         if not _NAME_PATTERN.fullmatch(name) or name == ENV_TOKEN_NAME:

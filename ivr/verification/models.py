@@ -123,6 +123,8 @@ class Verification:
     call_to: str | None = None  # missed_call: the number the user rings
     caller_id_attestation: str | None = None  # missed_call: STIR/SHAKEN of the call (A/B/C…)
     code_length: int | None = None  # flash_call: how many last digits of the caller ID
+    service_sid: str | None = None  # the Verify Service it belongs to; None: the default one
+    custom_friendly_name: str | None = None  # said instead of the Service's name
 
     @classmethod
     def from_hash(cls, sid: str, data: dict[str, str], now_ms: int | None = None) -> Verification:
@@ -148,6 +150,8 @@ class Verification:
             call_to=data.get("ct") or None,
             caller_id_attestation=data.get("at") or None,
             code_length=int(data["cl"]) if data.get("cl") else None,
+            service_sid=data.get("sv") or None,
+            custom_friendly_name=data.get("fn") or None,
         )
 
     def to_api(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ivr import keys, logs, phone
@@ -28,6 +28,7 @@ from ivr.verification.models import (
     is_call_sid,
     is_sid,
 )
+from ivr.verification.services import VerifyService
 from ivr.verification.stats import VerificationStats
 from ivr.verification.store import (
     CheckResult,
@@ -160,7 +161,7 @@ class DeliveryFailed(VerificationError):
 class CallbackUrls(Protocol):
     """Where the carrier reaches our webhooks; built by the web edge from PUBLIC_BASE_URL."""
 
-    def call_answer(self, sid: str, locale: str) -> str: ...
+    def call_answer(self, sid: str, locale: str, service_sid: str = "") -> str: ...
     def call_status(self, sid: str) -> str: ...
     def sms_status(self, sid: str) -> str: ...
     def flash_call_answer(self) -> str: ...
@@ -280,6 +281,9 @@ class VerificationService:
         scope: str | None = None,
         simulated: bool = False,
         idempotency: Idempotency | None = None,
+        service: VerifyService | None = None,
+        custom_friendly_name: str | None = None,
+        custom_code: str | None = None,
     ) -> Verification:
         """Send a code to `to` on `channel`: a new verification, or a re-send of the pending one
         (the pending one of `scope` when given: an IVR call's codes are its own). A missed call
@@ -291,6 +295,11 @@ class VerificationService:
         `idempotency`: an Idempotency-Key; a request that came with it before raises Repeated
         (what it did or answered), and acts on nothing.
 
+        `service`: the Verify Service it belongs to (None: the default one). Its pending
+        verification of a number, its code length and its name are its own, and so is the
+        per-number send limit; `custom_friendly_name` is said instead of its name, and
+        `custom_code` (when the Service allows one) is sent instead of a random code.
+
         Raises InvalidRequest, RateLimited, DeliveryFailed, Repeated or IdempotencyConflict.
         """
         if channel not in tuple(Channel):
@@ -300,8 +309,11 @@ class VerificationService:
         channel = Channel(channel)
         self._require_configured(channel)
         parsed = _parse_number(to, country)
+        service = None if service is None or service.is_default else service
+        if custom_code is not None:
+            _require_custom_code(custom_code, service, channel)
         try:
-            number = self._police(parsed, channel)
+            number = self._police(parsed, channel)  # landlines never get an SMS here
         except InvalidRequest as exc:  # the policy's refusal (not a malformed number) is counted
             metrics().sends_refused.labels("policy", exc.reason).inc()
             logs.bind(outcome=exc.reason)
@@ -317,9 +329,16 @@ class VerificationService:
             if (record := self.store.idempotent_record(idempotency)) is not None:
                 raise Repeated(record)  # before any limit counts it again
         try:
+            ours = _ServiceParts.of(service, custom_friendly_name, custom_code)
             if channel is Channel.MISSED_CALL:
                 waiting = self._counted(
-                    number, client_id, self._await_missed_call, number, chosen_locale, idempotency
+                    number,
+                    client_id,
+                    self._await_missed_call,
+                    number,
+                    chosen_locale,
+                    idempotency,
+                    ours,
                 )
             else:
                 started, code = self._counted(
@@ -331,6 +350,7 @@ class VerificationService:
                     chosen_locale,
                     scope,
                     idempotency,
+                    ours,
                 )
         except RateLimited as exc:
             metrics().sends_refused.labels("limit", exc.scope).inc()
@@ -355,7 +375,16 @@ class VerificationService:
             carrier = self.simulated_carrier if simulated else self.carrier
             if carrier is None:
                 raise CarrierError("rejected", "no simulated carrier for a simulated call")
-            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code, carrier)
+            receipt = self._deliver(
+                sid,
+                number.e164,
+                channel,
+                chosen_locale,
+                code,
+                carrier,
+                ours.name(self.app_name),
+                ours.sid,
+            )
         except CarrierError as exc:
             log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
             status = self.store.settle_send(
@@ -387,19 +416,22 @@ class VerificationService:
         locale: str,
         scope: str | None,
         idempotency: Idempotency | None = None,
+        ours: _ServiceParts | None = None,
     ) -> tuple[StartResult, str]:
         """Store a new verification with a fresh code, or take the pending one's code for a
         re-send; the result and the code to deliver."""
-        fields: dict[str, str | int] = {}
+        ours = ours or _ServiceParts()
+        fields: dict[str, str | int] = dict(ours.fields)
         ttl_seconds = self.code_policy.ttl_seconds
         if channel is Channel.FLASH_CALL:
-            scope = FLASH_CALL_SCOPE
+            scope = FLASH_CALL_SCOPE + (f":{ours.sid}" if ours.sid else "")
             flash = self.call_channels
             code = secrets.choice(flash.flash_call_numbers)[-flash.flash_code_length :]
-            fields = {"cl": flash.flash_code_length, "ma": flash.flash_max_attempts}
+            fields |= {"cl": flash.flash_code_length, "ma": flash.flash_max_attempts}
             ttl_seconds = flash.flash_ttl_seconds
         else:
-            code = generate_code(self.code_policy.length)
+            scope = scope or ours.sid or None  # a Service's own pending verification
+            code = ours.custom_code or generate_code(ours.code_length or self.code_policy.length)
         new_sid = self.secrets.new_sid(number.e164, scope)
         started = self.store.start_or_resend(
             new_sid=new_sid,
@@ -414,6 +446,7 @@ class VerificationService:
             scope=scope,
             fields=fields,
             idempotency=idempotency,
+            limit_scope=ours.sid,
         )
         assert started is not None  # a re-send never answers "taken"
         sid = started.verification.sid
@@ -423,7 +456,7 @@ class VerificationService:
                 # The pool was edited while this one was pending: no number of ours can call
                 # with its code any more. End it (its re-send never happened), start anew.
                 self._end_unsendable(sid, started.attempt_index)
-                return self._start_with_code(number, channel, locale, scope, idempotency)
+                return self._start_with_code(number, channel, locale, scope, idempotency, ours)
         log.info(
             "verification %s: %s via %s to %s",
             sid,
@@ -442,7 +475,11 @@ class VerificationService:
             self._nudge(sid)
 
     def _await_missed_call(
-        self, number: phone.PhoneNumber, locale: str, idempotency: Idempotency | None = None
+        self,
+        number: phone.PhoneNumber,
+        locale: str,
+        idempotency: Idempotency | None = None,
+        ours: _ServiceParts | None = None,
     ) -> Verification:
         """A verification that the user's call to one of our missed-call numbers approves.
 
@@ -468,9 +505,10 @@ class VerificationService:
                 scope=scope,
                 resend=False,
                 first_status="awaiting_call",
-                fields={"ct": call_to},
+                fields={"ct": call_to, **(ours.fields if ours else {})},
                 count_if_taken=asked == len(pool),  # every one taken: that still counts
                 idempotency=idempotency,
+                limit_scope=ours.sid if ours else "",
             )
             if started is not None:
                 log.info(
@@ -542,7 +580,15 @@ class VerificationService:
         )
 
     def _deliver(
-        self, sid: str, to: str, channel: Channel, locale: str, code: str, carrier: Carrier
+        self,
+        sid: str,
+        to: str,
+        channel: Channel,
+        locale: str,
+        code: str,
+        carrier: Carrier,
+        app_name: str,
+        service_sid: str = "",
     ) -> Receipt:
         if channel is Channel.FLASH_CALL:
             # Rings briefly from the pool number whose last digits are the code; hangs up if
@@ -562,10 +608,10 @@ class VerificationService:
             return carrier.place_call(
                 to=to,
                 from_=self.caller_id,
-                url=self.urls.call_answer(sid, locale),
+                url=self.urls.call_answer(sid, locale, service_sid),
                 status_callback=self.urls.call_status(sid),
             )
-        body = self.prompts.text(locale, "otp.sms.body", app_name=self.app_name, code=code)
+        body = self.prompts.text(locale, "otp.sms.body", app_name=app_name, code=code)
         if self.sms_origin_domain:  # WebOTP: lets the browser offer the code for autofill
             body += f"\n\n@{self.sms_origin_domain} #{code}"
         return carrier.send_sms(
@@ -586,8 +632,10 @@ class VerificationService:
         to: object = None,
         country: object = None,
         idempotency: Idempotency | None = None,
+        service: VerifyService | None = None,
     ) -> CheckOutcome:
-        """Check a code against the verification `sid`, or the number's pending one.
+        """Check a code against the verification `sid`, or the number's pending one (of
+        `service`, None the default: another Service's verification is NotFound).
 
         Raises InvalidRequest, NotFound, NotPending, RateLimited (the number's failure budget),
         Repeated (`idempotency` names a request that came before) or IdempotencyConflict.
@@ -598,6 +646,7 @@ class VerificationService:
             raise InvalidRequest("code", "invalid_code", "code must have 4 to 10 digits")
         if sid is None and to is None:
             raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
+        service_sid = "" if service is None or service.is_default else service.sid
         lookup: dict[str, str] = {}
         number_key: tuple[str, str] | None = None
         if to is not None:  # with a sid too, the verification must be for this number
@@ -608,7 +657,9 @@ class VerificationService:
             # its length says which of the number's pending verifications it is for.
             flash = self.call_channels
             if flash.flash_call_numbers and len(code) == flash.flash_code_length:
-                lookup["scope"] = FLASH_CALL_SCOPE
+                lookup["scope"] = FLASH_CALL_SCOPE + (f":{service_sid}" if service_sid else "")
+            elif service_sid:
+                lookup["scope"] = service_sid
         if sid is not None:
             if not is_sid(sid):
                 raise InvalidRequest("sid", "invalid_sid", f"sid must be {SID_SHAPE}")
@@ -623,6 +674,7 @@ class VerificationService:
             failure_budget=self.code_policy.failure_budget,
             number=number_key,
             idempotency=idempotency,
+            service=service_sid,
             **lookup,
         )
         return self._checked(result, by_sid=sid is not None)
@@ -665,16 +717,22 @@ class VerificationService:
 
     # -- reading and ending --------------------------------------------------------------------
 
-    def get(self, sid: object) -> Verification:
+    def get(self, sid: object, service: VerifyService | None = None) -> Verification:
+        """The verification `sid` of `service` (None: the default one); NotFound for another
+        Service's."""
         if not is_sid(sid):
             raise NotFound(NOT_A_SID)
-        return self._require(str(sid))
+        verification = self._require(str(sid))
+        if (verification.service_sid or "") != _service_sid(service):
+            raise NotFound()
+        return verification
 
-    def cancel(self, sid: object) -> Verification:
-        """Cancel a pending verification; NotPending if it had already ended."""
+    def cancel(self, sid: object, service: VerifyService | None = None) -> Verification:
+        """Cancel a pending verification of `service` (None: the default one); NotPending if
+        it had already ended, NotFound if it is another Service's."""
         if not is_sid(sid):
             raise NotFound(NOT_A_SID)
-        result = self.store.cancel(str(sid))
+        result = self.store.cancel(str(sid), service=_service_sid(service))
         if result is None:
             raise NotFound()
         ended_now, status = result
@@ -687,6 +745,24 @@ class VerificationService:
             raise NotPending(str(sid), status)
         log.info("verification %s: canceled", sid)
         return verification
+
+    def approve(self, sid: object, service: VerifyService | None = None) -> Verification:
+        """Approve a pending verification of `service` without a code (Twilio's update with
+        Status=approved: the app verified the user another way); NotPending if it had ended,
+        NotFound if it is another Service's."""
+        if not is_sid(sid):
+            raise NotFound(NOT_A_SID)
+        result = self.store.cancel(str(sid), service=_service_sid(service), approve=True)
+        if result is None:
+            raise NotFound()
+        ended_now, status = result
+        if ended_now:
+            self._nudge(str(sid))
+            self._count_outcome(str(sid), "approved" if status is Status.APPROVED else "expired")
+        if not ended_now or status is not Status.APPROVED:
+            raise NotPending(str(sid), status)
+        log.info("verification %s: approved without a code", sid)
+        return self._require(str(sid))
 
     def _require(self, sid: str) -> Verification:
         verification = self.store.get(sid)
@@ -865,3 +941,57 @@ def _parse_number(to: object, country: object) -> phone.PhoneNumber:
     except phone.NumberRefused as exc:
         field = "country" if exc.reason == "invalid_country" else "to"
         raise InvalidRequest(field, exc.reason, exc.detail) from None
+
+
+def _service_sid(service: VerifyService | None) -> str:
+    """How a verification names its Service: "" for the default one."""
+    return "" if service is None or service.is_default else service.sid
+
+
+@dataclass(frozen=True)
+class _ServiceParts:
+    """What a Verify Service (other than the default) adds to a start: its sid (the scope of
+    its pending verifications and of its per-number limit), the fields kept with the
+    verification, its code length, the name said, a custom code."""
+
+    sid: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    code_length: int | None = None
+    friendly_name: str | None = None
+    custom_code: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        service: VerifyService | None,
+        custom_friendly_name: str | None,
+        custom_code: str | None,
+    ) -> _ServiceParts:
+        fields = {"fn": custom_friendly_name} if custom_friendly_name else {}
+        if service is None:
+            return cls(fields=fields, friendly_name=custom_friendly_name, custom_code=custom_code)
+        return cls(
+            sid=service.sid,
+            fields={"sv": service.sid, **fields},
+            code_length=service.code_length,
+            friendly_name=custom_friendly_name or service.friendly_name,
+            custom_code=custom_code,
+        )
+
+    def name(self, default: str) -> str:
+        return self.friendly_name or default
+
+
+def _require_custom_code(code: str, service: VerifyService | None, channel: Channel) -> None:
+    """A custom code is the app's own (Twilio's CustomCode): only where the Service allows it,
+    4 to 10 digits, and never for channels whose code is the call itself."""
+    if service is None or not service.custom_code_enabled:
+        raise InvalidRequest(
+            "custom_code", "custom_code_not_allowed", "this Service does not allow custom codes"
+        )
+    if channel not in (Channel.CALL, Channel.SMS):
+        raise InvalidRequest(
+            "custom_code", "custom_code_not_allowed", f"a {channel} verification has no code"
+        )
+    if not (code.isascii() and code.isdigit() and len(code) in _CODE_LENGTHS):
+        raise InvalidRequest("custom_code", "invalid_code", "a custom code is 4 to 10 digits")

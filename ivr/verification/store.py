@@ -17,8 +17,9 @@ Redis keeps it as a small listpack:
   a<i> "channel|status|created|updated" (ms after c) with a<i>p (the carrier's sid) and a<i>e
   (its error), d (the code's HMAC) and e (its sealed copy), dl (first proof of delivery),
   r:<CallSid> (readings of the code to that call), q:<provider sid> (a status callback parked
-  until its send settles), sc (the scope, when not the API's), and per channel ct (call_to),
-  at (attestation), cl (code length), ma (max attempts).
+  until its send settles), sc (the scope, when not the API's), sv (its Verify Service, when not
+  the default: ivr.verification.services), fn (a name said instead of the Service's), and per
+  channel ct (call_to), at (attestation), cl (code length), ma (max attempts).
 - when it ends, the script that ends it removes the code and renames the hash to
   `keys.verification(bucket, sid)`, kept VERIFICATION_RETENTION_SECONDS more. One that expires
   unchecked keeps its (dead) code until something touches it: a check, the number's next
@@ -136,7 +137,9 @@ end
 # code by this much  ARGV[9] "resend" (a pending one takes a new attempt) or "fresh" (a pending
 # one is left alone and nothing is created: a missed-call verification is never handed to a
 # second asker)  ARGV[10] the first attempt's status  ARGV[11] JSON object of further fields
-# (ct, cl, ma)  ARGV[12] the scope ("" the API's)  ARGV[13] the number's id
+# (ct, cl, ma, sv)  ARGV[12] the scope ("" the API's)  ARGV[13] the number's id, and for a
+# Verify Service other than the default ":" and its sid (the send log's field: per-number
+# limits count per Service)
 # ARGV[14] sends allowed per number  ARGV[15] its window ms  ARGV[16] idempotency fingerprint
 # ("" none)  ARGV[17] its lifetime ms  ARGV[18] "1" to put a new one on the expiry list
 # ARGV[19] "1" when a "taken" answer still counts as a send (the last missed-call number
@@ -348,7 +351,8 @@ return {2, first_delivery(vkey, current[2], ARGV[3], now_s)}
 # ma field, when it has one, wins)  ARGV[4] failure budget count  ARGV[5] its window ms
 # ARGV[6] the number the verification must be for ("" when the caller gave only a sid)
 # ARGV[7] event id ("" events off)  ARGV[8] idempotency fingerprint ("" none)
-# ARGV[9] its lifetime ms  ARGV[10] retention ms
+# ARGV[9] its lifetime ms  ARGV[10] retention ms  ARGV[11] the Verify Service asking ("" the
+# default): a verification of another Service is "not_found"
 # Returns {outcome, sid, status, detail, number}: outcome is "approved", "wrong",
 # "not_pending", "expired" (it was pending, and this check found it past its expiry),
 # "throttled" (detail = ms until the budget allows a check), "not_found", "other_number" (the
@@ -373,7 +377,8 @@ if seen then return {'repeat', '', '', seen, ''} end
 local sid = ARGV[1]
 local vkey = live(KEYS[1], KEYS[2], sid)
 if not vkey then return {'not_found', '', '', 0, ''} end
-local v = redis.call('HMGET', vkey, 'to', 'st', 'x', 'ch', 'ma', 'd')
+local v = redis.call('HMGET', vkey, 'to', 'st', 'x', 'ch', 'ma', 'd', 'sv')
+if (v[7] or '') ~= ARGV[11] then return {'not_found', '', '', 0, ''} end
 if ARGV[6] ~= '' and v[1] ~= ARGV[6] then return {'other_number', '', '', 0, ''} end
 local function answer(outcome, status, detail)
   remember(KEYS[7], ARGV[8], ARGV[9], outcome, sid, status)
@@ -411,14 +416,16 @@ return answer('wrong', 'pending', attempts)
 )
 
 # Cancel a pending verification; with ARGV[2] = "expire", only end it if it is past its expiry
-# (the expiry sweep, and a new verification finding the old one expired).
+# (the expiry sweep, and a new verification finding the old one expired); with "approve",
+# approve it without a code (an app that verified the user another way: Twilio's update with
+# Status=approved).
 # KEYS[1] the pending verification of the sid's number and scope  KEYS[2] the ended one
 # KEYS[3] the bucket's outbox  KEYS[4] the event's hash  KEYS[5] the bucket's expiry list
-# ARGV[1] sid  ARGV[2] "cancel" | "expire"  ARGV[3] event id ("" events off)
-# ARGV[4] retention ms
+# ARGV[1] sid  ARGV[2] "cancel" | "expire" | "approve"  ARGV[3] event id ("" events off)
+# ARGV[4] retention ms  ARGV[5] the Verify Service asking ("" the default, "*" any: the sweep)
 # Returns {1, status} when this call ended it (canceled, or expired: it was past its expiry),
 # {0, status} when it had already ended (or, expiring, is not due yet), or false for an
-# unknown verification.
+# unknown verification (another Service's included).
 CANCEL = (
     _LUA_NOW
     + _LUA_LIVE
@@ -429,9 +436,11 @@ if not vkey then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return false
 end
-local v = redis.call('HMGET', vkey, 'st', 'x')
+local v = redis.call('HMGET', vkey, 'st', 'x', 'sv')
+if ARGV[5] ~= '*' and (v[3] or '') ~= ARGV[5] then return false end
 if v[1] ~= 'pending' then return {0, v[1]} end
 local status = 'canceled'
+if ARGV[2] == 'approve' then status = 'approved' end
 if now >= tonumber(v[2]) then status = 'expired'
 elseif ARGV[2] == 'expire' then return {0, 'pending'} end
 finish(vkey, KEYS[2], ARGV[1], status, now_s, ARGV[4], KEYS[3], KEYS[4], KEYS[5], ARGV[3])
@@ -713,11 +722,13 @@ class VerificationStore:
         fields: dict[str, str | int] | None = None,
         idempotency: Idempotency | None = None,
         count_if_taken: bool = False,
+        limit_scope: str = "",
     ) -> StartResult | None:
         """Create a verification, or add an attempt to the pending one of the number in
         `scope` (new_sid, from CodeSecrets.new_sid, names both). Without `resend`, None when
         one is pending. `fields`: what a new verification keeps besides the common ones (ct,
-        cl, ma). Raises SendLimited, Repeated or IdempotencyConflict."""
+        cl, ma, sv). `limit_scope`: the Verify Service the per-number limit counts in ("" the
+        default). Raises SendLimited, Repeated or IdempotencyConflict."""
         bucket, pending, _ended = self._keys_of(new_sid)
         window_ms = send_limit.window_seconds * 1000
         generation = _now_ms() // window_ms
@@ -746,7 +757,7 @@ class VerificationStore:
                     first_status,
                     json.dumps(fields or {}),
                     scope or "",
-                    number_id_of(new_sid),
+                    number_id_of(new_sid) + (f":{limit_scope}" if limit_scope else ""),
                     send_limit.limit,
                     window_ms,
                     idempotency.fingerprint if idempotency else "",
@@ -847,10 +858,12 @@ class VerificationStore:
         to: str | None = None,
         scope: str | None = None,
         idempotency: Idempotency | None = None,
+        service: str = "",
     ) -> CheckResult:
         """Check a code against the verification `sid` (which must be for `to`, when given), or
         the pending one of the number (`number` = its bucket and id, `to` its E.164) in
-        `scope`. Raises Repeated or IdempotencyConflict."""
+        `scope`. `service`: the Verify Service asking ("" the default); another Service's
+        verification is "not_found". Raises Repeated or IdempotencyConflict."""
         if sid is None:
             if number is None or to is None:
                 raise ValueError("check needs a sid, or a number and its E.164")
@@ -879,6 +892,7 @@ class VerificationStore:
                 idempotency.fingerprint if idempotency else "",
                 idempotency.ttl_ms if idempotency else 0,
                 self.retention_ms,
+                service,
             ],
             durable=True,  # an approval, a counted wrong code
         )
@@ -896,10 +910,18 @@ class VerificationStore:
         )
 
     def cancel(
-        self, sid: str, *, only_if_expired: bool = False, retention_ms: int | None = None
+        self,
+        sid: str,
+        *,
+        only_if_expired: bool = False,
+        retention_ms: int | None = None,
+        service: str = "*",
+        approve: bool = False,
     ) -> tuple[bool, Status] | None:
         """Cancel if pending (or, `only_if_expired`, end it only if past its expiry): (whether
-        this call ended it, status after); None if unknown."""
+        this call ended it, status after); None if unknown. `service`: only a verification of
+        this Verify Service ("" the default; "*", any: the app's own ends). `approve`:
+        approve it instead, without a code."""
         bucket, pending, ended = self._keys_of(sid)
         event_keys, event_id = self._event_keys(bucket)
         reply = self.scripts.run(
@@ -907,9 +929,10 @@ class VerificationStore:
             [pending, ended, *event_keys],
             [
                 sid,
-                "expire" if only_if_expired else "cancel",
+                "expire" if only_if_expired else ("approve" if approve else "cancel"),
                 event_id,
                 retention_ms or self.retention_ms,
+                service,
             ],
             durable=True,
         )

@@ -45,10 +45,12 @@ class CallbackUrls:
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
 
-    def call_answer(self, sid: str, locale: str) -> str:
+    def call_answer(self, sid: str, locale: str, service_sid: str = "") -> str:
         # The trailing slash lets the call's TwiML name the next step relatively ("reveal"),
         # so the greeting is the same document for every call in a locale (rendered once).
-        return f"{self.base_url}/voice/code/{sid}/{locale}/"
+        # A Verify Service's call names it: its greeting says the Service's name.
+        service = f"{service_sid}/" if service_sid else ""
+        return f"{self.base_url}/voice/code/{sid}/{locale}/{service}"
 
     def call_status(self, sid: str) -> str:
         return f"{self.base_url}/voice/status/{sid}"
@@ -266,7 +268,7 @@ def _sealed_state() -> str | None:
 # -- the verification call -----------------------------------------------------------------------
 
 
-def _press_a_key(locale: str, prompt: str, action: str) -> Gather:
+def _press_a_key(locale: str, prompt: str, action: str, app_name: str | None = None) -> Gather:
     """A one-key Gather whose prompt the caller may interrupt; any key counts, # and * too."""
     gather = Gather(
         input="dtmf",
@@ -278,36 +280,58 @@ def _press_a_key(locale: str, prompt: str, action: str) -> Gather:
         action_on_empty_result=False,
     )
     ivr = services()
-    ivr.prompts.speak(gather, locale, prompt, app_name=ivr.settings.app_name)
+    ivr.prompts.speak(gather, locale, prompt, app_name=app_name or ivr.settings.app_name)
     return gather
 
 
 @blueprint.post("/voice/code/<sid>/<locale>/")
-def code_call_answered(sid: str, locale: str) -> Response:
-    """The callee answered: ask for a key press before anything of the code is said."""
+@blueprint.post("/voice/code/<sid>/<locale>/<service_sid>/")
+def code_call_answered(sid: str, locale: str, service_sid: str = "") -> Response:
+    """The callee answered: ask for a key press before anything of the code is said (unless
+    the call's Verify Service says no key press is needed: DtmfInputRequired=false)."""
     locale = call_locale(locale)
     if not is_sid(sid):
         return _say_and_hang_up(locale, "otp.call.unavailable")
+    name, asks_for_a_key = None, True
+    if service_sid:  # a Verify Service's call: its name, or the verification's own
+        ivr = services()
+        service = ivr.verify_services.get(service_sid)
+        verification = ivr.verifications.store.get(sid) if service is not None else None
+        if verification is None or verification.service_sid != service_sid:
+            return _say_and_hang_up(locale, "otp.call.unavailable")
+        name = verification.custom_friendly_name or service.friendly_name
+        asks_for_a_key = service.dtmf_input_required
 
     def greeting() -> VoiceResponse:
         response = VoiceResponse()
+        if not asks_for_a_key:
+            response.redirect(f"{REVEAL_ACTION}?answered=1", method="POST")
+            return response
         # Said twice: a person who missed the first words gets a second chance to press a key.
-        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
-        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION))
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name))
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name))
         services().prompts.speak(response, locale, "otp.call.no_input")
         response.hangup()
         return response
 
+    if name is not None:
+        return twiml(greeting())
     return _memoized(("code-call-greeting", locale), greeting)
 
 
 @blueprint.post("/voice/code/<sid>/<locale>/reveal")
-def code_call_key_pressed(sid: str, locale: str) -> Response:
-    """A key was pressed: read the code digit by digit, twice, then offer to repeat it."""
+@blueprint.post("/voice/code/<sid>/<locale>/<service_sid>/reveal")
+def code_call_key_pressed(sid: str, locale: str, service_sid: str = "") -> Response:
+    """A key was pressed (or none was asked for): read the code digit by digit, twice, then
+    offer to repeat it."""
     ivr = services()
     locale = call_locale(locale)
     digits = _field("Digits", _MAX_DIGITS_FIELD)
     repeat = request.args.get("repeat") == "1"
+    if service_sid and request.args.get("answered") == "1" and not repeat:
+        service = ivr.verify_services.get(service_sid)
+        if service is not None and not service.dtmf_input_required:
+            digits = "answered"  # the Service reads the code without a key press
     if not digits or (repeat and digits != "1"):
         return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
