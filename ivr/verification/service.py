@@ -679,6 +679,22 @@ class VerificationService:
         )
         return self._checked(result, by_sid=sid is not None)
 
+    def exhausted(self, to: object, service: VerifyService | None = None) -> bool:
+        """Whether the number's last wrong code ended a verification of `service` at its
+        attempt limit, within that code's lifetime: a check by number then finds nothing
+        pending, and Twilio's answer to it is "max check attempts" (60202), not "not found"."""
+        number = _parse_number(to, None)
+        sid = self.store.last_wrong_code(
+            self.secrets.bucket(number.e164), self.secrets.number_id(number.e164)
+        )
+        verification = self.store.get(sid) if sid else None
+        return (
+            verification is not None
+            and (verification.service_sid or "") == _service_sid(service)
+            and verification.status is Status.MAX_ATTEMPTS_REACHED
+            and time.time() * 1000 < verification.expires_at
+        )
+
     def checked_before(self, outcome: str, sid: str, status: str) -> CheckOutcome:
         """The answer to a check whose request came before with this Idempotency-Key and acted
         (its outcome, as the script recorded it), given again without acting."""

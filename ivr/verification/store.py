@@ -1043,6 +1043,12 @@ class VerificationStore:
                 found.append((sid, int(index)))
         return found
 
+    def last_wrong_code(self, bucket: str, number_id: str) -> str | None:
+        """The sid of the verification the number's latest wrong code went to, while the
+        failure budget's window remembers it."""
+        newest = self.redis.zrevrange(keys.check_failures(bucket, number_id), 0, 0)
+        return newest[0].split(":")[1] if newest else None
+
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, sid: str) -> Verification | None:

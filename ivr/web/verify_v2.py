@@ -515,6 +515,10 @@ def check_verification(service_sid: str) -> Response:
     try:
         outcome = core.check(code=code, sid=sid, to=to, service=service)
         verification = core.get(outcome.sid, service)
+    except NotFound as exc:
+        if sid is None and core.exhausted(to, service):
+            raise TwilioError(429, 60202, "Max check attempts reached") from None
+        raise _core_error(exc, checking=True) from None
     except VerificationError as exc:
         raise _core_error(exc, checking=True) from None
     return jsonify(
