@@ -253,6 +253,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(verify_v2.blueprint)
+    app.register_blueprint(verify_v2.errors_blueprint)
     console.init_app(app)
     errors.init_app(app)
     _observe_requests(app)

@@ -337,11 +337,20 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.argument("name")
-def tokens_create(name: str) -> None:
+@click.option(
+    "--service",
+    metavar="VA…",
+    help="the one Verify Service the token may act in (on /v1 and /v2); without it, every "
+    "Service, and the default one on /v1",
+)
+def tokens_create(name: str, service: str | None) -> None:
     """Issue a token for NAME; it is printed once."""
     app = _app()
+    ivr = app.extensions["ivr"]
+    if service is not None and ivr.verify_services.get(service) is None:
+        raise click.ClickException(f"no Verify Service {service!r} (see GET /v2/Services)")
     try:
-        token = app.extensions["ivr"].api_tokens.issue(name)
+        token = ivr.api_tokens.issue(name, service)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(token)
@@ -359,7 +368,8 @@ def tokens_list() -> None:
     app = _app()
     issued = app.extensions["ivr"].api_tokens.list()
     for token in issued:
-        click.echo(f"{token.name}\t{iso_time(token.created_at * 1000)}")
+        scope = f"\t{token.service}" if token.service else ""
+        click.echo(f"{token.name}\t{iso_time(token.created_at * 1000)}{scope}")
     if not issued:  # on stderr: a script reading the list still gets an empty one
         if app.extensions["ivr"].settings.ivr_api_token is not None:
             also = "IVR_API_TOKEN is accepted too"

@@ -34,6 +34,16 @@ _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 class IssuedToken:
     name: str
     created_at: int
+    service: str | None = None  # the Verify Service it is scoped to; None: every Service
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """Who a valid token belongs to, and the Verify Service it may act in (None: any; on
+    /v1, the default one)."""
+
+    name: str
+    service: str | None = None
 
 
 class ApiTokens:
@@ -56,13 +66,21 @@ class ApiTokens:
 
     def identify(self, token: str) -> str | None:
         """The name of the client holding `token`, or None if it is not a valid token."""
+        client = self.client(token)
+        return client.name if client else None
+
+    def client(self, token: str) -> ApiClient | None:
+        """The client holding `token` and its scope, or None if it is not a valid token."""
         if hmac.compare_digest(token.encode(), self._env_token.encode()):
-            return ENV_TOKEN_NAME
+            return ApiClient(ENV_TOKEN_NAME)
         if not token.startswith("ivr_") or len(token) > 128:
             return None
         digest = self._digest(token)
-        record = self.redis.hget(keys.api_tokens(keys.api_token_shard(digest)), digest)
-        return json.loads(record)["name"] if record else None
+        raw = self.redis.hget(keys.api_tokens(keys.api_token_shard(digest)), digest)
+        if not raw:
+            return None
+        record = json.loads(raw)
+        return ApiClient(record["name"], record.get("service"))
 
     def key_sid(self, token: str) -> str:
         """The token's key sid ("SK" + 32 hex), which a Twilio SDK may send as the Basic auth
@@ -71,14 +89,16 @@ class ApiTokens:
         digest = hashlib.sha256(b"key-sid:" + self._digest(token).encode()).hexdigest()
         return "SK" + digest[:32]
 
-    def issue(self, name: str) -> str:
-        """Create a token for `name` and return it: shown once, stored only as an HMAC."""
+    def issue(self, name: str, service: str | None = None) -> str:
+        """Create a token for `name` and return it: shown once, stored only as an HMAC.
+        `service`: the one Verify Service (VA…) it may act in; without, every Service (and
+        the default one on /v1)."""
         if not _NAME_PATTERN.fullmatch(name) or name == ENV_TOKEN_NAME:
             raise ValueError("a token name is 1-40 of a-z, 0-9, '_', '.', '-' (not 'env')")
         token = "ivr_" + secrets.token_urlsafe(32)
         digest = self._digest(token)
         entry = self.claim_name(name, digest)
-        self.write_record(name, digest, entry)
+        self.write_record(name, digest, entry, service)
         return token
 
     # -- the steps (public so that tests can stop between them) ------------------------------
@@ -98,11 +118,14 @@ class ApiTokens:
                 return entry
         raise ValueError(f"a token named {name!r} exists; revoke it first")
 
-    def write_record(self, name: str, digest: str, entry: str) -> None:
+    def write_record(self, name: str, digest: str, entry: str, service: str | None = None) -> None:
         """Step 2 of issuing: the token's record; from now on the token works."""
         now = self._clock()
         claims.check_not_lapsed(claims.Claim.parse(entry).claimed_at, now)
-        record = json.dumps({"name": name, "created_at": now // 1000, "claim": entry})
+        fields: dict[str, object] = {"name": name, "created_at": now // 1000, "claim": entry}
+        if service:
+            fields["service"] = service
+        record = json.dumps(fields)
         self.redis.hset(keys.api_tokens(keys.api_token_shard(digest)), digest, record)
 
     def _record(self, digest: str) -> dict[str, object] | None:
@@ -118,7 +141,8 @@ class ApiTokens:
             pipe.hvals(keys.api_tokens(shard))
         records = [json.loads(raw) for shard in pipe.execute() for raw in shard]
         return sorted(
-            (IssuedToken(r["name"], r["created_at"]) for r in records), key=lambda t: t.name
+            (IssuedToken(r["name"], r["created_at"], r.get("service")) for r in records),
+            key=lambda t: t.name,
         )
 
     def revoke(self, name: str) -> bool:

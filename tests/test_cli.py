@@ -352,6 +352,28 @@ def test_tokens_create_prints_a_new_token_once(shared_state):
     assert create_token("support") != token
 
 
+def test_tokens_create_says_the_key_sid_on_stderr(shared_state):
+    result = run("tokens", "create", "billing")
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.startswith("ivr_")
+    key_sid = result.stderr.strip().rsplit(" ", 1)[1]
+    assert key_sid.startswith("SK") and len(key_sid) == 34
+    assert token not in result.stderr
+
+
+def test_a_token_scoped_to_a_verify_service(shared_state, make_app):
+    app = make_app()
+    service = app.extensions["ivr"].verify_services.create({"FriendlyName": "Acme"})
+    result = run("tokens", "create", "acme", "--service", service.sid)
+    assert result.exit_code == 0, result.output
+    listed = run("tokens", "list").stdout.splitlines()
+    assert listed[0].split("\t")[0] == "acme" and listed[0].endswith(f"\t{service.sid}")
+    unknown = run("tokens", "create", "other", "--service", "VA" + "0" * 32)
+    assert unknown.exit_code != 0
+    assert "no Verify Service" in unknown.output
+
+
 def test_tokens_are_stored_only_as_hashes(shared_state):
     token = create_token("billing")
     stored = []

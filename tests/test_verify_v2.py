@@ -470,3 +470,61 @@ def test_v1_verifications_belong_to_the_default_service(client, api, app, twilio
     ).get_json()
     assert api.get(f"/v1/verifications/{theirs['sid']}").status_code == 404
     assert api.post(f"/v1/verifications/{theirs['sid']}/cancel").status_code == 404
+
+
+# -- tokens scoped to one Service ------------------------------------------------------------------
+
+
+def test_a_token_scoped_to_a_service_sees_that_service_alone(app, sdk, client):
+    admin = sdk()
+    mine = admin.verify.v2.services.create(friendly_name="Acme")
+    theirs = admin.verify.v2.services.create(friendly_name="Other")
+    tokens = app.extensions["ivr"].api_tokens
+    token = tokens.issue("acme", service=mine.sid)
+    scoped = sdk(password=token)
+    assert [service.sid for service in scoped.verify.v2.services.list()] == [mine.sid]
+    for attempt in (
+        lambda: scoped.verify.v2.services(theirs.sid).fetch(),
+        lambda: scoped.verify.v2.services(theirs.sid).verifications.create(to=TO, channel="sms"),
+        lambda: scoped.verify.v2.services(theirs.sid).update(friendly_name="Mine now"),
+    ):
+        with pytest.raises(TwilioRestException) as hidden:
+            attempt()
+        assert hidden.value.code == 20404
+    for attempt in (
+        lambda: scoped.verify.v2.services.create(friendly_name="More"),
+        lambda: scoped.verify.v2.services(mine.sid).delete(),
+    ):
+        with pytest.raises(TwilioRestException) as refused:
+            attempt()
+        assert (refused.value.status, refused.value.code) == (403, 20403)
+    started = scoped.verify.v2.services(mine.sid).verifications.create(to=TO, channel="sms")
+    assert started.service_sid == mine.sid
+
+
+def test_a_v1_token_scoped_to_a_service_works_in_it_alone(app, sdk, client):
+    """/v1 with a scoped token starts, reads and cancels its Service's verifications, and no
+    one else's; the unscoped token (the default Service) does not see them."""
+    mine = sdk().verify.v2.services.create(friendly_name="Acme")
+    token = app.extensions["ivr"].api_tokens.issue("acme", service=mine.sid)
+    scoped = {"Authorization": f"Bearer {token}"}
+    started = client.post(
+        "/v1/verifications", json={"to": TO, "channel": "sms"}, headers=scoped
+    ).get_json()
+    fetched = sdk().verify.v2.services(mine.sid).verifications(started["sid"]).fetch()
+    assert fetched.sid == started["sid"], "started in the token's Service"
+    unscoped = {"Authorization": f"Bearer {API_TOKEN}"}
+    assert client.get(f"/v1/verifications/{started['sid']}", headers=unscoped).status_code == 404
+    default_one = client.post(
+        "/v1/verifications", json={"to": "+14155550143", "channel": "sms"}, headers=unscoped
+    ).get_json()
+    for path in (
+        f"/v1/verifications/{default_one['sid']}",
+        f"/v1/verifications/{default_one['sid']}/cancel",
+    ):
+        method = client.post if path.endswith("cancel") else client.get
+        assert method(path, headers=scoped).status_code == 404
+    canceled = client.post(f"/v1/verifications/{started['sid']}/cancel", headers=scoped)
+    assert canceled.get_json()["status"] == "canceled"
+    # Nothing but its Service's verifications: not the directory, not the calls.
+    assert client.get("/v1/customers/12345678", headers=scoped).status_code == 403

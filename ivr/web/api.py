@@ -94,7 +94,7 @@ def authenticate() -> Response | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     client = None
     if scheme.lower() == "bearer" and token.strip():
-        client = services().api_tokens.identify(token.strip())
+        client = services().api_tokens.client(token.strip())
     if client is None:
         return problem(
             401,
@@ -103,7 +103,26 @@ def authenticate() -> Response | None:
             "send 'Authorization: Bearer <token>' with a valid API token",
             headers={"WWW-Authenticate": 'Bearer realm="ivr"'},
         )
-    g.client_id = client
+    g.client_id = client.name
+    # A token scoped to a Verify Service acts in it alone; the others in the default one.
+    g.service = None
+    if client.service is not None:
+        if not request.path.startswith("/v1/verifications"):
+            return problem(
+                403,
+                "scoped_token",
+                "Forbidden",
+                "this token is scoped to one Verify Service: it may start, check, read and "
+                "cancel that Service's verifications, nothing else",
+            )
+        g.service = services().verify_services.get(client.service)
+        if g.service is None:
+            return problem(
+                403,
+                "service_deleted",
+                "Forbidden",
+                f"this token's Verify Service {client.service} was deleted: revoke the token",
+            )
     return None
 
 
@@ -357,6 +376,7 @@ def start_verification() -> tuple[Response, int, dict[str, str]]:
         country=fields.get("country"),
         client_id=g.client_id,
         idempotency=_idempotency("start", fields),
+        service=g.service,
     )
     location = url_for("api.get_verification", sid=verification.sid)
     return jsonify(verification.to_api()), 201, {"Location": location}
@@ -372,6 +392,7 @@ def check_verification() -> Response:
         to=fields.get("to"),
         country=fields.get("country"),
         idempotency=_idempotency("check", fields),
+        service=g.service,
     )
     return _check_answer(outcome)
 
@@ -396,12 +417,12 @@ def missed_call_stats() -> Response:
 
 @blueprint.get("/verifications/<verification:sid>")
 def get_verification(sid: str) -> Response:
-    return jsonify(services().verifications.get(sid).to_api())
+    return jsonify(services().verifications.get(sid, g.service).to_api())
 
 
 @blueprint.post("/verifications/<sid>/cancel")
 def cancel_verification(sid: str) -> Response:
-    return jsonify(services().verifications.cancel(sid).to_api())
+    return jsonify(services().verifications.cancel(sid, g.service).to_api())
 
 
 # -- the customer directory ------------------------------------------------------------------

@@ -54,18 +54,41 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("verify_v2", __name__, url_prefix="/v2")
 
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
-OUR_ERRORS = "https://github.com/ivr-auth/ivr/blob/main/docs/verify-v2.md#error-{code}"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _KEY_SID_PREFIX = "SK"
 _MAX_FIELD_CHARS = 1000  # longer than any value Twilio takes
 
-# Our own codes, where Twilio has none (docs/verify-v2.md lists them).
-MISSED_CALL_AWAITED = 69001  # every missed-call number already awaits this phone's call
-CARRIER_REFUSED = 69002  # the carrier did not take the call or SMS
-NOT_CHECKED_BY_CODE = 69003  # a missed-call verification: the user's call approves it
-DEFAULT_SERVICE_READ_ONLY = 69004  # the default Service is set by environment variables
+# Our own codes, where Twilio has none; each explained at <PUBLIC_BASE_URL>/verify-errors/<code>
+# (the more_info of the error) and in docs/verify-v2.md.
+MISSED_CALL_AWAITED = 69001
+CARRIER_REFUSED = 69002
+NOT_CHECKED_BY_CODE = 69003
+DEFAULT_SERVICE_READ_ONLY = 69004
 TOO_MANY_SERVICES = 69005
+OUR_ERRORS = {
+    MISSED_CALL_AWAITED: "Every missed-call number already awaits a call from this phone: ring "
+    "one of them (the call_to of its pending verification), or wait for one to expire.",
+    CARRIER_REFUSED: "The carrier (Twilio's Calls or Messages API) did not take the call or "
+    "SMS; the verification's send attempt is marked failed. Try again later.",
+    NOT_CHECKED_BY_CODE: "A missed-call verification has no code: the user's call to its "
+    "call_to number approves it. Fetch it to see its status.",
+    DEFAULT_SERVICE_READ_ONLY: "The default Service (the one /v1 uses) takes its settings "
+    "from the server's environment (APP_NAME, OTP_LENGTH): create a Service of your own to "
+    "choose them through the API.",
+    TOO_MANY_SERVICES: "This server keeps at most 1,000 Services: delete one you no longer use.",
+}
+
+# Unauthenticated: what an error's more_info points at, for our own codes.
+errors_blueprint = Blueprint("verify_v2_errors", __name__)
+
+
+@errors_blueprint.get("/verify-errors/<int:code>")
+def explain_error(code: int) -> Response:
+    text = OUR_ERRORS.get(code)
+    if text is None:
+        return Response(f"no error {code} here\n", status=404, mimetype="text/plain")
+    return Response(f"Error {code}: {text}\n", mimetype="text/plain")
 
 
 class TwilioError(Exception):
@@ -78,7 +101,10 @@ class TwilioError(Exception):
 
 
 def _twilio_error(exc: TwilioError) -> Response:
-    more_info = (OUR_ERRORS if 69000 <= exc.code < 70000 else MORE_INFO).format(code=exc.code)
+    if exc.code in OUR_ERRORS:
+        more_info = f"{services().base_url.rstrip('/')}/verify-errors/{exc.code}"
+    else:
+        more_info = MORE_INFO.format(code=exc.code)
     response = jsonify(
         {"code": exc.code, "message": exc.message, "more_info": more_info, "status": exc.status}
     )
@@ -153,7 +179,7 @@ def authenticate() -> None:
         except (binascii.Error, UnicodeDecodeError):
             user = password = ""
         tokens = services().api_tokens
-        client = tokens.identify(password) if password else None
+        client = tokens.client(password) if password else None
         key_sid = user.startswith(_KEY_SID_PREFIX) and len(user) == 34
         if (
             client is not None
@@ -168,7 +194,8 @@ def authenticate() -> None:
             "Authenticate: send HTTP Basic credentials whose password is an API token",
             headers={"WWW-Authenticate": 'Basic realm="ivr"'},
         )
-    g.client_id = client
+    g.client_id = client.name
+    g.scope = client.service  # a token scoped to one Service sees no other
 
 
 # -- reading the form --------------------------------------------------------------------------
@@ -192,10 +219,21 @@ def form() -> dict[str, str]:
 
 
 def _service(sid: str) -> VerifyService:
+    """The Service `sid`, if this token may see it (a scoped token sees its own alone)."""
+    if g.scope is not None and sid != g.scope:
+        raise not_found()
     service = services().verify_services.get(sid) if SERVICE_SID.fullmatch(sid) else None
     if service is None:
         raise not_found()
     return service
+
+
+def _unscoped_only() -> None:
+    """Creating, deleting and listing every Service is for tokens not scoped to one."""
+    if g.scope is not None:
+        raise TwilioError(
+            403, 20403, "This token is scoped to one Service: it cannot create or delete Services"
+        )
 
 
 def _base() -> str:
@@ -255,6 +293,7 @@ def _settings_error(exc: ServiceError) -> TwilioError:
 
 @blueprint.post("/Services")
 def create_service() -> tuple[Response, int]:
+    _unscoped_only()
     try:
         service = services().verify_services.create(form())
     except ServiceError as exc:
@@ -270,7 +309,11 @@ def create_service() -> tuple[Response, int]:
 def list_services() -> Response:
     page_size = _query_int("PageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     page = _query_int("Page", 0, 0, 10**6)
-    found, more = services().verify_services.page(page, page_size)
+    if g.scope is not None:  # a scoped token lists its own Service alone
+        own = services().verify_services.get(g.scope)
+        found, more = ([own] if own is not None and page == 0 else []), False
+    else:
+        found, more = services().verify_services.page(page, page_size)
 
     def page_url(number: int) -> str:
         return f"{_base()}/v2/Services?PageSize={page_size}&Page={number}&PageToken=PT{number}"
@@ -307,6 +350,7 @@ def fetch_service(sid: str) -> Response:
 
 @blueprint.post("/Services/<sid>")
 def update_service(sid: str) -> Response:
+    _service(sid)
     fields = form()
     try:
         updated = services().verify_services.update(sid, fields)
@@ -321,6 +365,7 @@ def update_service(sid: str) -> Response:
 
 @blueprint.delete("/Services/<sid>")
 def delete_service(sid: str) -> tuple[str, int]:
+    _unscoped_only()
     try:
         deleted = services().verify_services.delete(sid)
     except ReadOnlyService:
