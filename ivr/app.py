@@ -153,9 +153,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     recordings = Recordings(client, max_total_bytes=settings.recordings_max_mb * 1024 * 1024)
     code_secrets = CodeSecrets(app_secrets.secret_key)
     carrier = _carrier(settings, client, code_secrets)
-    outbox = (
-        EventOutbox(client, render=_render_verification) if settings.events_webhook_url else None
+    verify_services = VerifyServices(
+        client, app_secrets.secret_key, settings.app_name, settings.otp_length
     )
+
+    def render(sid: str, fields: dict[str, str]) -> dict[str, object]:
+        return _render_verification(sid, fields, verify_services.default_sid)
+
+    outbox = EventOutbox(client, render=render) if settings.events_webhook_url else None
     scripts = store.Scripts(
         client,
         replicas=settings.redis_wait_replicas,
@@ -233,9 +238,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         code_secrets=code_secrets,
         verifications=verifications,
         api_tokens=ApiTokens(client, app_secrets.secret_key, app_secrets.api_token),
-        verify_services=VerifyServices(
-            client, app_secrets.secret_key, settings.app_name, settings.otp_length
-        ),
+        verify_services=verify_services,
         customers=customers,
         customer_finder=customer_finder,
         flows=flows,
@@ -311,9 +314,13 @@ def _carrier(settings: Settings, client: redis.Redis, code_secrets: CodeSecrets)
     return SimulatedCarrier(client, code_secrets)
 
 
-def _render_verification(sid: str, fields: dict[str, str]) -> dict[str, object]:
-    """The data of an event a script queued: the verification as the API shows it."""
-    return Verification.from_hash(sid, fields).to_api()
+def _render_verification(
+    sid: str, fields: dict[str, str], default_service_sid: str
+) -> dict[str, object]:
+    """The data of an event a script queued: the verification as the API shows it, and the
+    Verify Service it belongs to (the default one's sid for /v1's)."""
+    verification = Verification.from_hash(sid, fields)
+    return {**verification.to_api(), "service_sid": verification.service_sid or default_service_sid}
 
 
 def _event_dispatcher(

@@ -60,6 +60,8 @@ LIFETIMES: dict[str, str] = {
     r"ivr:\{customer-phones:\d+\}:phones": "one per customer's phone",
     r"ivr:\{api-tokens:\d+\}:tokens": "one per issued API token",
     r"ivr:\{api-token-names:\d+\}:names": "one per issued API token",
+    r"ivr:\{services\}:service:VA[0-9a-f]{32}": "one per Verify Service, at most 1,000",
+    r"ivr:\{services\}:index": "one entry per Verify Service, at most 1,000",
 }
 
 
@@ -105,6 +107,10 @@ def test_every_key_has_an_expiry_or_a_stated_bound(make_app, receiver, redis_cli
     )
     api.put("/v1/customers/12345678", {"phone": "+14155550130", "name": "Ada"})
     app.extensions["ivr"].api_tokens.issue("billing")
+    service = app.extensions["ivr"].verify_services.create({"FriendlyName": "Acme"})
+    app.extensions["ivr"].verifications.start(
+        to="+14155550131", channel="sms", service=service
+    )  # a Verify Service's verification, its send counted per Service
     make_user(app, "supervisor", "editor")
     supervisor = sign_in(app, "supervisor")
     supervisor.get("/console/")

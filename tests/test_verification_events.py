@@ -214,3 +214,17 @@ def test_without_an_events_url_nothing_is_queued(make_app, redis_client):
     api.start(to=USER, channel="missed_call")
     assert not any(redis_client.zcard(keys.expiries(bucket)) for bucket in keys.BUCKETS)
     assert not any(redis_client.zcard(keys.events_due(shard)) for shard in SHARDS)
+
+
+def test_an_event_names_the_verify_service(app, api, receiver):
+    """The events webhook says which Verify Service a verification belonged to: /v1's the
+    default Service, a /v2 Service's its own."""
+    ivr = app.extensions["ivr"]
+    acme = ivr.verify_services.create({"FriendlyName": "Acme"})
+    theirs = ivr.verifications.start(to="+14155550126", channel="sms", service=acme)
+    ivr.verifications.cancel(theirs.sid, acme)
+    ours = api.start(to="+14155550127", channel="sms").get_json()
+    api.post(f"/v1/verifications/{ours['sid']}/cancel")
+    deliver(app)
+    named = {event["data"]["sid"]: event["data"]["service_sid"] for event in received(receiver)}
+    assert named == {theirs.sid: acme.sid, ours["sid"]: ivr.verify_services.default_sid}
