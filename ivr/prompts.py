@@ -36,6 +36,7 @@ AUDIO_SUFFIXES = (".mp3", ".wav")
 RELOAD_INTERVAL_SECONDS = 1.0
 # Pause between digits when reading a code: long enough to write each one down, short enough
 # that six digits end well within eight seconds of the key press.
+SSML_VOICES = ("Polly.", "Google.")  # read SSML breaks; Twilio's basic voices do not
 DIGIT_PAUSE = "350ms"
 READING_GAP = "1s"  # silence after each reading, before the next one starts
 LOCALE_PATTERN = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}))?$")  # tags ignore case
@@ -120,7 +121,7 @@ class LocaleCatalog:
     @property
     def speaks_ssml(self) -> bool:
         """Polly and Google voices read SSML breaks; Twilio's basic voices do not."""
-        return self.voice.startswith(("Polly.", "Google."))
+        return self.voice.startswith(SSML_VOICES)
 
 
 class PromptCatalogs:
@@ -341,17 +342,26 @@ class PromptCatalogs:
             return fallback, fallback.prompts[key]
         raise KeyError(f"prompt {key!r} is in no catalog")
 
-    def speak(self, target: TwiML, locale: str, key: str, **values: object) -> None:
-        """Append a prompt to a VoiceResponse or Gather: its recording, else TTS."""
+    def speak(
+        self, target: TwiML, locale: str, key: str, *, voice: str | None = None, **values: object
+    ) -> None:
+        """Append a prompt to a VoiceResponse or Gather: its recording, else TTS (in `voice`
+        when given: a Verify Service's TtsName, else the catalog's)."""
         catalog, text = self._lookup(locale, key)
         audio_file = catalog.audio.get(key)
         if audio_file and self.audio_base_url:
             target.play(f"{self.audio_base_url}/{quote(catalog.locale)}/{quote(audio_file)}")
             return
-        target.say(text.format(**values), voice=catalog.voice, language=catalog.language)
+        target.say(text.format(**values), voice=voice or catalog.voice, language=catalog.language)
 
     def speak_code(
-        self, target: TwiML, locale: str, intro_key: str, digits: str, times: int = 1
+        self,
+        target: TwiML,
+        locale: str,
+        intro_key: str,
+        digits: str,
+        times: int = 1,
+        voice: str | None = None,
     ) -> None:
         """Say the prompt `intro_key`, then `digits` one by one with clear pauses; `times` over.
 
@@ -359,11 +369,12 @@ class PromptCatalogs:
         without a second copy of it, so the TwiML stays small.
         """
         catalog, intro = self._lookup(locale, intro_key)
-        if not catalog.speaks_ssml:  # basic voices: commas are the only pause they know
-            text = f"{intro} " + ", ".join(digits) + "."
-            target.say(text, voice=catalog.voice, language=catalog.language, loop=times)
+        voice = voice or catalog.voice
+        if not voice.startswith(SSML_VOICES):
+            text = f"{intro} " + ", ".join(digits) + "."  # commas: the only pause basic voices know
+            target.say(text, voice=voice, language=catalog.language, loop=times)
             return
-        say = target.say(intro, voice=catalog.voice, language=catalog.language, loop=times)
+        say = target.say(intro, voice=voice, language=catalog.language, loop=times)
         for digit in digits:
             say.break_(time=DIGIT_PAUSE)
             say.append(digit)

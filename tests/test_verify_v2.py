@@ -528,3 +528,23 @@ def test_a_v1_token_scoped_to_a_service_works_in_it_alone(app, sdk, client):
     assert canceled.get_json()["status"] == "canceled"
     # Nothing but its Service's verifications: not the directory, not the calls.
     assert client.get("/v1/customers/12345678", headers=scoped).status_code == 403
+
+
+def test_the_code_call_speaks_in_the_services_tts_voice(sdk, client, twilio_api):
+    twilio = sdk()
+    service = twilio.verify.v2.services.create(friendly_name="Acme", tts_name="Polly.Matthew")
+    assert service.tts_name == "Polly.Matthew"
+    verification = twilio.verify.v2.services(service.sid).verifications.create(
+        to=TO, channel="call"
+    )
+    call = twilio_api.calls()[-1]
+    params = {"CallSid": twilio_api.last_sid, "AccountSid": ACCOUNT_SID, "To": TO}
+    greeting = twiml(twilio_post(client, call.value("Url"), params))
+    assert {say.get("voice") for say in greeting.iter("Say")} == {"Polly.Matthew"}
+    action = call.value("Url") + greeting.find("Gather").get("action")
+    reading = twiml(twilio_post(client, action, {**params, "Digits": "1"}))
+    assert {say.get("voice") for say in reading.iter("Say")} == {"Polly.Matthew"}
+    assert code_readings(reading), verification.sid
+    with pytest.raises(TwilioRestException) as refused:
+        twilio.verify.v2.services(service.sid).update(tts_name="<Say>")
+    assert refused.value.code == 60200

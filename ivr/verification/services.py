@@ -34,6 +34,10 @@ from ivr.store import RedisClient
 from ivr.verification.codes import derive_key
 
 SERVICE_SID = re.compile(r"^VA[0-9a-f]{32}$")
+# What Twilio's <Say voice=…> takes: a voice the code call is read in (TtsName).
+TTS_VOICE = re.compile(
+    r"^(man|woman|alice|Polly\.[A-Za-z]+(-Neural|-Generative)?|Google\.[A-Za-z0-9-]+)$"
+)
 MAX_SERVICES = 1000
 CODE_LENGTHS = range(4, 11)
 MAX_FRIENDLY_NAME = 30  # Twilio's limit for a Service's name (said in every call and SMS)
@@ -109,7 +113,7 @@ _FLAT_SETTINGS: dict[str, tuple[str, str]] = {
     "CodeLength": ("code_length", "code_length"),
     "DtmfInputRequired": ("dtmf_input_required", "bool"),
     "SkipSmsToLandlines": ("skip_sms_to_landlines", "bool"),
-    "TtsName": ("tts_name", "text"),
+    "TtsName": ("tts_name", "voice"),
     "DoNotShareWarningEnabled": ("do_not_share_warning_enabled", "bool"),
     "CustomCodeEnabled": ("custom_code_enabled", "bool"),
     "LookupEnabled": ("lookup_enabled", "bool"),
@@ -173,6 +177,14 @@ def _parse(wire_name: str, kind: str, value: str) -> Any:
                 wire_name, f"{wire_name} must be a whole number from {low} to {high}"
             )
         return int(value)
+    if kind == "voice":
+        if value and not TTS_VOICE.fullmatch(value):
+            raise ServiceError(
+                wire_name,
+                f"{wire_name} must be a voice of Twilio's <Say>: man, woman, alice, "
+                "Polly.<Name> or Google.<name>",
+            )
+        return value or None
     if kind == "list":
         return [part.strip() for part in value.split(",") if part.strip()][:20]
     if len(value) > 200 or not value.isprintable():

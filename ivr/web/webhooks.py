@@ -268,7 +268,9 @@ def _sealed_state() -> str | None:
 # -- the verification call -----------------------------------------------------------------------
 
 
-def _press_a_key(locale: str, prompt: str, action: str, app_name: str | None = None) -> Gather:
+def _press_a_key(
+    locale: str, prompt: str, action: str, app_name: str | None = None, voice: str | None = None
+) -> Gather:
     """A one-key Gather whose prompt the caller may interrupt; any key counts, # and * too."""
     gather = Gather(
         input="dtmf",
@@ -280,7 +282,9 @@ def _press_a_key(locale: str, prompt: str, action: str, app_name: str | None = N
         action_on_empty_result=False,
     )
     ivr = services()
-    ivr.prompts.speak(gather, locale, prompt, app_name=app_name or ivr.settings.app_name)
+    ivr.prompts.speak(
+        gather, locale, prompt, voice=voice, app_name=app_name or ivr.settings.app_name
+    )
     return gather
 
 
@@ -292,15 +296,15 @@ def code_call_answered(sid: str, locale: str, service_sid: str = "") -> Response
     locale = call_locale(locale)
     if not is_sid(sid):
         return _say_and_hang_up(locale, "otp.call.unavailable")
-    name, asks_for_a_key = None, True
-    if service_sid:  # a Verify Service's call: its name, or the verification's own
+    name, asks_for_a_key, voice = None, True, None
+    if service_sid:  # a Verify Service's call: its name (or the verification's own), its voice
         ivr = services()
         service = ivr.verify_services.get(service_sid)
         verification = ivr.verifications.store.get(sid) if service is not None else None
-        if verification is None or verification.service_sid != service_sid:
+        if service is None or verification is None or verification.service_sid != service_sid:
             return _say_and_hang_up(locale, "otp.call.unavailable")
         name = verification.custom_friendly_name or service.friendly_name
-        asks_for_a_key = service.dtmf_input_required
+        asks_for_a_key, voice = service.dtmf_input_required, service.tts_name
 
     def greeting() -> VoiceResponse:
         response = VoiceResponse()
@@ -308,9 +312,9 @@ def code_call_answered(sid: str, locale: str, service_sid: str = "") -> Response
             response.redirect(f"{REVEAL_ACTION}?answered=1", method="POST")
             return response
         # Said twice: a person who missed the first words gets a second chance to press a key.
-        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name))
-        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name))
-        services().prompts.speak(response, locale, "otp.call.no_input")
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name, voice))
+        response.append(_press_a_key(locale, "otp.call.greeting", REVEAL_ACTION, name, voice))
+        services().prompts.speak(response, locale, "otp.call.no_input", voice=voice)
         response.hangup()
         return response
 
@@ -328,10 +332,11 @@ def code_call_key_pressed(sid: str, locale: str, service_sid: str = "") -> Respo
     locale = call_locale(locale)
     digits = _field("Digits", _MAX_DIGITS_FIELD)
     repeat = request.args.get("repeat") == "1"
-    if service_sid and request.args.get("answered") == "1" and not repeat:
-        service = ivr.verify_services.get(service_sid)
-        if service is not None and not service.dtmf_input_required:
-            digits = "answered"  # the Service reads the code without a key press
+    service = ivr.verify_services.get(service_sid) if service_sid else None
+    voice = service.tts_name if service is not None else None
+    answered = request.args.get("answered") == "1" and not repeat
+    if answered and service is not None and not service.dtmf_input_required:
+        digits = "answered"  # the Service reads the code without a key press
     if not digits or (repeat and digits != "1"):
         return _say_and_hang_up(locale, "otp.call.goodbye")
     call_sid = _field("CallSid")
@@ -343,10 +348,12 @@ def code_call_key_pressed(sid: str, locale: str, service_sid: str = "") -> Respo
     if reveal.outcome != "ok" or reveal.code is None:
         return _say_and_hang_up(locale, "otp.call.unavailable")
     response = VoiceResponse()
-    ivr.prompts.speak_code(response, locale, "otp.call.code_intro", reveal.code, times=2)
+    ivr.prompts.speak_code(
+        response, locale, "otp.call.code_intro", reveal.code, times=2, voice=voice
+    )
     if reveal.readings_left:
-        response.append(_press_a_key(locale, "otp.call.repeat_offer", REPEAT_ACTION))
-    ivr.prompts.speak(response, locale, "otp.call.goodbye")
+        response.append(_press_a_key(locale, "otp.call.repeat_offer", REPEAT_ACTION, voice=voice))
+    ivr.prompts.speak(response, locale, "otp.call.goodbye", voice=voice)
     response.hangup()
     return twiml(response)
 
