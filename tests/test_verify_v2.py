@@ -20,7 +20,7 @@ from twilio.rest import Client
 from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
-from tests.conftest import ACCOUNT_SID, API_TOKEN, twilio_post, twiml
+from tests.conftest import ACCOUNT_SID, API_TOKEN, PUBLIC_BASE_URL, twilio_post, twiml
 from tests.test_voice_call import code_readings
 from tests.twilio_standin import TwilioStandIn
 from tests.verify_v2_schema import assert_matches
@@ -548,3 +548,63 @@ def test_the_code_call_speaks_in_the_services_tts_voice(sdk, client, twilio_api)
     with pytest.raises(TwilioRestException) as refused:
         twilio.verify.v2.services(service.sid).update(tts_name="<Say>")
     assert refused.value.code == 60200
+
+
+# -- our own channels through /v2 ------------------------------------------------------------------
+
+MISSED_CALL_NUMBER = "+14155550111"
+FLASH_POOL = ("+14155550121", "+14155550132")
+
+
+@pytest.fixture
+def call_channels_app(make_app):
+    return make_app(
+        missed_call_number=MISSED_CALL_NUMBER,
+        flash_call_accept_weak_odds=True,  # a test pool: a few numbers
+        flash_call_numbers=",".join(FLASH_POOL),
+    )
+
+
+def test_a_missed_call_verification_through_v2(call_channels_app):
+    client = call_channels_app.test_client()
+    service = client.post("/v2/Services", data={"FriendlyName": "A"}, headers=_basic()).get_json()
+    base = f"/v2/Services/{service['sid']}"
+    started = client.post(
+        f"{base}/Verifications", data={"To": TO, "Channel": "missed_call"}, headers=_basic()
+    )
+    assert started.status_code == 201
+    verification = started.get_json()
+    assert_matches("verification", verification)
+    assert verification["call_to"] == MISSED_CALL_NUMBER
+    by_code = client.post(
+        f"{base}/VerificationCheck",
+        data={"VerificationSid": verification["sid"], "Code": "123456"},
+        headers=_basic(),
+    )
+    assert (by_code.status_code, by_code.get_json()["code"]) == (400, 69003)
+    assert_matches("error", by_code.get_json())
+    assert by_code.get_json()["more_info"] == f"{PUBLIC_BASE_URL}/verify-errors/69003"
+    page = client.get("/verify-errors/69003")
+    assert page.status_code == 200 and "missed-call" in page.get_data(as_text=True)
+    call = {"CallSid": "CA" + "3" * 32, "From": TO, "To": MISSED_CALL_NUMBER}
+    twiml(
+        twilio_post(client, "/voice/missed-call", call | {"StirVerstat": "TN-Validation-Passed-A"})
+    )
+    fetched = client.get(f"{base}/Verifications/{verification['sid']}", headers=_basic())
+    assert fetched.status_code == 404, "approved by the call: gone from /v2, as on Twilio"
+
+
+def test_a_flash_call_verification_through_v2(call_channels_app, twilio_api):
+    client = call_channels_app.test_client()
+    service = client.post("/v2/Services", data={"FriendlyName": "A"}, headers=_basic()).get_json()
+    base = f"/v2/Services/{service['sid']}"
+    started = client.post(
+        f"{base}/Verifications", data={"To": TO, "Channel": "flash_call"}, headers=_basic()
+    ).get_json()
+    assert_matches("verification", started)
+    code = twilio_api.calls()[-1].value("From")[-4:]
+    check = client.post(
+        f"{base}/VerificationCheck", data={"To": TO, "Code": code}, headers=_basic()
+    )
+    assert check.status_code == 200 and check.get_json()["status"] == "approved"
+    assert_matches("verification_check", check.get_json())
