@@ -343,13 +343,21 @@ class PromptCatalogs:
         raise KeyError(f"prompt {key!r} is in no catalog")
 
     def speak(
-        self, target: TwiML, locale: str, key: str, *, voice: str | None = None, **values: object
+        self,
+        target: TwiML,
+        locale: str,
+        key: str,
+        *,
+        voice: str | None = None,
+        recorded: bool = True,
+        **values: object,
     ) -> None:
-        """Append a prompt to a VoiceResponse or Gather: its recording, else TTS (in `voice`
-        when given: a Verify Service's TtsName, else the catalog's)."""
+        """Append a prompt to a VoiceResponse or Gather: its recording, else TTS. A `voice`
+        (a Verify Service's TtsName) or `recorded=False` (the text names another company than
+        the recording would) always speaks the text."""
         catalog, text = self._lookup(locale, key)
         audio_file = catalog.audio.get(key)
-        if audio_file and self.audio_base_url:
+        if audio_file and self.audio_base_url and recorded and voice is None:
             target.play(f"{self.audio_base_url}/{quote(catalog.locale)}/{quote(audio_file)}")
             return
         target.say(text.format(**values), voice=voice or catalog.voice, language=catalog.language)

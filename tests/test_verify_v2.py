@@ -608,3 +608,81 @@ def test_a_flash_call_verification_through_v2(call_channels_app, twilio_api):
     )
     assert check.status_code == 200 and check.get_json()["status"] == "approved"
     assert_matches("verification_check", check.get_json())
+
+
+def test_a_service_code_as_short_as_a_flash_code_is_checked_by_number(
+    call_channels_app, twilio_api
+):
+    """A Service's 4-digit code has the flash calls' length: with no flash call pending, a
+    check by To finds the Service's SMS verification."""
+    client = call_channels_app.test_client()
+    service = client.post(
+        "/v2/Services", data={"FriendlyName": "A", "CodeLength": "4"}, headers=_basic()
+    ).get_json()
+    base = f"/v2/Services/{service['sid']}"
+    client.post(f"{base}/Verifications", data={"To": TO, "Channel": "sms"}, headers=_basic())
+    body = twilio_api.messages()[-1].value("Body")
+    code = next(word.strip(".") for word in body.split() if word.strip(".").isdigit())
+    check = client.post(
+        f"{base}/VerificationCheck", data={"To": TO, "Code": code}, headers=_basic()
+    )
+    assert check.status_code == 200 and check.get_json()["status"] == "approved"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/v2/Services", {"Authorization": "Basic éé"}),
+        ("GET", "/v2/Services", "sk-non-ascii"),
+        ("DELETE", "/v2/Services/%C3%A9", None),
+        ("GET", "/v2/Services?PageSize=%C2%B2", None),
+        ("GET", "/v2/Services?Page=" + "9" * 5000, None),
+        ("POST", "/v2/Services?x=1", None),  # with CodeLength=² below
+    ],
+)
+def test_what_once_was_a_500_is_a_twilio_error(client, method, path, headers):
+    if headers == "sk-non-ascii":
+        user = "SK" + "é" * 32
+        headers = {
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{API_TOKEN}".encode()).decode()
+        }
+    data = {"FriendlyName": "A", "CodeLength": "²"} if method == "POST" else None
+    response = client.open(path, method=method, headers=headers or _basic(), data=data)
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert_matches("error", response.get_json())
+    # (A user name that is no key sid is free, as an Account SID is: it is not compared.)
+
+
+def test_a_service_stored_before_a_nested_setting_existed_still_reads(app, client):
+    ivr = app.extensions["ivr"]
+    service = ivr.verify_services.create({"FriendlyName": "Old"})
+    key = f"ivr:{{services}}:service:{service.sid}"
+    record = json.loads(ivr.redis.get(key))
+    del record["nested"]["passkeys"]
+    ivr.redis.set(key, json.dumps(record))
+    ivr.verify_services._forget(service.sid)
+    fetched = client.get(f"/v2/Services/{service.sid}", headers=_basic())
+    assert fetched.status_code == 200
+    assert_matches("service", fetched.get_json())
+    assert fetched.get_json()["passkeys"]["relying_party"]["origins"] == []
+
+
+def test_the_default_services_code_call_says_a_custom_friendly_name(app, client, twilio_api):
+    default = app.extensions["ivr"].verify_services.default_sid
+    client.post(
+        f"/v2/Services/{default}/Verifications",
+        data={"To": TO, "Channel": "call", "CustomFriendlyName": "Zebra Corp"},
+        headers=_basic(),
+    )
+    call = twilio_api.calls()[-1]
+    params = {"CallSid": twilio_api.last_sid, "AccountSid": ACCOUNT_SID, "To": TO}
+    greeting = twiml(twilio_post(client, call.value("Url"), params))
+    assert "Zebra Corp" in " ".join(greeting.itertext())
+
+
+def test_urls_are_public_base_urls_when_the_client_came_by_its_host(client):
+    public = client.get("/v2/Services", headers=_basic(), base_url=PUBLIC_BASE_URL)
+    assert public.get_json()["meta"]["url"].startswith(PUBLIC_BASE_URL + "/v2/Services")
+    internal = client.get("/v2/Services", headers=_basic(), base_url="http://10.0.0.5:8000")
+    assert internal.get_json()["meta"]["url"].startswith("http://10.0.0.5:8000/v2/")

@@ -161,7 +161,9 @@ class DeliveryFailed(VerificationError):
 class CallbackUrls(Protocol):
     """Where the carrier reaches our webhooks; built by the web edge from PUBLIC_BASE_URL."""
 
-    def call_answer(self, sid: str, locale: str, service_sid: str = "") -> str: ...
+    def call_answer(
+        self, sid: str, locale: str, service_sid: str = "", custom_name: bool = False
+    ) -> str: ...
     def call_status(self, sid: str) -> str: ...
     def sms_status(self, sid: str) -> str: ...
     def flash_call_answer(self) -> str: ...
@@ -384,6 +386,7 @@ class VerificationService:
                 carrier,
                 ours.name(self.app_name),
                 ours.sid,
+                "fn" in ours.fields,
             )
         except CarrierError as exc:
             log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
@@ -589,6 +592,7 @@ class VerificationService:
         carrier: Carrier,
         app_name: str,
         service_sid: str = "",
+        custom_name: bool = False,
     ) -> Receipt:
         if channel is Channel.FLASH_CALL:
             # Rings briefly from the pool number whose last digits are the code; hangs up if
@@ -608,7 +612,7 @@ class VerificationService:
             return carrier.place_call(
                 to=to,
                 from_=self.caller_id,
-                url=self.urls.call_answer(sid, locale, service_sid),
+                url=self.urls.call_answer(sid, locale, service_sid, custom_name),
                 status_callback=self.urls.call_status(sid),
             )
         body = self.prompts.text(locale, "otp.sms.body", app_name=app_name, code=code)
@@ -668,15 +672,24 @@ class VerificationService:
             idempotency.bucket = bucket_of(str(sid)) if sid is not None else number_key[0]
             if (record := self.store.idempotent_record(idempotency)) is not None:
                 raise Repeated(record)
-        result = self.store.check(
-            digest=self.secrets.digest(code),
-            max_attempts=self.code_policy.max_attempts,
-            failure_budget=self.code_policy.failure_budget,
-            number=number_key,
-            idempotency=idempotency,
-            service=service_sid,
-            **lookup,
-        )
+
+        def checked(**where: str) -> CheckResult:
+            return self.store.check(
+                digest=self.secrets.digest(code),
+                max_attempts=self.code_policy.max_attempts,
+                failure_budget=self.code_policy.failure_budget,
+                number=number_key,
+                idempotency=idempotency,
+                service=service_sid,
+                **where,
+            )
+
+        result = checked(**lookup)
+        # A Service's codes may be as short as a flash call's (CodeLength 4-10): with no flash
+        # call pending, the code is for the Service's own call or SMS.
+        flash_first = lookup.get("scope", service_sid) != service_sid
+        if result.outcome == "not_found" and "sid" not in lookup and service_sid and flash_first:
+            result = checked(**{**lookup, "scope": service_sid})
         return self._checked(result, by_sid=sid is not None)
 
     def exhausted(self, to: object, service: VerifyService | None = None) -> bool:

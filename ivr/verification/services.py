@@ -46,7 +46,7 @@ _CACHE_SECONDS = 2.0  # another host's edit is seen within this long
 # Twilio's nested settings, with every member (null until set): returned as Twilio returns them.
 NESTED_DEFAULTS: dict[str, dict[str, Any]] = {
     "push": {"include_date": False, "apn_credential_sid": None, "fcm_credential_sid": None},
-    "totp": {"issuer": None, "time_step": 30, "code_length": 6, "skew": 1},
+    "totp": {"issuer": None, "time_step": None, "code_length": None, "skew": None},
     "whatsapp": {"msg_service_sid": None, "from": None},
     "passkeys": {
         "relying_party": {"id": None, "name": None, "origins": []},
@@ -104,7 +104,20 @@ class VerifyService:
     def from_record(cls, text: str) -> VerifyService:
         data = json.loads(text)
         known = {name for name in cls.__dataclass_fields__ if name != "is_default"}
-        return cls(**{name: value for name, value in data.items() if name in known})
+        fields = {name: value for name, value in data.items() if name in known}
+        # A record written before a nested setting existed gets its defaults, member by member.
+        fields["nested"] = _merged(NESTED_DEFAULTS, fields.get("nested") or {})
+        return cls(**fields)
+
+
+def _merged(defaults: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    merged = json.loads(json.dumps(defaults))
+    for name, value in stored.items():
+        if isinstance(merged.get(name), dict) and isinstance(value, dict):
+            merged[name] = _merged(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
 
 
 # The settings a create or an update may change, by Twilio's wire name: (attribute, kind).
@@ -167,12 +180,12 @@ def _parse(wire_name: str, kind: str, value: str) -> Any:
             )
         return name
     if kind == "code_length":
-        if not value.strip().isdigit() or int(value) not in CODE_LENGTHS:
+        if not re.fullmatch(r"[0-9]{1,2}", value.strip()) or int(value) not in CODE_LENGTHS:
             raise ServiceError(wire_name, f"{wire_name} must be a whole number from 4 to 10")
         return int(value)
     if kind.startswith("int:"):
         low, high = (int(bound) for bound in kind.split(":")[1:])
-        if not value.strip().isdigit() or not low <= int(value) <= high:
+        if not re.fullmatch(r"[0-9]{1,3}", value.strip()) or not low <= int(value) <= high:
             raise ServiceError(
                 wire_name, f"{wire_name} must be a whole number from {low} to {high}"
             )
@@ -236,10 +249,10 @@ class VerifyServices:
 
     def get(self, sid: str) -> VerifyService | None:
         """The Service `sid`, or None; read from Redis at most every couple of seconds."""
-        if hmac.compare_digest(sid, self.default_sid):
-            return self.default
         if not SERVICE_SID.fullmatch(sid):
             return None
+        if hmac.compare_digest(sid, self.default_sid):
+            return self.default
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(sid)
@@ -273,7 +286,7 @@ class VerifyServices:
 
     def update(self, sid: str, form: Mapping[str, str]) -> VerifyService | None:
         """The Service with the settings `form` changes; None when there is no such Service."""
-        if hmac.compare_digest(sid, self.default_sid):
+        if SERVICE_SID.fullmatch(sid) and hmac.compare_digest(sid, self.default_sid):
             raise ReadOnlyService()
         current = self._read(sid)
         if current is None:
@@ -288,10 +301,10 @@ class VerifyServices:
     def delete(self, sid: str) -> bool:
         """Delete a stored Service; False when there is none. Its verifications end by their
         own expiry: nothing can reach them once the Service is gone."""
-        if hmac.compare_digest(sid, self.default_sid):
-            raise ReadOnlyService()
         if not SERVICE_SID.fullmatch(sid):
             return False
+        if hmac.compare_digest(sid, self.default_sid):
+            raise ReadOnlyService()
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(keys.verify_service(sid))
         pipe.zrem(keys.verify_services(), sid)

@@ -425,7 +425,7 @@ return answer('wrong', 'pending', attempts)
 # ARGV[4] retention ms  ARGV[5] the Verify Service asking ("" the default, "*" any: the sweep)
 # Returns {1, status} when this call ended it (canceled, or expired: it was past its expiry),
 # {0, status} when it had already ended (or, expiring, is not due yet), or false for an
-# unknown verification (another Service's included).
+# unknown verification (another Service's included; to "approve", an IVR call's too).
 CANCEL = (
     _LUA_NOW
     + _LUA_LIVE
@@ -436,8 +436,10 @@ if not vkey then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return false
 end
-local v = redis.call('HMGET', vkey, 'st', 'x', 'sv')
+local v = redis.call('HMGET', vkey, 'st', 'x', 'sv', 'sc')
 if ARGV[5] ~= '*' and (v[3] or '') ~= ARGV[5] then return false end
+-- An IVR call's own code (scope: its CallSid) is approved by the caller's keys alone.
+if ARGV[2] == 'approve' and string.sub(v[4] or '', 1, 2) == 'CA' then return false end
 if v[1] ~= 'pending' then return {0, v[1]} end
 local status = 'canceled'
 if ARGV[2] == 'approve' then status = 'approved' end

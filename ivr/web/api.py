@@ -345,7 +345,7 @@ def _repeated(exc: Repeated) -> Response:
             checked = services().verifications.checked_before(outcome, sid, status_text)
             response = _check_answer(checked)
         else:
-            verification = services().verifications.get(sid)
+            verification = services().verifications.get(sid, g.service)
             response = jsonify(verification.to_api())
             response.status_code = 201
             response.headers["Location"] = url_for("api.get_verification", sid=sid)

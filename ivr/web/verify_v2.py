@@ -20,8 +20,10 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, Response, g, jsonify, request
@@ -56,7 +58,7 @@ blueprint = Blueprint("verify_v2", __name__, url_prefix="/v2")
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-_KEY_SID_PREFIX = "SK"
+KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")  # an API key sid as a Basic user name
 _MAX_FIELD_CHARS = 1000  # longer than any value Twilio takes
 
 # Our own codes, where Twilio has none; each explained at <PUBLIC_BASE_URL>/verify-errors/<code>
@@ -158,6 +160,16 @@ def _http_error(exc: HTTPException) -> Response:
 blueprint.register_error_handler(HTTPException, _http_error)
 
 
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    """Whatever else went wrong still answers in Twilio's shape, so an SDK raises its own
+    TwilioRestException rather than choking on a body it does not know."""
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("unexpected error while serving %s", logged_path())
+    return _twilio_error(TwilioError(500, 20500, "Internal error: it was logged"))
+
+
 @blueprint.record_once
 def _answer_unrouted(state: Any) -> None:
     answer_unrouted_errors(state.app, "/v2", _http_error)
@@ -176,15 +188,15 @@ def authenticate() -> None:
             user, _, password = (
                 base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
             )
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
             user = password = ""
         tokens = services().api_tokens
         client = tokens.client(password) if password else None
-        key_sid = user.startswith(_KEY_SID_PREFIX) and len(user) == 34
+        key_sid = KEY_SID.fullmatch(user) is not None
         if (
             client is not None
             and key_sid
-            and not hmac.compare_digest(user, tokens.key_sid(password))
+            and not hmac.compare_digest(user.encode(), tokens.key_sid(password).encode())
         ):
             client = None  # a key sid that is not this token's
     if client is None:
@@ -237,7 +249,12 @@ def _unscoped_only() -> None:
 
 
 def _base() -> str:
-    """Where the client reached us: the SDKs follow our next_page_url as it is."""
+    """Where the client reached us: the SDKs follow our next_page_url as it is (with the
+    credentials), so it must be reachable and, behind a TLS proxy, https: PUBLIC_BASE_URL
+    when the client came by its host, else the host the request names."""
+    public = services().base_url.rstrip("/")
+    if public and urlsplit(public).netloc == request.host:
+        return public
     return request.host_url.rstrip("/")
 
 
@@ -338,7 +355,7 @@ def _query_int(name: str, default: int, low: int, high: int) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value):
+    if not re.fullmatch(r"[0-9]{1,7}", value) or not low <= int(value):
         raise invalid(name, f"a whole number from {low}")
     return min(int(value), high)
 
@@ -579,6 +596,6 @@ def check_verification(service_sid: str) -> Response:
             "payee": None,
             "date_created": _twilio_time(verification.created_at),
             "date_updated": _twilio_time(verification.updated_at),
-            "sna_attempts_error_codes": [],
+            "sna_attempts_error_codes": None,  # null unless the channel was SNA
         }
     )

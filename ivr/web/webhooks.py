@@ -45,11 +45,15 @@ class CallbackUrls:
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
 
-    def call_answer(self, sid: str, locale: str, service_sid: str = "") -> str:
+    def call_answer(
+        self, sid: str, locale: str, service_sid: str = "", custom_name: bool = False
+    ) -> str:
         # The trailing slash lets the call's TwiML name the next step relatively ("reveal"),
         # so the greeting is the same document for every call in a locale (rendered once).
-        # A Verify Service's call names it: its greeting says the Service's name.
-        service = f"{service_sid}/" if service_sid else ""
+        # A Verify Service's call names it (its greeting says the Service's name), and so does
+        # one of the default Service with a name of its own (CustomFriendlyName).
+        segment = service_sid or (NAMED_DEFAULT_SERVICE if custom_name else "")
+        service = f"{segment}/" if segment else ""
         return f"{self.base_url}/voice/code/{sid}/{locale}/{service}"
 
     def call_status(self, sid: str) -> str:
@@ -69,6 +73,9 @@ class CallbackUrls:
 
 
 SEALED_STATE_PARAMETER = "s"
+# In a code call's URL instead of a Service's sid: the default Service, with a name the
+# verification gives (its greeting reads the verification).
+NAMED_DEFAULT_SERVICE = "named"
 
 
 def _sealed_query(sealed: str | None) -> str:
@@ -283,7 +290,12 @@ def _press_a_key(
     )
     ivr = services()
     ivr.prompts.speak(
-        gather, locale, prompt, voice=voice, app_name=app_name or ivr.settings.app_name
+        gather,
+        locale,
+        prompt,
+        voice=voice,
+        recorded=app_name is None,  # a recording says the deployment's name, not a Service's
+        app_name=app_name or ivr.settings.app_name,
     )
     return gather
 
@@ -299,9 +311,13 @@ def code_call_answered(sid: str, locale: str, service_sid: str = "") -> Response
     name, asks_for_a_key, voice = None, True, None
     if service_sid:  # a Verify Service's call: its name (or the verification's own), its voice
         ivr = services()
-        service = ivr.verify_services.get(service_sid)
+        named_default = service_sid == NAMED_DEFAULT_SERVICE
+        service = (
+            ivr.verify_services.default if named_default else ivr.verify_services.get(service_sid)
+        )
         verification = ivr.verifications.store.get(sid) if service is not None else None
-        if service is None or verification is None or verification.service_sid != service_sid:
+        expected = None if named_default else service_sid
+        if service is None or verification is None or verification.service_sid != expected:
             return _say_and_hang_up(locale, "otp.call.unavailable")
         name = verification.custom_friendly_name or service.friendly_name
         asks_for_a_key, voice = service.dtmf_input_required, service.tts_name
