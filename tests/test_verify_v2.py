@@ -686,3 +686,18 @@ def test_urls_are_public_base_urls_when_the_client_came_by_its_host(client):
     assert public.get_json()["meta"]["url"].startswith(PUBLIC_BASE_URL + "/v2/Services")
     internal = client.get("/v2/Services", headers=_basic(), base_url="http://10.0.0.5:8000")
     assert internal.get_json()["meta"]["url"].startswith("http://10.0.0.5:8000/v2/")
+
+
+def test_an_ivr_calls_own_code_cannot_be_approved_through_v2(app, client):
+    """The keypad authentication's code (its scope: the CallSid) belongs to the default
+    Service, but only the caller's keys approve it: an update to approved is a 404."""
+    ivr = app.extensions["ivr"]
+    started = ivr.verifications.start(to=TO, channel="sms", scope="CA" + "1" * 32)
+    default = ivr.verify_services.default_sid
+    approved = client.post(
+        f"/v2/Services/{default}/Verifications/{started.sid}",
+        data={"Status": "approved"},
+        headers=_basic(),
+    )
+    assert approved.status_code == 404
+    assert ivr.verifications.store.get(started.sid).status == "pending"
