@@ -701,3 +701,40 @@ def test_an_ivr_calls_own_code_cannot_be_approved_through_v2(app, client):
     )
     assert approved.status_code == 404
     assert ivr.verifications.store.get(started.sid).status == "pending"
+
+
+def test_updates_at_once_lose_nothing(app, sdk):
+    """Partial updates of one Service from many clients at once: each setting one of them
+    changed is there at the end, and every update counted (the record's revision)."""
+    service = sdk().verify.v2.services.create(friendly_name="Acme")
+    settings = [
+        {"tts_name": "Polly.Matthew"},
+        {"code_length": 7},
+        {"totp_issuer": "Acme"},
+        {"custom_code_enabled": True},
+        {"do_not_share_warning_enabled": True},
+        {"dtmf_input_required": False},
+    ]
+    rounds = 5
+    errors: list[BaseException] = []
+
+    def update(changes: dict[str, Any]) -> None:
+        client = sdk()
+        try:
+            for _ in range(rounds):
+                client.verify.v2.services(service.sid).update(**changes)
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=update, args=(changes,)) for changes in settings]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    final = sdk().verify.v2.services(service.sid).fetch()
+    assert final.tts_name == "Polly.Matthew" and final.code_length == 7
+    assert final.totp["issuer"] == "Acme" and final.custom_code_enabled is True
+    assert final.do_not_share_warning_enabled is True and final.dtmf_input_required is False
+    record = json.loads(app.extensions["ivr"].redis.get(f"ivr:{{services}}:service:{service.sid}"))
+    assert record["revision"] == rounds * len(settings)

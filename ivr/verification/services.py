@@ -42,6 +42,7 @@ MAX_SERVICES = 1000
 CODE_LENGTHS = range(4, 11)
 MAX_FRIENDLY_NAME = 30  # Twilio's limit for a Service's name (said in every call and SMS)
 _CACHE_SECONDS = 2.0  # another host's edit is seen within this long
+_UPDATE_TRIES = 50  # optimistic: a busy Service is read again, after a short random pause
 
 # Twilio's nested settings, with every member (null until set): returned as Twilio returns them.
 NESTED_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,6 +71,10 @@ class TooManyServices(Exception):
     """MAX_SERVICES are stored already."""
 
 
+class ConcurrentUpdates(Exception):
+    """The Service changed under each of our tries: answered as a busy store (503)."""
+
+
 class ReadOnlyService(Exception):
     """The default Service is configured by the environment, not through the API."""
 
@@ -93,6 +98,7 @@ class VerifyService:
     nested: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(NESTED_DEFAULTS)))
     created_at: int = 0
     updated_at: int = 0
+    revision: int = 0  # one more at each update: two at once never both win (UPDATE_SERVICE)
     is_default: bool = False
 
     def to_record(self) -> str:
@@ -244,6 +250,7 @@ class VerifyServices:
             is_default=True,
         )
         self._create = client.register_script(CREATE_SERVICE)
+        self._update = client.register_script(UPDATE_SERVICE)
         self._cache: dict[str, tuple[float, VerifyService | None]] = {}
         self._lock = threading.Lock()
 
@@ -288,15 +295,26 @@ class VerifyServices:
         """The Service with the settings `form` changes; None when there is no such Service."""
         if SERVICE_SID.fullmatch(sid) and hmac.compare_digest(sid, self.default_sid):
             raise ReadOnlyService()
-        current = self._read(sid)
-        if current is None:
-            return None
-        updated = replace(apply_settings(current, form), updated_at=self._clock())
-        # XX: an update never brings back a Service deleted meanwhile.
-        if not self._redis.set(keys.verify_service(sid), updated.to_record(), xx=True):
-            return None
-        self._forget(sid)
-        return updated
+        for _ in range(_UPDATE_TRIES):
+            current = self._read(sid)
+            if current is None:
+                return None
+            updated = replace(
+                apply_settings(current, form),
+                updated_at=self._clock(),
+                revision=current.revision + 1,
+            )
+            written = int(
+                self._update(
+                    keys=[keys.verify_service(sid)],
+                    args=[updated.to_record(), current.revision],
+                )
+            )
+            if written >= 0:
+                self._forget(sid)
+                return updated if written else None
+            time.sleep(secrets.randbelow(5000) / 1_000_000)  # up to 5 ms: let the other finish
+        raise ConcurrentUpdates()
 
     def delete(self, sid: str) -> bool:
         """Delete a stored Service; False when there is none. Its verifications end by their
@@ -348,5 +366,20 @@ CREATE_SERVICE = """
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+
+# Replace a Service's record with an update made from revision ARGV[2], unless another update
+# came in between (each makes the revision one more) or it was deleted meanwhile: two partial
+# updates at once never lose one another's settings.
+# KEYS[1] the Service's record
+# ARGV[1] the new record (JSON, its revision one more)  ARGV[2] the revision it was made from
+# Returns 1 when written, 0 when the Service is gone, -1 when it changed (read it again).
+UPDATE_SERVICE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if (cjson.decode(current).revision or 0) ~= tonumber(ARGV[2]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """

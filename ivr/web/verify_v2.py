@@ -43,6 +43,7 @@ from ivr.verification.service import (
 )
 from ivr.verification.services import (
     SERVICE_SID,
+    ConcurrentUpdates,
     ReadOnlyService,
     ServiceError,
     TooManyServices,
@@ -375,6 +376,10 @@ def update_service(sid: str) -> Response:
         raise _settings_error(exc) from None
     except ReadOnlyService:
         raise _read_only() from None
+    except ConcurrentUpdates:
+        raise TwilioError(
+            503, 20503, "The Service is being changed by others: try again", {"Retry-After": "1"}
+        ) from None
     if updated is None:
         raise not_found()
     return jsonify(service_json(updated))
