@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +21,9 @@ from twilio.rest import Client
 from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
+from ivr.config import DEFAULT_PROMPTS_DIR
 from tests.conftest import ACCOUNT_SID, API_TOKEN, PUBLIC_BASE_URL, twilio_post, twiml
+from tests.test_prompts import write_wav
 from tests.test_voice_call import code_readings
 from tests.twilio_standin import TwilioStandIn
 from tests.verify_v2_schema import assert_matches
@@ -738,3 +741,33 @@ def test_updates_at_once_lose_nothing(app, sdk):
     assert final.do_not_share_warning_enabled is True and final.dtmf_input_required is False
     record = json.loads(app.extensions["ivr"].redis.get(f"ivr:{{services}}:service:{service.sid}"))
     assert record["revision"] == rounds * len(settings)
+
+
+def test_a_services_name_is_said_even_where_the_greeting_is_recorded(
+    make_app, tmp_path, twilio_api
+):
+    """A recorded greeting says the deployment's own company name: a Service's call speaks
+    its own name in TTS instead, while the default Service's call still plays the recording."""
+    folder = tmp_path / "voice_prompts"
+    folder.mkdir()
+    for catalog in DEFAULT_PROMPTS_DIR.glob("*.yaml"):
+        shutil.copy(catalog, folder)
+    write_wav(folder / "audio" / "en-US" / "otp.call.greeting.wav")
+    app = make_app(voice_prompts_dir=str(folder))
+    client = app.test_client()
+    service = client.post(
+        "/v2/Services", data={"FriendlyName": "Acme Bank"}, headers=_basic()
+    ).get_json()
+    greetings = []
+    for service_sid in (service["sid"], app.extensions["ivr"].verify_services.default_sid):
+        client.post(
+            f"/v2/Services/{service_sid}/Verifications",
+            data={"To": TO, "Channel": "call"},
+            headers=_basic(),
+        )
+        call = twilio_api.calls()[-1]
+        params = {"CallSid": twilio_api.last_sid, "AccountSid": ACCOUNT_SID, "To": TO}
+        greetings.append(twiml(twilio_post(client, call.value("Url"), params)))
+    ours, default = greetings
+    assert not list(ours.iter("Play")) and "Acme Bank" in " ".join(ours.itertext())
+    assert list(default.iter("Play")), "the default Service's call plays the recording"
