@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench import capacity, loadgen, report
+from bench import caller_time, capacity, loadgen, report
 from bench.baseline_app import REDIS_URL_VARIABLE, TOKEN_FILE_VARIABLE
 from bench.servers import (
     HOST,
@@ -457,6 +457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in capacity.render(found, args.capacity_at):
             print(f"  {line}")
         document["capacity"] = found
+    # Seconds of prompts and answers on the default flow's main paths, and the time to the
+    # code per locale: from the TwiML the app serves (issue 14's caller targets).
+    heard = caller_time.measure()
+    print()
+    for line in caller_time.render(heard):
+        print(line)
+    document["caller_time"] = heard
     document["duration_seconds"] = round(time.monotonic() - started, 1)
     report.write_json(args.output, document)
     print(f"\nbench: {document['duration_seconds']} s; results in {args.output}")

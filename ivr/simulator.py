@@ -53,6 +53,15 @@ class CallTranscript:
         }
 
 
+def _break_ms(duration: str) -> int:
+    """An SSML <break time=…> in milliseconds ("350ms", "1s"); 0 when it says neither."""
+    if duration.endswith("ms") and duration[:-2].isdigit():
+        return int(duration[:-2])
+    if duration.endswith("s") and duration[:-1].replace(".", "", 1).isdigit():
+        return round(float(duration[:-1]) * 1000)
+    return 0
+
+
 def _spoken_text(element: ET.Element) -> str:
     """The words of a <Say>, SSML children included, with the spacing a listener hears."""
     return " ".join(" ".join(element.itertext()).split())
@@ -253,6 +262,9 @@ class PhoneSimulator:
     def _hear(verb: ET.Element, transcript: CallTranscript) -> None:
         if verb.tag == "Say":
             attributes = {k: v for k, v in verb.attrib.items() if k in ("voice", "language")}
+            pauses = sum(_break_ms(pause.get("time", "")) for pause in verb.iter("break"))
+            if pauses:
+                attributes["pause_ms"] = str(pauses)  # SSML silences inside the text
             loop = verb.get("loop", "1")
             for _ in range(min(int(loop) if loop.isdigit() else 1, 10) or 10):  # 0 = until
                 transcript.events.append(Heard("say", _spoken_text(verb), attributes))
