@@ -271,7 +271,7 @@ def test_a_polly_voice_reads_each_digit_after_a_pause_and_loops_the_reading(ship
     shipped.speak_code(response, "en-US", "otp.call.code_intro", "012345", times=2)
     (say,) = rendered(response)
     assert say.attrib == {"voice": "Polly.Joanna-Neural", "language": "en-US", "loop": "2"}
-    assert say.text == "Your verification code is"
+    assert say.text == "Your code is"
     pauses = list(say)
     assert [child.tag for child in pauses] == ["break"] * 7
     assert [pause.get("time") for pause in pauses] == [DIGIT_PAUSE] * 6 + [READING_GAP]
@@ -312,7 +312,7 @@ def test_a_basic_voice_reads_the_intro_and_comma_separated_digits(basic_voice_ca
     basic_voice_catalogs.speak_code(response, "en-US", "otp.call.code_intro", "012345")
     (say,) = rendered(response)
     text = "".join(say.itertext())
-    assert text.startswith("Your verification code is")
+    assert text.startswith("Your code is")
     assert "0, 1, 2, 3, 4, 5" in text
     assert [c for c in text if c.isdigit()] == list("012345")
 

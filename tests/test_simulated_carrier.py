@@ -26,7 +26,7 @@ def test_a_voice_verification_completes_offline(sim_api):
     transcript = heard.get_json()
     says = [e["text"] for e in transcript["events"] if e["kind"] == "say"]
     assert "press any key" in says[0]
-    code = says[1].removeprefix("Your verification code is ").replace(" ", "")
+    code = says[1].removeprefix("Your code is ").replace(" ", "")
     assert len(code) == 6 and code.isdigit()
     assert says[2].replace(" ", "").endswith(code)
     assert transcript["ended_by"] == "hangup"

@@ -104,7 +104,7 @@ def test_key_press_reads_the_code_digit_by_digit_twice_then_offers_a_repeat(
     assert re.fullmatch(r"\d{6}", readings[0])
     first = root.find("Say")
     assert first.get("voice") == "Polly.Joanna-Neural" and first.get("language") == "en-US"
-    assert first.text == "Your verification code is"
+    assert first.text == "Your code is"
     pauses = list(first.iter("break"))
     assert [b.get("time") for b in pauses] == ["350ms"] * 6 + ["1s"]
     assert [b.tail for b in pauses] == [*readings[0], None], "a pause before every digit"
@@ -188,7 +188,7 @@ def test_locale_follows_the_request_and_else_the_numbers_country(api, twilio_api
     assert spanish["locale"] == "es-ES"
     root = press_key(client, spanish)
     assert root.find("Say").get("voice") == "Polly.Lucia-Neural"
-    assert "Su código de verificación es" in spoken(root)
+    assert "Su código es" in spoken(root)
     french, french_call = start_call(api, twilio_api, to="+33612345678")
     assert french["locale"] == "fr-FR"
     answered = twiml(twilio_post(client, french_call.value("Url"), call_params(french)))
