@@ -132,7 +132,7 @@ def test_simulate_walks_a_caller_through_keypad_authentication_to_the_queue(simu
     result = run("simulate", "default", "--from", "+14155550161", "--keys", "1,1,code")
     assert result.exit_code == 0, result.output
     assert "ending in 6 1" in result.output
-    assert "you are verified" in result.output
+    assert "are verified" in result.output
     assert "-> waits in queue 'support'" in result.output
     assert "verified=True" in result.output and "customer_id=12345678" in result.output
 
@@ -155,7 +155,7 @@ def test_simulate_interactive_prompt_says_code_types_the_received_code(simulatio
     )
     assert "'abc': keys are 0-9, * and #, or 'code'" in result.stderr
     assert "presses: abc" not in result.stdout, "asked again, never pressed"
-    assert "you are verified" in result.stdout
+    assert "are verified" in result.stdout
 
 
 def test_simulate_refuses_keys_a_phone_cannot_press(simulation_env):

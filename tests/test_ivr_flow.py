@@ -98,7 +98,7 @@ def test_a_caller_from_the_phone_on_file_is_verified_and_queued(caller, twilio_a
     text = said(transcript)
     assert "Thank you for calling Acme" in text
     assert "ending in 6 1" in text
-    assert "you are verified" in text
+    assert "are verified" in text
     assert transcript.ended_by == "enqueue"
     [sms] = twilio_api.messages()
     assert sms.value("To") == ON_FILE
@@ -111,7 +111,7 @@ def test_from_another_phone_the_account_is_asked_and_the_code_goes_to_the_phone_
     transcript = caller.call([ENGLISH, ACCOUNT_HELP, ACCOUNT + "#", "code"], from_=OTHER_PHONE)
     text = said(transcript)
     assert "enter your account number" in text
-    assert "you are verified" in text
+    assert "are verified" in text
     [sms] = twilio_api.messages()
     assert sms.value("To") == ON_FILE, "never to the calling phone"
 
@@ -147,7 +147,7 @@ def test_a_customer_without_sms_gets_the_code_by_voice_call(caller, twilio_api):
     transcript = caller.call(keys, from_=OTHER_PHONE)
     assert "sent a code to the phone we have on file" in said(transcript)
     assert "ending in" not in said(transcript), "not read to someone who typed an account"
-    assert "you are verified" in said(transcript)
+    assert "are verified" in said(transcript)
     assert twilio_api.calls()[0].value("To") == VOICE_ONLY_PHONE
     assert not twilio_api.messages()
 
@@ -179,6 +179,32 @@ def test_the_whole_flow_speaks_spanish_once_chosen(caller):
     assert after_choice, transcript.to_dict()
     assert {e.attributes["language"] for e in after_choice} == {"es-ES"}
     assert "su identidad está verificada" in said(transcript)
+
+
+def test_a_caller_on_file_with_a_language_is_not_asked_for_it(caller, api, twilio_api):
+    """The customer record's locale chooses the prompts' language: a known caller goes
+    straight to the menu, in their language, and reaches the agent with two answers."""
+    api.put(f"/v1/customers/{ACCOUNT}", {"phone": ON_FILE, "name": "Ada", "locale": "es-ES"})
+    transcript = caller.call([ACCOUNT_HELP, "code"])
+    says = [e for e in transcript.events if e.kind == "say"]
+    assert "For English" not in said(transcript) and "Para español" not in said(transcript)
+    assert {e.attributes["language"] for e in says[1:]} == {"es-ES"}
+    assert "su identidad está verificada" in said(transcript)
+    assert transcript.ended_by == "enqueue"
+    assert [e.kind for e in transcript.events].count("keys") == 2
+
+
+@pytest.mark.parametrize("locale", [None, "it-IT"])
+def test_a_caller_whose_record_names_no_offered_language_is_asked(caller, api, locale):
+    api.put(f"/v1/customers/{ACCOUNT}", {"phone": ON_FILE, "name": "Ada", "locale": locale})
+    transcript = caller.call([ENGLISH, ACCOUNT_HELP, "code"])
+    assert "For English, press 1" in said(transcript)
+    assert transcript.ended_by == "enqueue"
+
+
+def test_an_unknown_caller_is_asked_for_the_language(caller):
+    transcript = caller.call([ENGLISH, "", "", ""], from_="+14155550199")
+    assert "For English, press 1" in said(transcript)
 
 
 def test_silence_at_the_menu_repeats_it_short_then_says_goodbye(caller):
@@ -324,7 +350,7 @@ def test_a_landline_on_file_gets_its_code_by_call_even_if_the_record_says_sms(
         headers=api.headers,
     )
     transcript = caller.call([ENGLISH, ACCOUNT_HELP, "55556666#", "code"], from_=OTHER_PHONE)
-    assert "you are verified" in said(transcript)
+    assert "are verified" in said(transcript)
     assert twilio_api.calls()[0].value("To") == "+442079460958"
     assert not twilio_api.messages()
 
@@ -334,7 +360,7 @@ def test_silence_at_the_code_question_asks_again_without_calling_it_wrong(caller
     text = said(transcript)
     assert "not right" not in text
     assert "Please enter your code" in text
-    assert "you are verified" in text
+    assert "are verified" in text
 
 
 def path_of(url: str) -> str:
@@ -363,7 +389,7 @@ def test_a_replayed_authenticate_step_neither_checks_nor_sends(ivr_app, twilio_a
     for digits in (ENGLISH, ACCOUNT_HELP):
         root = twiml(twilio_post(client, action, params | {"Digits": digits}))
         action = root.find("Gather").get("action")
-    assert "sent a code" in spoken(root)
+    assert "a code to your phone" in spoken(root)
     sent = len(twilio_api.requests)
     wrong = twiml(twilio_post(client, action, params | {"Digits": "000000#"}))
     assert "that code is not right" in spoken(wrong)

@@ -207,7 +207,7 @@ def _twilio_run(run: Run, app, twilio_api) -> None:
 
     call = phone.call(f"{PUBLIC_BASE_URL}/voice/incoming", from_=on_file, to=CALLER_ID, keys=press)
     assert call.ended_by == "enqueue"
-    assert "you are verified" in " ".join(call.spoken)
+    assert "are verified" in " ".join(call.spoken)
     metrics = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert metrics.status_code == 200
 

@@ -751,8 +751,29 @@ class FlowEngine:
         with contextlib.suppress(NotFound, NotPending):
             self.verifications.cancel(sid)
 
-    def _enter_language(self, turn: _Turn, node: model.LanguageNode) -> None:
+    def _enter_language(self, turn: _Turn, node: model.LanguageNode) -> Going:
+        """Ask for the language, unless the caller is on file (by caller ID) with a language
+        this question offers: then it is theirs, and they are not asked. A caller ID proves
+        nothing here, and needs not: it only chooses the prompts' language."""
+        known = self._recorded_locale(turn.state, node)
+        if known is not None:
+            turn.state.locale = known
+            turn.effect("language_from_record", locale=known)
+            return node.next
         self._gather_for(turn, node, repeat=False)
+        return None
+
+    def _recorded_locale(self, state: CallState, node: model.LanguageNode) -> str | None:
+        """The offered locale the caller's record names (exactly, else by language)."""
+        customer = self._find_by_caller(state.caller)
+        if customer is None or not customer.locale:
+            return None
+        offered = [self.prompts.catalog(locale).locale for locale in node.options.values()]
+        wanted = customer.locale
+        same_language = [loc for loc in offered if loc.split("-")[0] == wanted.split("-")[0]]
+        if wanted in offered:
+            return wanted
+        return same_language[0] if same_language else None
 
     def _input_language(
         self, turn: _Turn, node: model.LanguageNode, digits: str | None, _: Any
