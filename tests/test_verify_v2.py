@@ -93,6 +93,11 @@ def sdk(
     return make
 
 
+def code_in(sms_body: str) -> str:
+    """The code an SMS carries (the one word of digits in it)."""
+    return next(word.strip(".") for word in sms_body.split() if word.strip(".").isdigit())
+
+
 def _code_from_call(client: FlaskClient, twilio_api: TwilioStandIn, verification: Any) -> str:
     """Answer the code call through the Twilio stand-in: the Calls request's URL is fetched
     (signed), a key pressed, and the code read twice."""
@@ -184,7 +189,7 @@ def test_the_sms_says_the_service_name_and_has_its_code_length(sdk, twilio_api):
     )
     body = twilio_api.messages()[-1].value("Body")
     assert "Acme Card" in body
-    code = next(word.strip(".") for word in body.split() if word.strip(".").isdigit())
+    code = code_in(body)
     assert len(code) == 4
     check = twilio.verify.v2.services(service.sid).verification_checks.create(to=TO, code=code)
     assert check.status == "approved"
@@ -195,7 +200,7 @@ def test_max_check_attempts_is_60202(sdk, twilio_api):
     service = twilio.verify.v2.services.create(friendly_name="Acme")
     twilio.verify.v2.services(service.sid).verifications.create(to=TO, channel="sms")
     body = twilio_api.messages()[-1].value("Body")
-    code = next(word.strip(".") for word in body.split() if word.strip(".").isdigit())
+    code = code_in(body)
     wrong = "1" * 6 if code != "1" * 6 else "2" * 6
     checks = twilio.verify.v2.services(service.sid).verification_checks
     answers = [checks.create(to=TO, code=wrong).status for _ in range(4)]
@@ -228,7 +233,7 @@ def test_another_service_cannot_fetch_check_or_cancel(sdk, twilio_api):
     theirs = twilio.verify.v2.services.create(friendly_name="Other")
     started = twilio.verify.v2.services(mine.sid).verifications.create(to=TO, channel="sms")
     body = twilio_api.messages()[-1].value("Body")
-    code = next(word.strip(".") for word in body.split() if word.strip(".").isdigit())
+    code = code_in(body)
     other = twilio.verify.v2.services(theirs.sid)
     attempts = [
         lambda: other.verifications(started.sid).fetch(),
@@ -625,7 +630,7 @@ def test_a_service_code_as_short_as_a_flash_code_is_checked_by_number(
     base = f"/v2/Services/{service['sid']}"
     client.post(f"{base}/Verifications", data={"To": TO, "Channel": "sms"}, headers=_basic())
     body = twilio_api.messages()[-1].value("Body")
-    code = next(word.strip(".") for word in body.split() if word.strip(".").isdigit())
+    code = code_in(body)
     check = client.post(
         f"{base}/VerificationCheck", data={"To": TO, "Code": code}, headers=_basic()
     )
