@@ -16,6 +16,9 @@ WEBHOOKS = [
     f"/voice/code/{SID}/en-US/",
     f"/voice/code/{SID}/en-US/reveal",
     f"/voice/code/{SID}/en-US/reveal?repeat=1",
+    f"/voice/code/{SID}/en-US/VA{'0' * 32}/",  # a Verify Service's code call
+    f"/voice/code/{SID}/en-US/VA{'0' * 32}/reveal?answered=1",
+    f"/voice/code/{SID}/en-US/named/",  # the default Service's, with a name of its own
     f"/voice/status/{SID}",
     f"/sms/status/{SID}",
     "/voice/flow/1",
