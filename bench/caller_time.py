@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ivr.config import DEFAULT_FLOWS_DIR
 from ivr.customers import Customer
@@ -125,7 +126,7 @@ def _flows(closed: bool) -> Iterator[Path]:
         copy = Path(folder) / "flows"
         shutil.copytree(DEFAULT_FLOWS_DIR, copy)
         flow = copy / "default.yaml"
-        today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=-5))).date()
+        today = dt.datetime.now(ZoneInfo("America/New_York")).date()  # the agents' clock
         text = flow.read_text().replace(
             "holidays: [2026-12-25, 2027-01-01]",
             f"holidays: [{today.isoformat()}, {(today + dt.timedelta(days=1)).isoformat()}]",

@@ -377,17 +377,7 @@ class VerificationService:
             carrier = self.simulated_carrier if simulated else self.carrier
             if carrier is None:
                 raise CarrierError("rejected", "no simulated carrier for a simulated call")
-            receipt = self._deliver(
-                sid,
-                number.e164,
-                channel,
-                chosen_locale,
-                code,
-                carrier,
-                ours.name(self.app_name),
-                ours.sid,
-                "fn" in ours.fields,
-            )
+            receipt = self._deliver(sid, number.e164, channel, chosen_locale, code, carrier, ours)
         except CarrierError as exc:
             log.warning("verification %s: %s send failed: %s", sid, channel, exc.detail)
             status = self.store.settle_send(
@@ -590,9 +580,7 @@ class VerificationService:
         locale: str,
         code: str,
         carrier: Carrier,
-        app_name: str,
-        service_sid: str = "",
-        custom_name: bool = False,
+        ours: _ServiceParts,
     ) -> Receipt:
         if channel is Channel.FLASH_CALL:
             # Rings briefly from the pool number whose last digits are the code; hangs up if
@@ -612,10 +600,12 @@ class VerificationService:
             return carrier.place_call(
                 to=to,
                 from_=self.caller_id,
-                url=self.urls.call_answer(sid, locale, service_sid, custom_name),
+                url=self.urls.call_answer(sid, locale, ours.sid, "fn" in ours.fields),
                 status_callback=self.urls.call_status(sid),
             )
-        body = self.prompts.text(locale, "otp.sms.body", app_name=app_name, code=code)
+        body = self.prompts.text(
+            locale, "otp.sms.body", app_name=ours.name(self.app_name), code=code
+        )
         if self.sms_origin_domain:  # WebOTP: lets the browser offer the code for autofill
             body += f"\n\n@{self.sms_origin_domain} #{code}"
         return carrier.send_sms(
@@ -650,7 +640,7 @@ class VerificationService:
             raise InvalidRequest("code", "invalid_code", "code must have 4 to 10 digits")
         if sid is None and to is None:
             raise InvalidRequest("to", "missing_field", "give 'to' or 'sid'")
-        service_sid = "" if service is None or service.is_default else service.sid
+        service_sid = _service_sid(service)
         lookup: dict[str, str] = {}
         number_key: tuple[str, str] | None = None
         if to is not None:  # with a sid too, the verification must be for this number
