@@ -148,6 +148,7 @@ def _simulation(redis_url: str, flows: Path, instance: Path) -> Any:
             "SEND_LIMIT_PER_PREFIX": "1000/1h",
             "TWILIO_ACCOUNT_SID": None,
             "TWILIO_AUTH_TOKEN": None,
+            "LOG_LEVEL": "WARNING",  # each walked call would log its steps amid the report
         }
     )
     return FlowSimulation(app)

@@ -1,4 +1,4 @@
-"""One benchmark run: two gunicorn servers, state made through the API, alternating rounds.
+"""One benchmark run: our app and three peers under gunicorn, state made through the API, rounds.
 
 Our app runs with the simulated carrier (no Twilio account), on Redis DB 14 at 127.0.0.1:6379
 when that answers, else on the embedded Redis. Send and check limits are relaxed so that the
@@ -35,8 +35,11 @@ from bench.workload import (
     ENDPOINTS,
     ENGLISH,
     MENU_AGAIN,
+    REFERENCES,
     REVEALS_PER_CALL,
+    TUTORIAL,
     Endpoint,
+    Reference,
     SetupError,
     State,
     Target,
@@ -59,7 +62,7 @@ WARMUP_SECONDS = 0.3
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="per endpoint, server, round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     # Pools sized for ~1500 rps over 3 x 3 s, so that nearly every reveal reads the code and
     # nearly every check meets a pending verification; the notes say how many did.
@@ -84,11 +87,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     # Stateful feeds (a new CallSid per /voice/incoming request, a step per menu request) must
     # not repeat a request on our app: sized for this rate over every run, above anything our
-    # app reaches here (the bare baseline does up to ~4500 rps, our webhooks up to ~3000).
+    # app reaches on them here (about 1,000-1,500 rps).
     parser.add_argument(
         "--feed-rps",
         type=int,
-        default=4000,
+        default=2500,
         help="requests/s the stateful feeds are sized for (beyond it they wrap: the notes say)",
     )
     parser.add_argument(
@@ -144,8 +147,8 @@ def _concurrency() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornServer, ...]]:
-    """The baseline, ours and the reference (bare Flask + signature + one Redis read),
-    started and ready; stopped (with anything they started) on the way out."""
+    """Ours and the three peers of bench/baseline_app.py, started and ready; stopped (with
+    anything they started) on the way out."""
     base_env = clean_environment() | _concurrency() | {"PYTHONPATH": str(PROJECT_DIR)}
     instance = workdir / "instance"
     ours = GunicornServer("ours", "ivr:create_app()", base_env, workdir / "ours.log")
@@ -168,18 +171,20 @@ def _servers(workdir: Path, redis_url: str | None) -> Iterator[tuple[GunicornSer
         base_env | {"REDIS_URL": "redis://unused.invalid/0"},
         workdir / "baseline.log",
     )
+    # The peers that read Redis read the one our app uses, and check signatures with the
+    # development token our app writes into its instance folder at start.
+    peer_env = base_env | {
+        "REDIS_URL": "redis://unused.invalid/0",
+        REDIS_URL_VARIABLE: redis_url or EmbeddedRedis(instance / "redis").url,
+        TOKEN_FILE_VARIABLE: str(instance / "webhook_auth_token"),
+    }
     reference = GunicornServer(
-        "reference",
-        "bench.baseline_app:create_redis_app()",
-        base_env
-        | {
-            "REDIS_URL": "redis://unused.invalid/0",
-            REDIS_URL_VARIABLE: redis_url or EmbeddedRedis(instance / "redis").url,
-            TOKEN_FILE_VARIABLE: str(instance / "webhook_auth_token"),
-        },
-        workdir / "reference.log",
+        "reference", "bench.baseline_app:create_redis_app()", peer_env, workdir / "reference.log"
     )
-    servers = (baseline, ours, reference)
+    tutorial = GunicornServer(
+        "tutorial", "bench.baseline_app:create_tutorial_app()", peer_env, workdir / "tutorial.log"
+    )
+    servers = (baseline, ours, reference, tutorial)
     try:
         for server in servers:
             server.start()
@@ -205,7 +210,7 @@ def _requests_per_feed(args: argparse.Namespace) -> int:
 def _measure(
     server: GunicornServer,
     feed: loadgen.RequestFeed,
-    endpoint: Endpoint,
+    marker: bytes | None,
     seconds: float,
     connections: int,
 ) -> loadgen.Sample:
@@ -215,9 +220,22 @@ def _measure(
         feed,
         seconds=seconds,
         connections=connections,
-        marker=endpoint.marker,
+        marker=marker,
         owners=server.connections_by_worker,
     )
+
+
+def _round_plan() -> list[tuple[str, str, Endpoint | Reference]]:
+    """(row name, server name, what is measured) in the order of a round: the peers spread
+    between our endpoints, so that none always runs right after the same one."""
+    ours = [(endpoint.name, "ours", endpoint) for endpoint in ENDPOINTS]
+    peers = [(peer.name, peer.server, peer) for peer in REFERENCES]
+    plan: list[tuple[str, str, Endpoint | Reference]] = []
+    for index, step in enumerate(ours):
+        if index < len(peers):
+            plan.append(peers[index])
+        plan.append(step)
+    return plan + peers[len(ours) :]
 
 
 def _run_rounds(
@@ -225,63 +243,45 @@ def _run_rounds(
     targets: dict[str, Target],
     state: State,
     args: argparse.Namespace,
-) -> tuple[dict[str, dict[str, list[loadgen.Sample]]], dict[str, int]]:
-    """Warm up, then per round and endpoint the baseline and the endpoint's server back to
-    back, taking turns at going first. Returns samples by endpoint name and column ("baseline",
-    "ours"; the reference row's server sits in the "ours" column), and by endpoint name how
-    many requests our app's feed handed out again after its last one (repeats)."""
-    plan = {
-        endpoint.name: {
-            column: servers[name]
-            for column, name in (("baseline", "baseline"), ("ours", endpoint.server))
-            if endpoint.compare or column == "ours"
-        }
-        for endpoint in ENDPOINTS
-    }
-    feeds = {
-        (endpoint.name, column): endpoint.feed(targets[server.name], state)
-        for endpoint in ENDPOINTS
-        for column, server in plan[endpoint.name].items()
-    }
-    samples: dict[str, dict[str, list[loadgen.Sample]]] = {
-        e.name: {"baseline": [], "ours": []} for e in ENDPOINTS
-    }
-    for endpoint in ENDPOINTS:  # workers import lazily and fill caches on first use
-        for column, server in plan[endpoint.name].items():
-            feed = feeds[endpoint.name, column]
-            _measure(server, feed, endpoint, WARMUP_SECONDS, args.connections)
+) -> tuple[dict[str, list[loadgen.Sample]], dict[str, int]]:
+    """Warm up, then every round measures each of our endpoints and each peer once, in
+    `_round_plan`'s order, reversed every other round. Returns samples by row name, and by
+    endpoint name how many requests our app's feed handed out again after its last one
+    (repeats)."""
+    plan = _round_plan()
+    feeds = {name: measured.feed(targets[server], state) for name, server, measured in plan}
+    markers = {name: getattr(measured, "marker", None) for name, _, measured in plan}
+    samples: dict[str, list[loadgen.Sample]] = {name: [] for name, _, _ in plan}
+    for name, server, _ in plan:  # workers import lazily and fill caches on first use
+        _measure(servers[server], feeds[name], markers[name], WARMUP_SECONDS, args.connections)
     for round_index in range(args.rounds):
-        order = ["baseline", "ours"] if round_index % 2 == 0 else ["ours", "baseline"]
-        for endpoint in ENDPOINTS:
-            for column in order:
-                server = plan[endpoint.name].get(column)
-                if server is None:
-                    continue
-                feed = feeds[endpoint.name, column]
-                sample = _measure(server, feed, endpoint, args.seconds, args.connections)
-                samples[endpoint.name][column].append(sample)
-                print(
-                    f"  round {round_index + 1}/{args.rounds}  {endpoint.name:<40} "
-                    f"{server.name:<9} {sample.rps:8.1f} rps",
-                    flush=True,
-                )
-    wrapped = {e.name: feeds[e.name, "ours"].wrapped for e in ENDPOINTS if e.server == "ours"}
+        for name, server, _ in plan if round_index % 2 == 0 else plan[::-1]:
+            sample = _measure(
+                servers[server], feeds[name], markers[name], args.seconds, args.connections
+            )
+            samples[name].append(sample)
+            print(
+                f"  round {round_index + 1}/{args.rounds}  {name:<46} {sample.rps:8.1f} rps",
+                flush=True,
+            )
+    wrapped = {endpoint.name: feeds[endpoint.name].wrapped for endpoint in ENDPOINTS}
     return samples, wrapped
 
 
-def _rows(samples: dict[str, dict[str, list[loadgen.Sample]]]) -> list[report.Row]:
+def _rows(samples: dict[str, list[loadgen.Sample]]) -> list[report.Row]:
+    """Our endpoints, each judged against the peers' numbers of the same run, then the peers."""
+    peers = {peer.key: report.summarize(samples[peer.name], 200) for peer in REFERENCES}
     rows = []
     for endpoint in ENDPOINTS:
-        by_server = samples[endpoint.name]
-        if endpoint.compare:
-            ours = report.summarize(by_server["ours"], endpoint.ok_status)
-            base = report.summarize(by_server["baseline"], 200)
-            comparison = report.compare(ours, base)
-            rows.append(report.Row(endpoint.name, base, ours, comparison, endpoint.is_reference))
+        if endpoint.webhook:
+            ours = report.summarize(samples[endpoint.name], endpoint.ok_status)
+            verdict = report.judge(ours, peers, TUTORIAL)
+            rows.append(report.Row(endpoint.name, ours, verdict))
         else:
-            rows.append(
-                report.Row(endpoint.name, None, report.summarize_check(by_server["ours"]), None)
-            )
+            ours = report.summarize_check(samples[endpoint.name])
+            rows.append(report.Row(endpoint.name, ours, None, kind="api"))
+    for peer in REFERENCES:
+        rows.append(report.Row(peer.name, peers[peer.key], None, kind="reference"))
     return rows
 
 
@@ -375,15 +375,15 @@ def _document(
             "menu_calls": len(state.flow_calls),
             "menu_steps_per_call": state.menu_steps,
         },
-        "targets": {"min_ratio": report.MIN_RATIO, "max_p99_ms": report.MAX_P99_MS, "errors": 0},
+        "targets": {
+            "min_ratio": report.MIN_RATIO,
+            "ratio_to": TUTORIAL,
+            "max_p99_ms": report.MAX_P99_MS,
+            "min_steady": report.MIN_STEADY,
+            "errors": 0,
+        },
         "endpoints": [
-            {
-                "endpoint": row.endpoint,
-                "reference": row.reference,
-                "baseline": row.baseline,
-                "ours": row.ours,
-                **(row.comparison or {}),
-            }
+            {"endpoint": row.endpoint, "kind": row.kind, **row.ours, **(row.verdict or {})}
             for row in rows
         ],
         "notes": notes,
@@ -405,12 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp,
-            _servers(Path(tmp), redis_url) as (baseline, ours, reference),
+            _servers(Path(tmp), redis_url) as started_servers,
         ):
             # Without a Twilio account the app signs and checks webhooks with a development token
             # it generated into its instance folder at start.
             webhook_token = (Path(tmp) / "instance" / "webhook_auth_token").read_text().strip()
-            servers = {server.name: server for server in (baseline, ours, reference)}
+            servers = {server.name: server for server in started_servers}
             targets = {
                 name: Target(HOST, server.port, webhook_token, API_TOKEN, name == "ours")
                 for name, server in servers.items()
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = _rows(samples)
     notes = _notes(rows, state, wrapped)
     print()
-    print(report.render_table(rows, args.connections))
+    print(report.render_table(rows, args.connections, [peer.key for peer in REFERENCES]))
     for note in notes:
         print(f"  {note}")
     document = _document(args, rows, notes, state, redis="server" if store else "embedded")

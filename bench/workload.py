@@ -461,18 +461,13 @@ def check_requests(target: Target, state: State) -> list[bytes]:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One measured endpoint: how to build its requests, what success looks like."""
+    """One measured endpoint of our app: how to build its requests, what success looks like."""
 
     name: str
     build: Callable[[Target, State], list[bytes]]
-    ok_status: int  # what our app answers when all is well (the baseline always says 200)
-    compare: bool  # measured against the baseline too, with targets
+    ok_status: int  # what our app answers when all is well
     marker: bytes | None = None  # counted in response bodies (e.g. "the code was read")
-    server: str = "ours"  # who answers in the "ours" column; "reference" has no target
-
-    @property
-    def is_reference(self) -> bool:
-        return self.server != "ours"
+    webhook: bool = True  # a Twilio webhook: held to the targets (the API check is not)
 
     def feed(self, target: Target, state: State) -> RequestFeed:
         if self.build is menu_requests and target.keeps_state:
@@ -480,26 +475,34 @@ class Endpoint:
         return RequestFeed(self.build(target, state))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A peer that does less than our webhooks (bench/baseline_app.py), fed the
+    /voice/incoming requests signed for it; every ratio is to one of these, in the same run."""
+
+    key: str  # the ratio's name in the table and the JSON
+    server: str  # the GunicornServer's name
+    name: str  # its row in the table
+
+    def feed(self, target: Target, state: State) -> RequestFeed:
+        return RequestFeed(incoming_requests(target, state))
+
+
 ENDPOINTS = (
     # Only a new call hears the welcome; a CallSid seen before would not (none should be).
-    Endpoint("/voice/incoming", incoming_requests, 200, compare=True, marker=INCOMING_MARKER),
+    Endpoint("/voice/incoming", incoming_requests, 200, marker=INCOMING_MARKER),
     # Only a real step asks the menu anew (long greeting); a replay repeats it short.
-    Endpoint("/voice/flow/<step> (menu)", menu_requests, 200, compare=True, marker=MENU_MARKER),
-    Endpoint("/voice/code/<sid>/<locale>/", answer_requests, 200, compare=True),
-    # Only a reading of the code offers to repeat it (a <Gather>); the cap's answer does not.
-    Endpoint(
-        "/voice/code/<sid>/<locale>/reveal", reveal_requests, 200, compare=True, marker=b"<Gather"
-    ),
-    Endpoint("/voice/status/<sid>", status_requests, 204, compare=True),
-    Endpoint("/v1/verifications/check", check_requests, 200, compare=False),
-    # Not ours: bare Flask plus a signature check and one Redis read, fed the /voice/incoming
-    # requests. The most a webhook that must touch Redis could reach here
-    # (bench/baseline_app.py).
-    Endpoint(
-        "(bare Flask + signature + 1 Redis read)",
-        incoming_requests,
-        200,
-        compare=True,
-        server="reference",
-    ),
+    Endpoint("/voice/flow/<step> (menu)", menu_requests, 200, marker=MENU_MARKER),
+    Endpoint("/voice/code/<sid>/<locale>/", answer_requests, 200),
+    # The code call's key press. Only a reading of the code offers to repeat it (a <Gather>);
+    # the cap's answer does not.
+    Endpoint("/voice/code/<sid>/<locale>/reveal", reveal_requests, 200, marker=b"<Gather"),
+    Endpoint("/voice/status/<sid>", status_requests, 204),
+    Endpoint("/v1/verifications/check", check_requests, 200, webhook=False),
+)
+TUTORIAL = "tutorial"  # the peer the targets are ratios to
+REFERENCES = (
+    Reference("static", "baseline", "(bare Flask, static TwiML)"),
+    Reference("signed_read", "reference", "(bare Flask + our signature check + 1 read)"),
+    Reference(TUTORIAL, "tutorial", "(Twilio tutorial: validate + 1 read + TwiML)"),
 )
