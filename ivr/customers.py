@@ -874,11 +874,18 @@ class CustomerFinder:
         self.directory = directory
         self.crm = crm
 
-    def by_phone(self, e164: str) -> Customer | None:
-        """The customer whose phone on file is `e164` (the caller ID, already E.164)."""
-        found = self.directory.find_by_phone(e164)
+    def by_caller_id(self, caller: str) -> Customer | None:
+        """The customer whose phone on file is the caller ID `caller`; None when it is withheld,
+        a SIP address or not a number. The directory is asked with the string as Twilio sent
+        it (E.164, as the directory stores phones): no parsing on the path of every call. The
+        CRM, a request to someone else's system, is asked only for a valid number."""
+        shaped = phone.e164_shaped(caller)
+        if shaped is None:
+            return None
+        found = self.directory.find_by_phone(shaped)
         if found is None and self.crm is not None:
-            found = self.crm.by_phone(e164)
+            number = phone.parse_caller_id(shaped)
+            found = self.crm.by_phone(number.e164) if number is not None else None
         return found
 
     def by_account(self, digits: str) -> Customer | None:

@@ -6,6 +6,7 @@ shared-cost ranges, so every number is classified by phonenumbers before anythin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -101,6 +102,17 @@ def parse_caller_id(raw: object) -> PhoneNumber | None:
         return parse(raw, None)
     except NumberRefused:
         return None
+
+
+# E.164's shape: "+", a calling code that does not start with 0, at most 15 digits in all.
+_E164_SHAPE = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def e164_shaped(raw: object) -> str | None:
+    """`raw` when it has E.164's shape, else None, without the cost of validating it (~40 µs
+    a caller ID): Twilio sends From and To in E.164 already, and a number is found on file
+    only when its string equals a stored one, which was validated when it was stored."""
+    return raw if isinstance(raw, str) and _E164_SHAPE.fullmatch(raw) else None
 
 
 def masked(e164: str) -> str:

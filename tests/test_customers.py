@@ -338,7 +338,7 @@ def test_the_app_finds_customers_put_over_the_api(api, app):
     put(api)
     finder = app.extensions["ivr"].customer_finder
     assert finder.crm is None
-    assert finder.by_phone(ADA.phone).name == ADA.name
+    assert finder.by_caller_id(ADA.phone).name == ADA.name
     assert finder.by_account(ADA.id).phone == ADA.phone
     assert finder.by_account("1234") is None
     assert finder.by_account("12#") is None
@@ -481,12 +481,32 @@ def test_an_unreachable_crm_answers_none(crm, caplog):
 def test_the_finder_asks_the_crm_only_when_the_directory_has_no_match(directory, lookup, crm):
     directory.put(ADA)
     finder = CustomerFinder(directory, lookup)
-    assert finder.by_phone(ADA.phone) == ADA
+    assert finder.by_caller_id(ADA.phone) == ADA
     assert finder.by_account(ADA.id) == ADA
     assert crm.requests == []
-    assert finder.by_phone("+14155550177").id == "44556677"
+    assert finder.by_caller_id("+14155550177").id == "44556677"
     assert finder.by_account("12#") is None
     assert len(crm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "caller",
+    [
+        "",
+        "anonymous",
+        "client:alice",
+        "sip:alice@example.com",
+        "+266696687",  # what some carriers send for a withheld number: not a valid number
+        "+1 415 555 0177",  # not as Twilio sends From
+        "+141555501770000000",
+    ],
+)
+def test_a_caller_id_that_is_no_valid_number_is_never_sent_to_the_crm(
+    directory, lookup, crm, caller
+):
+    finder = CustomerFinder(directory, lookup)
+    assert finder.by_caller_id(caller) is None
+    assert crm.requests == []
 
 
 def test_the_app_wires_the_crm_hook_from_the_settings(make_app, crm):

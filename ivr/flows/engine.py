@@ -638,10 +638,7 @@ class FlowEngine:
         return node.not_found if state.count("failures") >= node.tries else STAY
 
     def _find_by_caller(self, caller: str) -> Customer | None:
-        number = phone.parse_caller_id(caller)
-        if self.customers is None or number is None:  # withheld, anonymous, a SIP address…
-            return None
-        return self.customers.by_phone(number.e164)
+        return self.customers.by_caller_id(caller) if self.customers else None
 
     @staticmethod
     def _identified(state: CallState, customer: Customer, how: str) -> None:
