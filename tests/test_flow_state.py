@@ -41,6 +41,21 @@ def test_saving_is_a_compare_and_set_on_the_version(states):
     assert states.load(CALL).version == one.version
 
 
+def test_a_new_call_is_listed_among_the_recent_calls_once_with_its_start(states):
+    first = a_state()
+    turn = {"at": 1_700_000_000_123, "step": 0, "nodes": ["welcome"]}
+    assert states.save(CALL, first, replaces=states.advance(first, 1), turn=turn)
+    again = a_state()
+    later = turn | {"at": 1_700_000_009_999}
+    assert not states.save(CALL, again, replaces=states.advance(again, 1), turn=later)
+    moved = states.load(CALL)
+    assert states.save(CALL, moved, replaces=states.advance(moved, 2), turn=later)
+    listed = states.recent()
+    assert [(sid, started) for sid, _, started in listed] == [(CALL, 1_700_000_000_123)]
+    assert listed[0][1].step == 2, "the state listed is the current one"
+    assert len(states.journey(CALL)) == 2, "the refused creation added no turn"
+
+
 def test_is_current_knows_a_stale_copy(states):
     state = a_state()
     states.save(CALL, state, replaces=states.advance(state, 1))

@@ -31,6 +31,7 @@ from ivr.flows.loader import FlowLibrary, LoadedFlow
 from ivr.flows.state import CallState, CallStateStore
 from ivr.metrics import call_outcome, metrics
 from ivr.prompts import CatalogError, PromptCatalogs
+from ivr.twiml import LinkedResponse
 from ivr.verification.models import Status
 from ivr.verification.service import (
     DeliveryFailed,
@@ -90,7 +91,7 @@ class _Turn:
     stateless: bool = False  # nothing of this turn is saved: offer no way back into it
     unconfirmed: bool = False  # the state came from the URL: not yet known to be current
     prompts: PromptCatalogs | None = None  # what this call hears (the drafts, in a trial)
-    response: VoiceResponse = field(default_factory=VoiceResponse)
+    response: LinkedResponse = field(default_factory=LinkedResponse)
     pending: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     # Verbs whose action URL leads back into the flow: filled in once the turn's state is final.
     links: list[tuple[Any, Callable[[int, str | None], str]]] = field(default_factory=list)
@@ -129,6 +130,7 @@ class _Turn:
 
     def link(self, verb: Any, url: Callable[[int, str | None], str]) -> None:
         self.links.append((verb, url))
+        self.response.links.append(verb)
 
     def fill_links(self, sealed: str | None) -> None:
         for verb, url in self.links:

@@ -22,7 +22,6 @@ import zlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.cluster import RedisCluster
@@ -117,11 +116,14 @@ _DEFAULTS: dict[str, Any] = {
 
 
 # Save a call's state if nobody else advanced it since it was read, and add the turn to the
-# call's journey in the same step (a replayed request adds nothing).
+# call's journey in the same step (a replayed request adds nothing); a new call on one Redis
+# server also joins the recent calls here (on a cluster they are in a slot of their own).
 # KEYS[1] the call's state hash   KEYS[2] the call's journey (list of JSON turns)
+# KEYS[3] (optional) the recent calls (sorted set: CallSid -> start, ms)
 # ARGV[1] the version the turn started from ("" when creating: the call must have no state yet)
 # ARGV[2] the new version   ARGV[3] the new state JSON   ARGV[4] time to live, ms
 # ARGV[5] the turn as JSON ("" to add none)   ARGV[6] most turns kept
+# With KEYS[3]: ARGV[7] the CallSid   ARGV[8] when the call started, ms   ARGV[9] most calls kept
 # Returns 1 when saved, 0 when the call had moved on (or, creating, already had state).
 SAVE_STATE = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -136,6 +138,11 @@ if ARGV[5] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if KEYS[3] then
+  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[9]) - 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1
 """
@@ -187,43 +194,25 @@ class CallStateStore:
     ) -> bool:
         """Store `state` (already advanced) if the call is still at version `replaces` (""
         creates it: only if the call has no state yet), with `turn` added to its journey.
-        False if it moved on meanwhile. A new call also joins the recent calls (same round
-        trip: a pipeline)."""
-        arguments = {
-            "keys": [keys.call_state(call_sid), keys.call_journey(call_sid)],
-            "args": [
-                replaces,
-                state.version,
-                text or state.to_json(),
-                self.ttl_ms,
-                json.dumps(turn, separators=(",", ":")) if turn else "",
-                JOURNEY_CAP,
-            ],
-        }
-        if replaces:
-            return bool(self._save(**arguments))
-        if isinstance(self.redis, RedisCluster):
-            # The recent calls are in a slot of their own: the call's state first, then them.
-            saved = self._save(**arguments)
-            if saved:
-                self._remember_recent(call_sid, turn["at"] if turn else 0)
-            return bool(saved)
-        # EVALSHA itself, not the script object: a pipeline given a script first asks Redis
-        # whether it knows it (SCRIPT EXISTS), a round trip more on every new call.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._save.sha, len(arguments["keys"]), *arguments["keys"], *arguments["args"])
-        pipe.zadd(keys.recent_calls(), {call_sid: turn["at"] if turn else 0})
-        pipe.zremrangebyrank(keys.recent_calls(), 0, -RECENT_CALLS_CAP - 1)
-        pipe.pexpire(keys.recent_calls(), self.ttl_ms)
-        saved, *others = pipe.execute(raise_on_error=False)
-        if isinstance(saved, redis.exceptions.NoScriptError):
-            # Not in this Redis' script cache (restarted, failed over): it did not run; now
-            # it is loaded and run, once.
-            saved = self._save(**arguments)
-        for answer in (saved, *others):
-            if isinstance(answer, Exception):
-                raise answer
-        return bool(saved)
+        False if it moved on meanwhile. A new call also joins the recent calls (in the same
+        script on one server; on a cluster, where they have a slot of their own, after it)."""
+        keys_ = [keys.call_state(call_sid), keys.call_journey(call_sid)]
+        args: list[Any] = [
+            replaces,
+            state.version,
+            text or state.to_json(),
+            self.ttl_ms,
+            json.dumps(turn, separators=(",", ":")) if turn else "",
+            JOURNEY_CAP,
+        ]
+        started_ms = turn["at"] if turn else 0
+        if not replaces and not isinstance(self.redis, RedisCluster):
+            keys_.append(keys.recent_calls())
+            args += [call_sid, started_ms, RECENT_CALLS_CAP]
+        saved = bool(self._save(keys=keys_, args=args))
+        if saved and not replaces and isinstance(self.redis, RedisCluster):
+            self._remember_recent(call_sid, started_ms)
+        return saved
 
     def _remember_recent(self, call_sid: str, started_ms: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
