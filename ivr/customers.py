@@ -406,7 +406,16 @@ class CustomerDirectory:
     def find_by_phone(self, e164: str) -> Customer | None:
         """The customer whose phone on file is `e164` (caller-ID identification): the index
         entry, believed only when the record it names holds that phone."""
-        entry = self.redis.hget(keys.customer_phones(e164), e164)
+        return self.find_by_entry(e164, self.redis.hget(*self.phone_entry(e164)))
+
+    @staticmethod
+    def phone_entry(e164: str) -> tuple[str, str]:
+        """Where the phone index keeps `e164`'s entry (hash key, field), for a caller that
+        reads it in a round trip of its own making."""
+        return keys.customer_phones(e164), e164
+
+    def find_by_entry(self, e164: str, entry: str | None) -> Customer | None:
+        """`find_by_phone`, given the phone's index entry as read (None: no entry)."""
         if entry is None:
             return None
         owner = claims.Claim.parse(entry).owner
@@ -882,9 +891,14 @@ class CustomerFinder:
         shaped = phone.e164_shaped(caller)
         if shaped is None:
             return None
-        found = self.directory.find_by_phone(shaped)
+        key, field = self.directory.phone_entry(shaped)
+        return self.by_phone_entry(shaped, self.directory.redis.hget(key, field))
+
+    def by_phone_entry(self, e164: str, entry: str | None) -> Customer | None:
+        """`by_caller_id`, given the phone index's entry for `e164` as read (None: none)."""
+        found = self.directory.find_by_entry(e164, entry)
         if found is None and self.crm is not None:
-            number = phone.parse_caller_id(shaped)
+            number = phone.parse_caller_id(e164)
             found = self.crm.by_phone(number.e164) if number is not None else None
         return found
 

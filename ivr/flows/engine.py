@@ -103,6 +103,12 @@ class _Turn:
     # How the call's flow part had ended before this turn (a dial that came back to the
     # flow): the turn's own outcome is counted only if it is a new one.
     outcome_before: str = field(init=False, default="")
+    # A new call's first turn: a language node asks on the bet that the caller is not on file
+    # (`bet_on` is then that node), the lookup made in the round trip that saves the call.
+    betting: bool = False
+    bet_on: model.LanguageNode | None = None
+    known_locale: str | None = None  # the turn again, once the caller's record said it
+    read_back: str | None = None  # the value `_commit(read=…)` read
 
     def __post_init__(self) -> None:
         self.outcome_before = self.state.outcome
@@ -201,34 +207,56 @@ class FlowEngine:
     # -- the two ways a turn starts ------------------------------------------------------------
 
     def answer(self, call: CallInfo) -> VoiceResponse:
-        """A new call: pick the flow by the called number, start it. One Redis round trip: the
-        state is created only if the call has none (if Twilio asks again for a call already
-        answered, the save fails and the current question is repeated)."""
+        """A new call: pick the flow by the called number, start it. One Redis round trip for
+        a caller not on file: the state is created only if the call has none (if Twilio asks
+        again for a call already answered, the save fails and the current question is
+        repeated), and a language question first asked on the bet that the caller is not on
+        file reads their phone's index entry in the same round trip. A caller on file with a
+        language of their own then has the turn done again in it, saved over the first."""
         served = self._served_for(call)
         if served is None:
             log.error("call %s: no flow answers %s", call.call_sid, phone.masked(call.called))
             if call.trial is None:
                 metrics().ivr_calls.labels("(none)", "error").inc()
             return self._goodbye(self.prompts.default_locale, "call.error")
+        turn = self._first_turn(call, served)
+        turn.betting = True
+        try:
+            self._walk(turn, STAY)
+        except FlowError as exc:
+            return self._on_error(served.flow, turn.state, str(exc))
+        bet_on, caller = turn.bet_on, turn.state.caller
+        read = self.customers.directory.phone_entry(caller) if bet_on and self.customers else None
+        if not self._commit(turn, read=read):
+            return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
+        if bet_on is None or self.customers is None:
+            return turn.response
+        known = self._offered_locale(self.customers.by_phone_entry(caller, turn.read_back), bet_on)
+        if known is None:
+            return turn.response
+        again = self._first_turn(call, served)
+        again.known_locale = known
+        again.state.version, again.state.started_at = turn.state.version, turn.state.started_at
+        try:
+            self._walk(again, STAY)
+        except FlowError as exc:
+            return self._on_error(served.flow, again.state, str(exc))
+        if not self._commit(again, replacing_turn=True):
+            return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
+        return again.response
+
+    def _first_turn(self, call: CallInfo, served: LoadedFlow) -> _Turn:
         flow = served.flow
-        locale = flow.locale or self.prompts.resolve_locale(None, call.caller_country)
         state = CallState(
             flow=flow.name,
             node=flow.start,
-            locale=locale,
+            locale=flow.locale or self.prompts.resolve_locale(None, call.caller_country),
             caller=call.caller,
             flow_revision=served.revision,
             prompts_revision=call.trial.prompts if call.trial else "",
             simulated=call.trial is not None,
         )
-        turn = _Turn(flow, state, 1, call.call_sid, prompts=self._prompts_of(state))
-        try:
-            self._walk(turn, STAY)
-        except FlowError as exc:
-            return self._on_error(flow, state, str(exc))
-        if not self._commit(turn):
-            return self._repeat_current(call.call_sid, self.states.load(call.call_sid))
-        return turn.response
+        return _Turn(flow, state, 1, call.call_sid, prompts=self._prompts_of(state))
 
     def step(
         self,
@@ -313,9 +341,14 @@ class FlowEngine:
         served = self.library.served(state.flow, state.flow_revision)
         return served.flow if served else None
 
-    def _commit(self, turn: _Turn) -> bool:
+    def _commit(
+        self, turn: _Turn, *, read: tuple[str, str] | None = None, replacing_turn: bool = False
+    ) -> bool:
         """Save the turn's state as the call's next version, and point the document's actions
-        at it (sealed in their URLs); False if the call moved on since the turn began."""
+        at it (sealed in their URLs); False if the call moved on since the turn began. `read`:
+        a hash field (key, field) to read in the same round trip (a new call's only), its value
+        left in `turn.read_back`; `replacing_turn`: the journey's last turn is this one done
+        again."""
         now = int(self.clock().timestamp() * 1000)
         turn.state.updated_at = now
         if not turn.state.started_at:
@@ -323,9 +356,20 @@ class FlowEngine:
         replaces = self.states.advance(turn.state, turn.next_step)
         text = turn.state.to_json()  # serialized once: sealed into the URLs, and saved
         turn.fill_links(self.states.seal(turn.call_sid, turn.state, text=text))
-        saved = self.states.save(
-            turn.call_sid, turn.state, replaces=replaces, text=text, turn=turn.record(now)
-        )
+        record = turn.record(now)
+        if read is not None:
+            saved, turn.read_back = self.states.create_and_read(
+                turn.call_sid, turn.state, text=text, turn=record, read=read
+            )
+        else:
+            saved = self.states.save(
+                turn.call_sid,
+                turn.state,
+                replaces=replaces,
+                text=text,
+                turn=record,
+                replacing_turn=replacing_turn,
+            )
         ended = turn.state.outcome
         if saved and ended and ended != turn.outcome_before and not turn.state.simulated:
             metrics().ivr_calls.labels(turn.state.flow, call_outcome(ended)).inc()
@@ -753,8 +797,14 @@ class FlowEngine:
     def _enter_language(self, turn: _Turn, node: model.LanguageNode) -> Going:
         """Ask for the language, unless the caller is on file (by caller ID) with a language
         this question offers: then it is theirs, and they are not asked. A caller ID proves
-        nothing here, and needs not: it only chooses the prompts' language."""
-        known = self._recorded_locale(turn.state, node)
+        nothing here, and needs not: it only chooses the prompts' language. On a new call's
+        first turn the question is asked on the bet that the caller is not on file (see
+        `answer`): the lookup then costs no round trip of its own."""
+        known = turn.known_locale
+        if known is None and turn.betting and turn.bet_on is None and self._can_look_up(turn):
+            turn.bet_on = node
+        elif known is None:
+            known = self._offered_locale(self._find_by_caller(turn.state.caller), node)
         if known is not None:
             turn.state.locale = known
             turn.effect("language_from_record", locale=known)
@@ -762,9 +812,11 @@ class FlowEngine:
         self._gather_for(turn, node, repeat=False)
         return None
 
-    def _recorded_locale(self, state: CallState, node: model.LanguageNode) -> str | None:
+    def _can_look_up(self, turn: _Turn) -> bool:
+        return self.customers is not None and phone.e164_shaped(turn.state.caller) is not None
+
+    def _offered_locale(self, customer: Customer | None, node: model.LanguageNode) -> str | None:
         """The offered locale the caller's record names (exactly, else by language)."""
-        customer = self._find_by_caller(state.caller)
         if customer is None or not customer.locale:
             return None
         offered = [self.prompts.catalog(locale).locale for locale in node.options.values()]

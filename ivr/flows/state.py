@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.cluster import RedisCluster
@@ -123,7 +124,9 @@ _DEFAULTS: dict[str, Any] = {
 # ARGV[1] the version the turn started from ("" when creating: the call must have no state yet)
 # ARGV[2] the new version   ARGV[3] the new state JSON   ARGV[4] time to live, ms
 # ARGV[5] the turn as JSON ("" to add none)   ARGV[6] most turns kept
-# With KEYS[3]: ARGV[7] the CallSid   ARGV[8] when the call started, ms   ARGV[9] most calls kept
+# ARGV[7] "replace": the turn takes the place of the journey's last one (a new call's first
+#         turn, done again once its caller's language was known), else it is added
+# With KEYS[3]: ARGV[8] the CallSid   ARGV[9] when the call started, ms   ARGV[10] most calls kept
 # Returns 1 when saved, 0 when the call had moved on (or, creating, already had state).
 SAVE_STATE = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -135,13 +138,17 @@ end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'state', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[5])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+  if ARGV[7] == 'replace' and redis.call('LLEN', KEYS[2]) > 0 then
+    redis.call('LSET', KEYS[2], -1, ARGV[5])
+  else
+    redis.call('RPUSH', KEYS[2], ARGV[5])
+    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 if KEYS[3] then
-  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[9]) - 1)
+  redis.call('ZADD', KEYS[3], ARGV[9], ARGV[8])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[10]) - 1)
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1
@@ -191,11 +198,39 @@ class CallStateStore:
         replaces: str,
         text: str | None = None,
         turn: dict[str, Any] | None = None,
+        replacing_turn: bool = False,
     ) -> bool:
         """Store `state` (already advanced) if the call is still at version `replaces` (""
-        creates it: only if the call has no state yet), with `turn` added to its journey.
-        False if it moved on meanwhile. A new call also joins the recent calls (in the same
-        script on one server; on a cluster, where they have a slot of their own, after it)."""
+        creates it: only if the call has no state yet), with `turn` added to its journey (or,
+        `replacing_turn`, in place of its last one). False if it moved on meanwhile. A new
+        call also joins the recent calls (in the same script on one server; on a cluster,
+        where they have a slot of their own, after it)."""
+        saved, _ = self._run_save(call_sid, state, replaces, text, turn, replacing_turn, None)
+        return saved
+
+    def create_and_read(
+        self,
+        call_sid: str,
+        state: CallState,
+        *,
+        text: str,
+        turn: dict[str, Any],
+        read: tuple[str, str],
+    ) -> tuple[bool, str | None]:
+        """`save` of a new call, and the hash field `read` (key, field) read in the same round
+        trip: whether it was saved, and the field's value."""
+        return self._run_save(call_sid, state, "", text, turn, False, read)
+
+    def _run_save(
+        self,
+        call_sid: str,
+        state: CallState,
+        replaces: str,
+        text: str | None,
+        turn: dict[str, Any] | None,
+        replacing_turn: bool,
+        read: tuple[str, str] | None,
+    ) -> tuple[bool, str | None]:
         keys_ = [keys.call_state(call_sid), keys.call_journey(call_sid)]
         args: list[Any] = [
             replaces,
@@ -204,15 +239,34 @@ class CallStateStore:
             self.ttl_ms,
             json.dumps(turn, separators=(",", ":")) if turn else "",
             JOURNEY_CAP,
+            "replace" if replacing_turn else "add",
         ]
+        on_cluster = isinstance(self.redis, RedisCluster)
         started_ms = turn["at"] if turn else 0
-        if not replaces and not isinstance(self.redis, RedisCluster):
+        if not replaces and not on_cluster:
             keys_.append(keys.recent_calls())
             args += [call_sid, started_ms, RECENT_CALLS_CAP]
-        saved = bool(self._save(keys=keys_, args=args))
-        if saved and not replaces and isinstance(self.redis, RedisCluster):
+        value = None
+        if read is None:
+            saved = bool(self._save(keys=keys_, args=args))
+        else:
+            # EVALSHA itself, not the script object: a pipeline given a script first asks
+            # Redis whether it knows it (SCRIPT EXISTS), a round trip more.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._save.sha, len(keys_), *keys_, *args)
+            pipe.hget(*read)
+            outcome, value = pipe.execute(raise_on_error=False)
+            if isinstance(outcome, redis.exceptions.NoScriptError):
+                # Not in this Redis' script cache (restarted, failed over): it did not run;
+                # now it is loaded and run, once.
+                outcome = self._save(keys=keys_, args=args)
+            for answer in (outcome, value):
+                if isinstance(answer, Exception):
+                    raise answer
+            saved = bool(outcome)
+        if saved and not replaces and on_cluster:
             self._remember_recent(call_sid, started_ms)
-        return saved
+        return saved, value
 
     def _remember_recent(self, call_sid: str, started_ms: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
