@@ -26,13 +26,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from flask import Flask
+from flask import Flask, Request
 from flask.testing import FlaskClient
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from ivr.app import MAX_REQUEST_BYTES
 from ivr.users import ADMIN_PASSWORD_FILE
+from ivr.web.bodies import BoundedRequest
 from tests.conftest import API_TOKEN, AUTH_TOKEN, ENV_NAMES, PUBLIC_BASE_URL, spoken, twiml
 from tests.console_helpers import make_user, session_csrf, sign_in
 
@@ -684,3 +685,31 @@ def test_the_access_log_holds_no_query_string_and_no_code(served):
     lines = served.wait_for_line(f'"GET /v1/verifications/{sid}" 200')
     assert not any(code in line for line in lines), "".join(lines)
     assert not any("?" in line for line in lines if '"GET /v1/' in line), "no query string"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"CallSid=CA1&From=%2B14155550100&Digits=1&Caller=+x+&Empty=&Bare",
+        b"a=%E2%82%AC&b=%ZZ&c=%&d=%E2%82",  # a euro sign; broken escapes kept as sent
+        b"\xff\xfe=1&a=2",  # not UTF-8: no fields at all, as Werkzeug answers
+        b"x=1;y=2&=v&k=",
+        b"a=1&a=2",  # given twice: both kept, for the webhooks to refuse
+        b"",
+    ],
+)
+def test_a_form_reads_as_werkzeugs_own_parser_reads_it(body):
+    """BoundedRequest parses form-encoded bodies itself (faster): field for field as
+    Werkzeug's parser does, for well-formed and broken bodies alike."""
+
+    def environ() -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": "POST",
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+
+    ours, werkzeugs = BoundedRequest(environ()), Request(environ())
+    assert list(ours.form.items(multi=True)) == list(werkzeugs.form.items(multi=True))
+    assert ours.files == werkzeugs.files

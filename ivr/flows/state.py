@@ -246,24 +246,28 @@ class CallStateStore:
         if not replaces and not on_cluster:
             keys_.append(keys.recent_calls())
             args += [call_sid, started_ms, RECENT_CALLS_CAP]
-        value = None
+        # EVALSHA itself, not the script object: a pipeline given a script first asks Redis
+        # whether it knows it (SCRIPT EXISTS), a round trip more; alone, the object's own
+        # bookkeeping costs as much as packing the command.
+        value: Any = None
         if read is None:
-            saved = bool(self._save(keys=keys_, args=args))
+            try:
+                outcome = self.redis.evalsha(self._save.sha, len(keys_), *keys_, *args)
+            except redis.exceptions.NoScriptError as exc:
+                outcome = exc
         else:
-            # EVALSHA itself, not the script object: a pipeline given a script first asks
-            # Redis whether it knows it (SCRIPT EXISTS), a round trip more.
             pipe = self.redis.pipeline(transaction=False)
             pipe.evalsha(self._save.sha, len(keys_), *keys_, *args)
             pipe.hget(*read)
             outcome, value = pipe.execute(raise_on_error=False)
-            if isinstance(outcome, redis.exceptions.NoScriptError):
-                # Not in this Redis' script cache (restarted, failed over): it did not run;
-                # now it is loaded and run, once.
-                outcome = self._save(keys=keys_, args=args)
-            for answer in (outcome, value):
-                if isinstance(answer, Exception):
-                    raise answer
-            saved = bool(outcome)
+        if isinstance(outcome, redis.exceptions.NoScriptError):
+            # Not in this Redis' script cache (restarted, failed over): it did not run; now
+            # it is loaded and run, once.
+            outcome = self._save(keys=keys_, args=args)
+        for answer in (outcome, value):
+            if isinstance(answer, Exception):
+                raise answer
+        saved = bool(outcome)
         if saved and not replaces and on_cluster:
             self._remember_recent(call_sid, started_ms)
         return saved, value
