@@ -26,7 +26,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from ivr.store import connect
-from ivr.web.webhooks import SIGNATURE_HEADER, _SignedParams
+from ivr.web.webhooks import SIGNATURE_HEADER, twilio_signature
 
 TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hello</Say><Hangup/></Response>'
 REDIS_URL_VARIABLE = "BENCH_REDIS_URL"
@@ -52,15 +52,15 @@ def create_redis_app() -> Flask:
     app = Flask(__name__)
     client = connect(os.environ[REDIS_URL_VARIABLE])  # connects on first use
     token_file = Path(os.environ[TOKEN_FILE_VARIABLE])
-    validators: list[RequestValidator] = []  # read once our app has written the token
+    tokens: list[str] = []  # read once our app has written it
 
     @app.post("/", defaults={"path": ""})
     @app.post("/<path:path>")
     def static_twiml_after_a_redis_read(path: str) -> Response:  # noqa: ARG001
-        if not validators:
-            validators.append(RequestValidator(token_file.read_text().strip()))
-        expected = validators[0].compute_signature(request.url, _SignedParams(request.form))
-        if not hmac.compare_digest(expected.encode(), request.headers[SIGNATURE_HEADER].encode()):
+        if not tokens:
+            tokens.append(token_file.read_text().strip())
+        expected = twilio_signature(tokens[0], request.url, list(request.form.items(multi=True)))
+        if not hmac.compare_digest(expected, request.headers[SIGNATURE_HEADER].encode()):
             abort(403)
         client.hmget(_PROBE_KEY, "status", "expires_at", "locale")
         return Response(TWIML, mimetype="text/xml")

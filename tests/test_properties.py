@@ -22,11 +22,13 @@ from flask import Flask
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
+from werkzeug.datastructures import MultiDict
 
 from ivr import phone
 from ivr.cli import main
 from ivr.config import DEFAULT_ALLOWED_COUNTRIES, DEFAULT_PROMPTS_DIR
 from ivr.simulator import PhoneSimulator
+from ivr.web.webhooks import _SignedParams, twilio_signature
 from tests.conftest import API_TOKEN, AUTH_TOKEN, CALLER_ID, PUBLIC_BASE_URL, Api, twilio_post
 
 # A fixture's app serves every example of a test: its Redis state carries over, as a server's.
@@ -539,3 +541,17 @@ def test_an_invalid_flow_is_refused_at_the_line_of_the_mistake(flow_folder, flow
     ]
     assert reported, result.output
     assert at + 1 in reported, (breakage, at + 1, result.output)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    url=st.text(min_size=1, max_size=80),
+    pairs=st.lists(st.tuples(st.text(max_size=12), st.text(max_size=30)), max_size=30),
+    token=st.text(min_size=1, max_size=40),
+)
+def test_our_signature_is_twilios_for_any_form(url, pairs, token):
+    """The webhooks' one-HMAC signature (ivr.web.webhooks.twilio_signature) is exactly what
+    twilio's RequestValidator computes, names or values given twice, any text included."""
+    form = MultiDict(pairs)
+    expected = RequestValidator(token).compute_signature(url, _SignedParams(form))
+    assert twilio_signature(token, url, list(form.items(multi=True))).decode() == expected
