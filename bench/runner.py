@@ -64,14 +64,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="per endpoint, server, round")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    # Pools sized for ~1500 rps over 3 x 3 s, so that nearly every reveal reads the code and
-    # nearly every check meets a pending verification; the notes say how many did.
+    # Pools sized by default for the rounds and seconds asked, at --feed-rps, so that nearly
+    # every reveal reads the code and nearly every check meets a pending verification; the
+    # notes say how many did.
     parser.add_argument(
         "--call-numbers",
         type=int,
-        default=1200,
+        default=None,
         help="numbers called for the call webhooks (each call hears its code "
-        f"{REVEALS_PER_CALL} times before the cap)",
+        f"{REVEALS_PER_CALL} times before the cap; default: enough for the run)",
     )
     parser.add_argument(
         "--sends-per-number",
@@ -82,8 +83,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check-numbers",
         type=int,
-        default=1000,
-        help="verifications worn out by the check endpoint",
+        default=None,
+        help="verifications worn out by the check endpoint (default: enough for the run)",
     )
     # Stateful feeds (a new CallSid per /voice/incoming request, a step per menu request) must
     # not repeat a request on our app: sized for this rate over every run, above anything our
@@ -123,6 +124,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     return parser.parse_args(argv)
+
+
+def _size_pools(args: argparse.Namespace) -> None:
+    """Pools the run cannot use up at --feed-rps (each endpoint runs `rounds` x `seconds`):
+    reveals are capped per call, checks per verification."""
+    requests = args.feed_rps * args.rounds * args.seconds
+    if args.call_numbers is None:
+        args.call_numbers = math.ceil(requests / (REVEALS_PER_CALL * args.sends_per_number))
+    if args.check_numbers is None:
+        args.check_numbers = math.ceil(requests / int(OTP_MAX_ATTEMPTS))
 
 
 def _server_redis() -> redis.Redis | None:
@@ -394,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 whatever the verdicts, 1 only when a server failed to start (or our
     app refused to create the benchmark's state)."""
     args = _parse_args(argv)
+    _size_pools(args)
     started = time.monotonic()
     store = _server_redis() if args.redis == "auto" else None
     redis_url = SERVER_REDIS_URL if store else None

@@ -7,6 +7,7 @@ our app does its full signature check and the baseline receives byte-for-byte th
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import html
 import json
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+import phonenumbers
 from twilio.request_validator import RequestValidator
 
 from bench.loadgen import RequestFeed, encode_form_post, encode_post, fetch_all
@@ -121,12 +123,32 @@ class SetupError(RuntimeError):
     """The app refused to create the benchmark's state."""
 
 
+@functools.cache
+def _all_test_numbers() -> tuple[str, ...]:
+    """The fictional 555-01XX range of AREA_CODES first, then of every other geographic area
+    code of the US (phonenumbers: a fixed line or mobile; a long run needs more than 2,400)."""
+    geographic = {
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+    }
+    parsed = {area: phonenumbers.parse(f"+1{area}5550100") for area in range(201, 990)}
+    more = [
+        str(area)
+        for area, number in parsed.items()
+        if str(area) not in AREA_CODES
+        and phonenumbers.region_code_for_number(number) == "US"
+        and phonenumbers.number_type(number) in geographic
+    ]
+    return tuple(f"+1{area}5550{line}" for area in (*AREA_CODES, *more) for line in range(100, 200))
+
+
 def test_numbers(count: int) -> list[str]:
     """`count` distinct valid US numbers in the fictional 555-01XX range."""
-    numbers = [f"+1{area}5550{line}" for area in AREA_CODES for line in range(100, 200)]
+    numbers = _all_test_numbers()
     if count > len(numbers):
         raise ValueError(f"at most {len(numbers)} test numbers, {count} asked for")
-    return numbers[:count]
+    return list(numbers[:count])
 
 
 def _api_post(target: Target, path: str, payload: dict[str, str]) -> bytes:

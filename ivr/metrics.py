@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,17 @@ class Metrics:
     # {command}: the command's name (EVALSHA, HGETALL…) or PIPELINE / MULTI
     redis_errors: Counter
     redis_duration: Histogram
+    # Children of redis_duration by command, looked up once: prometheus' labels() takes a lock
+    # and builds a tuple on every call, and this one is observed for every Redis command.
+    _redis_children: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def redis_duration_of(self, command: str) -> Any:
+        """redis_duration's child for `command` (CPython makes the dict's get and set atomic:
+        two threads at worst both look it up, and get the same child)."""
+        child = self._redis_children.get(command)
+        if child is None:
+            child = self._redis_children[command] = self.redis_duration.labels(command)
+        return child
 
 
 _lock = threading.Lock()
