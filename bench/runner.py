@@ -57,6 +57,7 @@ SECRET_KEY = "bench-secret-key-0123456789abcdef0123456789"
 RELAXED_LIMIT = "100000/1h"
 OTP_MAX_ATTEMPTS = "20"
 WARMUP_SECONDS = 0.3
+SLOW_PEER = 0.9  # a peer's round below this fraction of its median: the machine was slow
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -356,6 +357,22 @@ def _notes(rows: Sequence[report.Row], state: State, wrapped: dict[str, int]) ->
             )
     if any(row.endpoint.startswith("/voice/status") for row in rows):
         notes.append("status: our app answers 204 (no TwiML), so 204 counts as success there")
+    notes.extend(_slow_machine_rounds(rows))
+    return notes
+
+
+def _slow_machine_rounds(rows: Sequence[report.Row]) -> list[str]:
+    """Rounds in which the peers, which do not change between runs, were slow as well: the
+    machine was (a noisy neighbour), which a slow round of ours then may owe to it too."""
+    peers = [row.ours for row in rows if row.kind == "reference"]
+    notes = []
+    for index in range(min((len(peer["rps_rounds"]) for peer in peers), default=0)):
+        slowest = min(peer["rps_rounds"][index] / peer["rps"] for peer in peers if peer["rps"])
+        if slowest < SLOW_PEER:
+            notes.append(
+                f"round {index + 1}: a peer ran at {slowest:.2f} of its median too (the "
+                "machine was slower then, not only our app)"
+            )
     return notes
 
 
