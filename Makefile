@@ -28,7 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check ivr tests bench
 	$(BIN)/ruff format --check ivr tests bench
 
-## Our webhooks and API against a bare Flask app serving static TwiML, same gunicorn settings.
+## Our webhooks and API against three peers (static TwiML, signature + one read, the Twilio
+## tutorial webhook) on the same gunicorn settings, 10 rounds; then the caller's seconds.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -56,9 +56,7 @@ def test_a_new_call_is_listed_among_the_recent_calls_once_with_its_start(states)
     assert len(states.journey(CALL)) == 2, "the refused creation added no turn"
 
 
-def test_a_save_after_redis_lost_its_scripts_loads_the_script_and_saves_once(
-    states, redis_client
-):
+def test_a_save_after_redis_lost_its_scripts_loads_the_script_and_saves_once(states, redis_client):
     state = a_state()
     assert states.save(CALL, state, replaces=states.advance(state, 1), turn={"at": 1})
     redis_client.script_flush()  # a restarted or failed-over Redis
